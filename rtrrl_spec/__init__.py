@@ -1,0 +1,44 @@
+"""rtrrl_spec: the NumPy reference of one RTRRL agent step.
+
+Everything a backend must compute is defined here, in plain NumPy, batch-first and
+dtype-generic (float32 and float64). The public surface:
+
+- :class:`Config`: the agent's hyper-parameters (paper defaults) and modes.
+- :func:`layout`: the canonical name, shape, dtype and meaning of every array.
+- :func:`init`: a fresh agent from a seed; :func:`draw_noise`: sampling noise.
+- :func:`step`: one step, ``(config, agent, obs, reward, done, noise) -> (agent, action, info)``.
+- :class:`SpecError`: what the public boundary raises for input it cannot use.
+
+The equations are in each module's docstring and, in prose, in ``docs/spec.md``.
+"""
+
+from rtrrl_spec.config import Config, SpecError
+from rtrrl_spec.initialize import draw_noise, init, noise_shape
+from rtrrl_spec.layout import (
+    FLOAT_DTYPES,
+    RNN_PARAMS,
+    TD_PARAMS,
+    ArraySpec,
+    layout,
+    params_of,
+    validate_agent,
+)
+from rtrrl_spec.step import check_inputs, step, step_unchecked
+
+__all__ = [
+    "FLOAT_DTYPES",
+    "RNN_PARAMS",
+    "TD_PARAMS",
+    "ArraySpec",
+    "Config",
+    "SpecError",
+    "check_inputs",
+    "draw_noise",
+    "init",
+    "layout",
+    "noise_shape",
+    "params_of",
+    "step",
+    "step_unchecked",
+    "validate_agent",
+]
