@@ -41,7 +41,7 @@ from rtrrl_spec.heads import critic_value, policy_step
 from rtrrl_spec.layout import RNN_PARAMS, TD_PARAMS, validate_agent
 from rtrrl_spec.optim import adam_step, clip_by_global_norm
 
-__all__ = ["step", "step_unchecked", "check_inputs"]
+__all__ = ["step", "step_unchecked", "check_inputs", "td_error", "decay_trace"]
 
 Agent = dict[str, np.ndarray]
 
@@ -127,6 +127,25 @@ def check_inputs(
     return obs, reward, done_array, noise
 
 
+def td_error(
+    reward: np.ndarray,
+    done: np.ndarray,
+    value: np.ndarray,
+    v_prev: np.ndarray,
+    gamma: float,
+    reward_rate: np.ndarray | float = 0.0,
+) -> np.ndarray:
+    """``δ = r − r̄ + γ (1 − done) v − v_prev``: no bootstrapping across an episode boundary."""
+    not_done = 1.0 - done.astype(value.dtype)
+    return (reward - reward_rate + gamma * not_done * value - v_prev).astype(value.dtype)
+
+
+def decay_trace(trace: np.ndarray, done: np.ndarray, gamma_lambda: float) -> np.ndarray:
+    """``γλ e``, after zeroing the traces of environments whose episode just ended."""
+    reset = done.reshape(done.shape + (1,) * (trace.ndim - 1))
+    return gamma_lambda * np.where(reset, 0.0, trace).astype(trace.dtype)
+
+
 def step_unchecked(
     config: Config,
     agent: Agent,
@@ -196,11 +215,9 @@ def step_unchecked(
         entropy_grad["W"], entropy_grad["tau"] = project(entropy_signal, J_W, J_tau)
 
     # 6. TD error.
-    td_error = reward + config.gamma * (1.0 - done.astype(dtype)) * value - agent["v_prev"]
-    if config.reward_rate_lr is not None:
-        td_error = td_error - agent["reward_rate"]
-    td_error = td_error.astype(dtype)
-    d = td_error[:, None]
+    reward_rate = agent["reward_rate"] if config.reward_rate_lr is not None else 0.0
+    delta = td_error(reward, done, value, agent["v_prev"], config.gamma, reward_rate)
+    d = delta[:, None]
 
     # 7. Update: directions from the traces as they were, batch mean, clip, Adam, tau clip.
     per_env = {
@@ -245,15 +262,13 @@ def step_unchecked(
         new[f"count_{group}"] = count
         info[f"grad_norm_{group}"] = np.asarray(norm, dtype=dtype)
     if config.reward_rate_lr is not None:
-        new["reward_rate"] = (agent["reward_rate"] + config.reward_rate_lr * td_error.mean()).astype(
+        new["reward_rate"] = (agent["reward_rate"] + config.reward_rate_lr * delta.mean()).astype(
             dtype
         )
 
     # 8. Traces: reset at the boundary, then decay and add this step's gradients.
     def decayed(name: str, lam: float) -> np.ndarray:
-        e = agent[name]
-        e = np.where(done.reshape((B,) + (1,) * (e.ndim - 1)), 0.0, e)
-        return (config.gamma * lam) * e
+        return decay_trace(agent[name], done, config.gamma * lam)
 
     if config.trace == "dutch":
         e_W_C = decayed("e_W_C", config.lambda_critic)
@@ -277,7 +292,7 @@ def step_unchecked(
     new = {k: np.asarray(v).astype(agent[k].dtype, copy=False) for k, v in new.items()}
 
     info.update(
-        td_error=td_error,
+        td_error=delta,
         value=value.astype(dtype),
         log_prob=pol.log_prob.astype(dtype),
         entropy=pol.entropy.astype(dtype),
