@@ -41,7 +41,7 @@ from rtrrl_spec.heads import critic_value, policy_step
 from rtrrl_spec.layout import RNN_PARAMS, TD_PARAMS, validate_agent
 from rtrrl_spec.optim import adam_step, clip_by_global_norm
 
-__all__ = ["step", "step_unchecked", "check_inputs", "td_error", "decay_trace"]
+__all__ = ["step", "step_unchecked", "check_inputs", "td_error", "decay_trace", "apply_update"]
 
 Agent = dict[str, np.ndarray]
 
@@ -146,6 +146,44 @@ def decay_trace(trace: np.ndarray, done: np.ndarray, gamma_lambda: float) -> np.
     return gamma_lambda * np.where(reset, 0.0, trace).astype(trace.dtype)
 
 
+def apply_update(
+    config: Config, agent: Mapping[str, np.ndarray], direction: Mapping[str, np.ndarray]
+) -> tuple[Agent, Agent]:
+    """Clip each group's ascent direction by global norm, take an Adam step, clip ``tau``.
+
+    Returns the new parameters, Adam moments and counts, and ``grad_norm_<group>`` (the norm
+    before clipping). Conformance also uses this to check a backend's optimizer on the
+    backend's own direction.
+    """
+    dtype = agent["W_A"].dtype
+    changed: Agent = {}
+    info: Agent = {}
+    groups = [("td", TD_PARAMS, config.lr_td)]
+    if config.has_rnn:
+        groups.append(("rnn", RNN_PARAMS, config.lr_rnn))
+    for group, names, lr in groups:
+        clipped, norm = clip_by_global_norm({k: direction[k] for k in names}, config.clip_norm)
+        params, mu, nu, count = adam_step(
+            {k: agent[k] for k in names},
+            clipped,
+            {k: agent[f"mu_{k}"] for k in names},
+            {k: agent[f"nu_{k}"] for k in names},
+            agent[f"count_{group}"],
+            lr,
+            config.adam_b1,
+            config.adam_b2,
+            config.adam_eps,
+        )
+        if group == "rnn":
+            params["tau"] = np.maximum(params["tau"], np.asarray(config.tau_min, dtype=dtype))
+        for k in names:
+            changed[k] = params[k]
+            changed[f"mu_{k}"], changed[f"nu_{k}"] = mu[k], nu[k]
+        changed[f"count_{group}"] = count
+        info[f"grad_norm_{group}"] = np.asarray(norm, dtype=dtype)
+    return changed, info
+
+
 def step_unchecked(
     config: Config,
     agent: Agent,
@@ -237,30 +275,8 @@ def step_unchecked(
         per_env["tau"] = d * agent["e_tau"] + config.entropy_rate * entropy_grad["tau"]
     direction = {k: v.mean(axis=0).astype(dtype) for k, v in per_env.items()}
 
-    info: Agent = {}
-    groups = [("td", TD_PARAMS, config.lr_td)]
-    if config.has_rnn:
-        groups.append(("rnn", RNN_PARAMS, config.lr_rnn))
-    for group, names, lr in groups:
-        clipped, norm = clip_by_global_norm({k: direction[k] for k in names}, config.clip_norm)
-        params, mu, nu, count = adam_step(
-            {k: agent[k] for k in names},
-            clipped,
-            {k: agent[f"mu_{k}"] for k in names},
-            {k: agent[f"nu_{k}"] for k in names},
-            agent[f"count_{group}"],
-            lr,
-            config.adam_b1,
-            config.adam_b2,
-            config.adam_eps,
-        )
-        if group == "rnn":
-            params["tau"] = np.maximum(params["tau"], np.asarray(config.tau_min, dtype=dtype))
-        for k in names:
-            new[k] = params[k]
-            new[f"mu_{k}"], new[f"nu_{k}"] = mu[k], nu[k]
-        new[f"count_{group}"] = count
-        info[f"grad_norm_{group}"] = np.asarray(norm, dtype=dtype)
+    changed, info = apply_update(config, agent, direction)
+    new.update(changed)
     if config.reward_rate_lr is not None:
         new["reward_rate"] = (agent["reward_rate"] + config.reward_rate_lr * delta.mean()).astype(
             dtype
