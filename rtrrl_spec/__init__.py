@@ -12,6 +12,7 @@ dtype-generic (float32 and float64). The public surface:
 The equations are in each module's docstring and, in prose, in ``docs/spec.md``.
 """
 
+from rtrrl_spec.agent import apply_update, check_inputs, step, step_unchecked
 from rtrrl_spec.config import Config, SpecError
 from rtrrl_spec.initialize import draw_noise, init, noise_shape
 from rtrrl_spec.layout import (
@@ -23,7 +24,6 @@ from rtrrl_spec.layout import (
     params_of,
     validate_agent,
 )
-from rtrrl_spec.step import check_inputs, step, step_unchecked
 
 __all__ = [
     "FLOAT_DTYPES",
@@ -32,6 +32,7 @@ __all__ = [
     "ArraySpec",
     "Config",
     "SpecError",
+    "apply_update",
     "check_inputs",
     "draw_noise",
     "init",

@@ -132,7 +132,10 @@ class Config:
                         f"action_low and action_high need {self.action_dim} entries each, "
                         f"got {len(lo)} and {len(hi)}"
                     )
-                if not all(math.isfinite(a) and math.isfinite(b) and a < b for a, b in zip(lo, hi)):
+                if not all(
+                    math.isfinite(a) and math.isfinite(b) and a < b
+                    for a, b in zip(lo, hi, strict=True)
+                ):
                     raise SpecError(
                         "action bounds must be finite with low < high in every dimension; "
                         f"got low={lo}, high={hi} (leave both None for an unbounded action)"

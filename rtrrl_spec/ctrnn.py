@@ -43,7 +43,9 @@ class CTRNNStep(NamedTuple):
     h_next: np.ndarray  # (B, N)
 
 
-def ctrnn_step(W: np.ndarray, tau: np.ndarray, h: np.ndarray, x: np.ndarray, dt: float) -> CTRNNStep:
+def ctrnn_step(
+    W: np.ndarray, tau: np.ndarray, h: np.ndarray, x: np.ndarray, dt: float
+) -> CTRNNStep:
     """One forward-Euler step ``h' = h + dt (tanh(W [x, h, 1]) − h) / τ``."""
     ones = np.ones(h.shape[:-1] + (1,), dtype=h.dtype)
     zeta = np.concatenate([x, h, ones], axis=-1)
@@ -57,7 +59,9 @@ def rflo_update(
 ) -> tuple[np.ndarray, np.ndarray]:
     """RFLO: ``J_W (B,N,Z)``, ``J_τ (B,N)`` → their values at ``h'`` (see module docstring)."""
     rate = dt / tau  # (N,)
-    J_W_next = (1.0 - rate)[:, None] * J_W + rate[:, None] * (s.dphi[:, :, None] * s.zeta[:, None, :])
+    J_W_next = (1.0 - rate)[:, None] * J_W + rate[:, None] * (
+        s.dphi[:, :, None] * s.zeta[:, None, :]
+    )
     J_tau_next = (1.0 - rate) * J_tau + dt * (h - s.phi) / (tau * tau)
     return J_W_next, J_tau_next
 

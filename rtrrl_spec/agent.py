@@ -218,7 +218,9 @@ def step_unchecked(
         J_tau = np.where(done.reshape((B,) + (1,) * (agent["J_tau"].ndim - 1)), 0.0, agent["J_tau"])
         s = ctrnn.ctrnn_step(W, tau, h, x, config.dt)
         if config.jacobian == "rflo":
-            J_W, J_tau = ctrnn.rflo_update(J_W.astype(dtype), J_tau.astype(dtype), tau, h, s, config.dt)
+            J_W, J_tau = ctrnn.rflo_update(
+                J_W.astype(dtype), J_tau.astype(dtype), tau, h, s, config.dt
+            )
             project = ctrnn.project_rflo
         else:
             J_W, J_tau = ctrnn.rtrl_update(

@@ -1,0 +1,154 @@
+"""Sessions for developers and CI. ``nox`` alone runs lint, spec, conformance(numpy), tests.
+
+    nox                                      # what CI runs (see .ci/run)
+    nox -s "conformance(backend='numpy')" -- -k step   # arguments after -- go to pytest
+    nox -s bench / docs / -t gpu             # opt-in sessions
+
+Environments are plain virtualenvs (not uv), installed into by pip: uv ignores pip's configuration,
+which is where the local CPU wheel of torch is found (pip's find-links). Test tools come
+from the PEP 735 dependency groups in pyproject.toml, read here by nox, so no particular pip
+version (``pip install --group`` needs pip >= 25.1) is required.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2024.10"
+nox.options.default_venv_backend = "virtualenv"
+nox.options.error_on_external_run = True
+nox.options.sessions = ["lint", "spec", "conformance(backend='numpy')", "tests"]
+
+ROOT = Path(__file__).parent
+PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
+
+# Backend under test -> the pip extra that installs its framework (None: nothing extra).
+# Adding a backend is one line: "jax": "jax", "torch": "torch", "keras-jax": "keras",
+# "keras-torch": "keras,torch".
+CONFORMANCE_BACKENDS: dict[str, str | None] = {
+    "numpy": None,
+}
+# Backends that place arrays on a CUDA device; conformance_gpu and bench_gpu run these.
+GPU_BACKENDS: list[str] = []
+
+# Always the CPU wheel on these machines (pip finds it in its configured find-links);
+# spelled out as well as pinned by the extra, so that no resolver can pick a CUDA build.
+TORCH_PIN = "torch==2.13.0"
+
+
+def _install(session: nox.Session, extra: str | None, *groups: str) -> None:
+    """Install rtrrl editable with ``extra`` and the named dependency groups."""
+    target = f".[{extra}]" if extra else "."
+    deps = [dep for group in groups for dep in nox.project.dependency_groups(PYPROJECT, group)]
+    pins = [TORCH_PIN] if extra and "torch" in extra.split(",") else []
+    session.install("-e", target, *pins, *deps)
+
+
+def _hypothesis_env() -> dict[str, str]:
+    # An explicit HYPOTHESIS_PROFILE wins; else more examples on CI than on a laptop.
+    profile = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+    return {"HYPOTHESIS_PROFILE": profile}
+
+
+def _has_cuda() -> bool:
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.run("ruff", "check", ".", *session.posargs)
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def spec(session: nox.Session) -> None:
+    """The NumPy reference's own tests."""
+    _install(session, None, "test")
+    session.run("pytest", "tests/spec", *session.posargs, env=_hypothesis_env())
+
+
+@nox.session
+@nox.parametrize("backend", list(CONFORMANCE_BACKENDS))
+def conformance(session: nox.Session, backend: str) -> None:
+    """The Hypothesis conformance suite against one backend, in its own environment."""
+    _install(session, CONFORMANCE_BACKENDS[backend], "test")
+    session.run(
+        "pytest",
+        "--pyargs",
+        "rtrrl.conformance",
+        "--backend",
+        backend,
+        *session.posargs,
+        env=_hypothesis_env(),
+    )
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit and integration tests of everything but the reference."""
+    _install(session, None, "test")
+    session.run("pytest", "tests", "--ignore=tests/spec", *session.posargs, env=_hypothesis_env())
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """CPU speed benchmark of the step (writes its results; not a test)."""
+    script = ROOT / "benchmarks" / "step_speed.py"
+    if not script.exists():
+        session.skip("no benchmarks yet (benchmarks/step_speed.py arrives with the backends)")
+    _install(session, "all", "test")
+    session.run("python", str(script.relative_to(ROOT)), *session.posargs)
+
+
+@nox.session(default=False, tags=["gpu"])
+def conformance_gpu(session: nox.Session) -> None:
+    """The conformance suite on a CUDA device, for every GPU-capable backend."""
+    if not _has_cuda():
+        session.skip("no CUDA device found (nvidia-smi -L)")
+    if not GPU_BACKENDS:
+        session.skip("no GPU-capable backend yet")
+    for backend in GPU_BACKENDS:
+        _install(session, CONFORMANCE_BACKENDS[backend], "test")
+        session.run(
+            "pytest",
+            "--pyargs",
+            "rtrrl.conformance",
+            "--backend",
+            backend,
+            *session.posargs,
+            env=_hypothesis_env(),
+        )
+
+
+@nox.session(default=False, tags=["gpu"])
+def bench_gpu(session: nox.Session) -> None:
+    """Speed benchmarks on a CUDA device."""
+    if not _has_cuda():
+        session.skip("no CUDA device found (nvidia-smi -L)")
+    script = ROOT / "benchmarks" / "step_speed.py"
+    if not GPU_BACKENDS or not script.exists():
+        session.skip("no GPU benchmarks yet")
+    _install(session, "all", "test")
+    session.run("python", str(script.relative_to(ROOT)), "--gpu", *session.posargs)
+
+
+@nox.session(default=False)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site, warnings as errors."""
+    if not (ROOT / "mkdocs.yml").exists():
+        session.skip("no mkdocs.yml yet: the docs are plain Markdown under docs/ for now")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "docs"))
+    session.run("mkdocs", "build", "--strict", *session.posargs)

@@ -1,0 +1,352 @@
+"""The backend registry and :func:`use`.
+
+Modelled on tensorly's and pyhf's backend registries, with two differences: backends are
+imported lazily (``import rtrrl`` imports no framework), and the current backend lives in a
+:class:`contextvars.ContextVar`, so threads and asyncio tasks can each use their own backend
+without touching ``sys.modules`` or any global.
+
+Names resolve in this order: built-in names (:data:`BUILTIN_BACKENDS`), then entry points in
+the ``rtrrl.backends`` group, then ``"package.module:Attribute"`` import strings.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from rtrrl.backends.base import Backend, missing_members
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
+__all__ = [
+    "BUILTIN_BACKENDS",
+    "DEFAULT_BACKEND",
+    "ENTRY_POINT_GROUP",
+    "ENV_VAR",
+    "BackendError",
+    "BackendInfo",
+    "BackendNotFoundError",
+    "BackendNotInstalledError",
+    "InvalidBackendError",
+    "available_backends",
+    "backend_infos",
+    "current",
+    "get_backend",
+    "use",
+]
+
+#: Built-in backends: name -> ("module:Class", pip extra that provides the framework).
+#: Adding a backend is one line here; ``None`` means it needs nothing beyond rtrrl itself.
+BUILTIN_BACKENDS: dict[str, tuple[str, str | None]] = {
+    "numpy": ("rtrrl.backends.numpy:NumpyBackend", None),
+    # "jax": ("rtrrl.backends.jax:JaxBackend", "jax"),
+    # "torch": ("rtrrl.backends.torch:TorchBackend", "torch"),
+    # "keras-jax": ("rtrrl.backends.keras:KerasJaxBackend", "keras"),
+    # "keras-torch": ("rtrrl.backends.keras:KerasTorchBackend", "keras,torch"),
+}
+
+ENTRY_POINT_GROUP = "rtrrl.backends"
+ENV_VAR = "RTRRL_BACKEND"
+DEFAULT_BACKEND = "numpy"
+
+# Top-level modules that ship inside the rtrrl distribution: if one of them is missing the
+# installation is broken, which no extra fixes, so the original error is re-raised.
+_OWN_MODULES = frozenset({"rtrrl", "rtrrl_spec"})
+
+
+class BackendError(Exception):
+    """Base class of the registry's errors (never raised itself)."""
+
+
+class BackendNotFoundError(BackendError, LookupError):
+    """No backend goes by this name, or an import string points at nothing."""
+
+
+class BackendNotInstalledError(BackendError, ImportError):
+    """The backend is known, but the framework it needs is not installed."""
+
+
+class InvalidBackendError(BackendError, TypeError):
+    """The object found does not implement the backend protocol."""
+
+
+class BackendInfo(NamedTuple):
+    """One row of :func:`backend_infos`."""
+
+    name: str
+    target: str
+    source: str  # "built-in" or "entry point (<distribution>)"
+    extra: str | None
+    installed: bool
+    reason: str  # why it is not installed; "" when it is
+
+
+# --- state ----------------------------------------------------------------------------------
+
+# The current backend of this context; None means "the default" (RTRRL_BACKEND, else numpy),
+# resolved on each read so that setting the variable before the first use() takes effect.
+_current: ContextVar[Any] = ContextVar("rtrrl_current_backend", default=None)
+# The latest use() call of this context, (backend, previous): `with use(x):` enters right
+# after use(x) returned, and needs to know what to restore on exit.
+_pending: ContextVar[tuple[Any, Any] | None] = ContextVar("rtrrl_pending_use", default=None)
+# What each open `with` block restores. A tuple, never mutated, so contexts cannot share it.
+_restore_stack: ContextVar[tuple[Any, ...]] = ContextVar("rtrrl_restore_stack", default=())
+
+# One instance per target ("module:Attr"), shared by every name and thread that reaches it.
+_cache: dict[str, Any] = {}
+_lock = threading.RLock()
+
+
+# --- public API -----------------------------------------------------------------------------
+
+
+def use(name: str | Backend | None = None) -> Backend:
+    """Make a backend current in this context and return it.
+
+    ``name`` is a registered name (``"numpy"``), an entry-point name, a
+    ``"package.module:Attribute"`` string, or a backend object; ``None`` means the default
+    (``$RTRRL_BACKEND``, else ``"numpy"``). Works as a plain call or as a context manager::
+
+        be = rtrrl.use("numpy")               # current until changed
+        with rtrrl.use("numpy") as be:        # restored on exit
+            ...
+
+    The returned object is the backend itself when its class derives from
+    :class:`rtrrl.backends.base.BackendBase` (all in-tree backends do); a backend that only
+    satisfies the protocol comes back in a thin proxy that adds ``with`` support.
+    """
+    backend = _default() if name is None else _resolve(name)
+    previous = _current.get()
+    _current.set(backend)
+    _pending.set((backend, previous))
+    if hasattr(type(backend), "__enter__") and hasattr(type(backend), "__exit__"):
+        return backend
+    return _UseContext(backend)  # type: ignore[return-value]
+
+
+def current() -> Backend:
+    """The current backend of this context (the default if :func:`use` was not called)."""
+    backend = _current.get()
+    return _default() if backend is None else backend
+
+
+def get_backend(name: str | Backend | None = None) -> Backend:
+    """The backend ``name`` (or the current one if ``None``), without making it current."""
+    return current() if name is None else _resolve(name)
+
+
+def available_backends() -> dict[str, bool]:
+    """Every known backend name, mapped to whether it can be loaded here.
+
+    Checking imports each backend's module, so frameworks that are installed get imported.
+    """
+    return {info.name: info.installed for info in backend_infos()}
+
+
+def backend_infos() -> list[BackendInfo]:
+    """Built-in and entry-point backends, with where they come from and whether they load."""
+    rows = []
+    for name, (target, extra) in BUILTIN_BACKENDS.items():
+        rows.append((name, target, "built-in", extra))
+    for name, ep in _entry_points().items():
+        if name not in BUILTIN_BACKENDS:
+            rows.append((name, ep.value, f"entry point ({_dist_name(ep)})", None))
+    infos = []
+    for name, target, source, extra in rows:
+        try:
+            _resolve(name)
+        except (BackendError, ImportError) as exc:
+            reason = str(exc).splitlines()[0]
+            infos.append(BackendInfo(name, target, source, extra, False, reason))
+        else:
+            infos.append(BackendInfo(name, target, source, extra, True, ""))
+    return infos
+
+
+# --- context-manager plumbing (used by BackendBase and _UseContext) -------------------------
+
+
+def _enter(backend: Any) -> Any:
+    pending = _pending.get()
+    if pending is not None and pending[0] is backend:
+        previous = pending[1]  # `with use(x):` -- use() already switched
+    else:
+        previous = _current.get()  # `with backend:` on an object obtained earlier
+        _current.set(backend)
+    _pending.set(None)
+    _restore_stack.set((*_restore_stack.get(), previous))
+    return backend
+
+
+def _exit() -> None:
+    stack = _restore_stack.get()
+    if not stack:
+        raise RuntimeError("rtrrl backend context exited more often than entered")
+    _restore_stack.set(stack[:-1])
+    _current.set(stack[-1])
+    _pending.set(None)
+
+
+class _UseContext:
+    """Wraps a protocol-only backend so that ``with rtrrl.use(...)`` works for it too."""
+
+    __slots__ = ("_backend",)
+
+    def __init__(self, backend: Any) -> None:
+        object.__setattr__(self, "_backend", backend)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._backend, attr)
+
+    def __enter__(self) -> Any:
+        return _enter(self._backend)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _exit()
+
+    def __eq__(self, other: object) -> bool:
+        other = other._backend if isinstance(other, _UseContext) else other
+        return self._backend is other
+
+    def __hash__(self) -> int:
+        return id(self._backend)
+
+    def __repr__(self) -> str:
+        return repr(self._backend)
+
+
+# --- resolution -----------------------------------------------------------------------------
+
+
+def _default() -> Any:
+    name = os.environ.get(ENV_VAR, "").strip() or DEFAULT_BACKEND
+    try:
+        return _resolve(name)
+    except BackendNotFoundError as exc:
+        raise BackendNotFoundError(f"{exc}\n(The name came from ${ENV_VAR}={name!r}.)") from None
+
+
+def _resolve(spec: Any) -> Any:
+    if isinstance(spec, _UseContext):
+        return spec._backend
+    if not isinstance(spec, str):
+        if isinstance(spec, type):
+            return _cached(f"{spec.__module__}:{spec.__qualname__}", lambda: _instantiate(spec))
+        return _check(spec, where=repr(spec))
+    key = spec.strip()
+    builtin = key.lower().replace("_", "-")
+    if builtin in BUILTIN_BACKENDS:
+        target, extra = BUILTIN_BACKENDS[builtin]
+        return _cached(target, lambda: _load(target, label=f"backend {builtin!r}", extra=extra))
+    entry_points = _entry_points()
+    if key in entry_points:
+        ep = entry_points[key]
+        label = f"backend {key!r} (entry point from {_dist_name(ep)})"
+        return _cached(ep.value, lambda: _load(ep.value, label=label, extra=None))
+    if ":" in key:
+        return _cached(key, lambda: _load(key, label=f"backend {key!r}", extra=None))
+    raise BackendNotFoundError(_unknown_message(key, entry_points))
+
+
+def _cached(target: str, make: Any) -> Any:
+    with _lock:
+        if target not in _cache:
+            _cache[target] = make()
+        return _cache[target]
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    """Entry points of the ``rtrrl.backends`` group by name; the first of a name wins."""
+    from importlib.metadata import entry_points  # imported lazily: costs a few milliseconds
+
+    found: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def _dist_name(ep: EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return getattr(dist, "name", None) or "an unknown distribution"
+
+
+def _unknown_message(name: str, entry_points: dict[str, Any]) -> str:
+    known = [f"{n} (built-in)" for n in BUILTIN_BACKENDS]
+    known += [f"{n} (entry point)" for n in entry_points if n not in BUILTIN_BACKENDS]
+    return (
+        f"Unknown rtrrl backend {name!r}. Known backends: {', '.join(known) or 'none'}.\n"
+        f"To use a third-party backend, install a package that declares it in the "
+        f"{ENTRY_POINT_GROUP!r} entry-point group, e.g. in its pyproject.toml:\n"
+        f'    [project.entry-points."{ENTRY_POINT_GROUP}"]\n'
+        f'    {name} = "your_package.module:YourBackend"\n'
+        f"or pass the import string itself: rtrrl.use('your_package.module:YourBackend'). "
+        f"See docs/porting.md."
+    )
+
+
+def _load(target: str, *, label: str, extra: str | None) -> Any:
+    module_name, sep, attr = target.partition(":")
+    module_name, attr = module_name.strip(), attr.strip()
+    if not sep or not module_name or not attr:
+        raise BackendNotFoundError(
+            f"{label}: {target!r} is not an import string of the form 'package.module:Class'."
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing == module_name or module_name.startswith(missing + "."):
+            raise BackendNotFoundError(
+                f"{label}: cannot import module {module_name!r} ({exc}). Check the spelling "
+                f"and that the package providing it is installed in this environment."
+            ) from exc
+        if missing.partition(".")[0] in _OWN_MODULES:
+            raise  # a broken rtrrl installation: no extra would fix it
+        if extra is not None:
+            hint = f'pip install "rtrrl[{extra}]"'
+            how = f"Install it with:\n    {hint}"
+        else:
+            how = f"Install the package that provides the module {missing!r}."
+        raise BackendNotInstalledError(
+            f"The {label} needs the Python module {missing!r}, which is not installed. {how}",
+            name=missing,
+        ) from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise BackendNotFoundError(
+                f"{label}: module {module_name!r} has no attribute {attr!r}."
+            ) from None
+    return _instantiate(obj, where=f"{label} ({target})")
+
+
+def _instantiate(obj: Any, where: str | None = None) -> Any:
+    where = where or repr(obj)
+    # A class or factory is called with no arguments; an object that already implements the
+    # protocol (a module-level instance) is used as it is.
+    if isinstance(obj, type) or (callable(obj) and missing_members(obj)):
+        try:
+            obj = obj()
+        except TypeError as exc:
+            raise InvalidBackendError(
+                f"{where}: cannot create the backend by calling {obj!r} with no arguments: {exc}"
+            ) from exc
+    return _check(obj, where)
+
+
+def _check(obj: Any, where: str) -> Any:
+    missing = missing_members(obj)
+    if missing:
+        raise InvalidBackendError(
+            f"{where} does not implement the rtrrl backend protocol "
+            f"(rtrrl.backends.base.Backend): missing {', '.join(missing)}. See docs/porting.md."
+        )
+    if not isinstance(obj.name, str) or not obj.name:
+        raise InvalidBackendError(f"{where}: backend.name must be a non-empty str.")
+    return obj
