@@ -8,6 +8,7 @@ suite's ``conftest.py`` and touch nothing outside the suite.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -36,6 +37,11 @@ def resolve_backend(config: pytest.Config):
         import rtrrl
 
         cached = rtrrl.use(backend_name(config))
+        # Replay snippets must name the backend as the user did (e.g. "pkg.mod:Backend").
+        if getattr(cached, "conformance_name", None) is None:
+            # A backend may define its own, read-only conformance_name.
+            with contextlib.suppress(AttributeError):
+                cached.conformance_name = backend_name(config)
         config._rtrrl_backend = cached
     return cached
 
