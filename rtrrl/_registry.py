@@ -43,8 +43,8 @@ __all__ = [
 #: Adding a backend is one line here; ``None`` means it needs nothing beyond rtrrl itself.
 BUILTIN_BACKENDS: dict[str, tuple[str, str | None]] = {
     "numpy": ("rtrrl.backends.numpy:NumpyBackend", None),
-    # "jax": ("rtrrl.backends.jax:JaxBackend", "jax"),
-    # "torch": ("rtrrl.backends.torch:TorchBackend", "torch"),
+    "jax": ("rtrrl.backends.jax:JaxBackend", "jax"),
+    "torch": ("rtrrl.backends.torch:TorchBackend", "torch"),
     # "keras-jax": ("rtrrl.backends.keras:KerasJaxBackend", "keras"),
     # "keras-torch": ("rtrrl.backends.keras:KerasTorchBackend", "keras,torch"),
 }
