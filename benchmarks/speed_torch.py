@@ -1,0 +1,92 @@
+"""Step speed of the ``torch`` backend, eager and ``torch.compile``-d.
+
+Discovered by ``benchmarks/step_speed.py`` (which also measures the NumPy reference in the
+same run and writes the tables); :func:`measure` can be called on its own as well::
+
+    python -c "import rtrrl_spec, speed_torch as s; \
+        print(s.measure(rtrrl_spec.Config(obs_dim=4, n_actions=2), 1, 200, 'float32'))"
+
+Fixed inputs (drawn once), a warm-up (which includes compilation for the compiled variant,
+timed separately as ``compile_s``), then ``steps`` calls of the step carrying the agent.
+Threads are left at PyTorch's default (``torch.set_num_threads`` is the user's choice).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+import rtrrl_spec
+from rtrrl.backends.torch import TorchBackend
+
+__all__ = ["measure", "VARIANTS"]
+
+VARIANTS = ("eager", "compiled")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(
+    config: rtrrl_spec.Config,
+    batch_size: int,
+    steps: int,
+    dtype: str,
+    device: str = "cpu",
+    variants: tuple[str, ...] = VARIANTS,
+    warmup: int = 3,
+) -> list[dict[str, Any]]:
+    """One row per variant: agent-steps per second and mean step latency over ``steps`` calls.
+
+    Rows hold ``backend``, ``variant``, ``jacobian``, ``N``, ``B``, ``agent_steps_per_s``,
+    ``step_latency_us``, plus ``dtype``, ``device`` and ``compile_s`` (the first call's
+    time, compilation included; ``None`` for eager).
+    """
+    backend = TorchBackend(device=device, compile=True)
+    dev = torch.device(backend.device())
+    B = batch_size
+    rng = np.random.default_rng(0)
+    obs = backend.from_numpy(rng.uniform(-1.0, 1.0, (B, config.obs_dim)).astype(dtype))
+    reward = backend.from_numpy(rng.uniform(-1.0, 1.0, B).astype(dtype))
+    first_done = backend.from_numpy(np.ones(B, bool))
+    done = backend.from_numpy(np.zeros(B, bool))
+    noise = backend.from_numpy(rtrrl_spec.draw_noise(config, B, rng, dtype))
+    start = backend.init(config, B, seed=0, dtype=dtype)
+    fns = {"eager": backend.step_eager, "compiled": backend.step_compiled}
+    rows = []
+    for variant in variants:
+        step = fns[variant]
+        agent = start
+        _sync(dev)
+        t0 = time.perf_counter()
+        agent, _, _ = step(config, agent, obs, reward, first_done, noise)
+        _sync(dev)
+        first = time.perf_counter() - t0
+        for _ in range(warmup):
+            agent, _, _ = step(config, agent, obs, reward, done, noise)
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            agent, _, _ = step(config, agent, obs, reward, done, noise)
+        _sync(dev)
+        elapsed = time.perf_counter() - t0
+        rows.append(
+            {
+                "backend": "torch",
+                "variant": variant,
+                "jacobian": config.jacobian,
+                "N": config.n_hidden,
+                "B": B,
+                "agent_steps_per_s": B * steps / elapsed,
+                "step_latency_us": elapsed / steps * 1e6,
+                "dtype": dtype,
+                "device": str(dev),
+                "compile_s": first if variant == "compiled" else None,
+            }
+        )
+    return rows

@@ -1,0 +1,252 @@
+"""The torch backend beyond conformance: dtypes, devices, purity, no autograd, noise, compile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import rtrrl  # noqa: E402
+import rtrrl_spec  # noqa: E402
+from rtrrl.backends.base import Backend  # noqa: E402
+from rtrrl.backends.torch import CompiledTorchBackend, TorchBackend  # noqa: E402
+from rtrrl_spec.optim import clip_by_global_norm  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+CONFIGS = [
+    rtrrl_spec.Config(obs_dim=3, n_actions=3, n_hidden=5),
+    rtrrl_spec.Config(obs_dim=2, n_actions=2, n_hidden=4, jacobian="rtrl", trace="dutch"),
+    rtrrl_spec.Config(
+        obs_dim=2,
+        action_dim=2,
+        action_low=(-1.0, 0.0),
+        action_high=(1.0, 2.0),
+        n_hidden=4,
+        feedback_alignment=False,
+        reward_rate_lr=0.01,
+    ),
+    rtrrl_spec.Config(obs_dim=3, action_dim=1, body="linear", meta_rl=False),
+]
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def be() -> TorchBackend:
+    backend = rtrrl.use("torch")
+    assert isinstance(backend, TorchBackend)
+    return backend
+
+
+def _inputs(be: TorchBackend, config: rtrrl_spec.Config, B: int, dtype: str, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    obs = rng.uniform(-1, 1, (B, config.obs_dim)).astype(dtype)
+    reward = rng.uniform(-1, 1, B).astype(dtype)
+    done = rng.random(B) < 0.3
+    noise = rtrrl_spec.draw_noise(config, B, rng, dtype)
+    return [be.from_numpy(a) for a in (obs, reward, done, noise)]
+
+
+def _warm_agent(be: TorchBackend, config: rtrrl_spec.Config, B: int, dtype: str):
+    """An agent after a few steps, so traces, Jacobians and moments are non-zero."""
+    agent = be.init(config, B, seed=1, dtype=dtype)
+    for t in range(3):
+        obs, reward, done, noise = _inputs(be, config, B, dtype, seed=t)
+        if t == 0:
+            done = torch.ones_like(done)
+        agent, _, _ = be.step(config, agent, obs, reward, done, noise)
+    return agent
+
+
+def test_satisfies_protocol(be: TorchBackend) -> None:
+    assert isinstance(be, Backend)
+    assert be.name == "torch"
+    assert be.supported_dtypes == ("float32", "float64")
+    assert be.version() == torch.__version__
+    assert be.device() == "cpu"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int32", "bool"])
+def test_numpy_round_trip_is_exact(be: TorchBackend, dtype: str) -> None:
+    rng = np.random.default_rng(0)
+    original = (rng.standard_normal((2, 3)) * 1e3).astype(dtype)
+    tensor = be.from_numpy(original)
+    assert str(tensor.dtype) == f"torch.{dtype}"
+    assert tensor.device.type == "cpu"
+    back = be.to_numpy({"a": tensor})["a"]
+    assert back.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(back, original)
+    # Copies both ways: writing into one side never shows on the other.
+    kept = original.copy()
+    original[...] = 0
+    np.testing.assert_array_equal(tensor.numpy(), kept)
+    back[...] = 0
+    np.testing.assert_array_equal(tensor.numpy(), kept)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_agent_round_trip_cpu_numpy_cpu_bit_exact(be: TorchBackend, config, dtype: str) -> None:
+    agent = _warm_agent(be, config, 2, dtype)
+    again = be.from_numpy(be.to_numpy(agent))
+    assert list(again) == list(agent)
+    for name, tensor in agent.items():
+        assert again[name].dtype == tensor.dtype, name
+        assert torch.equal(again[name], tensor), name
+    numpy_agent = be.to_numpy(agent)
+    rtrrl_spec.validate_agent(config, numpy_agent)
+    assert numpy_agent["count_td"].dtype == np.int32
+    if config.discrete:
+        assert numpy_agent["a_prev"].dtype == np.int32
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_to_device_keeps_dtypes_and_values(be: TorchBackend, dtype: str) -> None:
+    config = CONFIGS[0]
+    agent = _warm_agent(be, config, 2, dtype)
+    moved = TorchBackend.to_device(agent, "meta")  # a real second device without a GPU
+    assert all(t.device.type == "meta" for t in moved.values())
+    assert all(moved[k].dtype == agent[k].dtype for k in agent)
+    back = TorchBackend.to_device(TorchBackend.to_device(agent, "cpu"), "cpu")
+    assert all(torch.equal(back[k], agent[k]) for k in agent)
+
+
+@CUDA
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cuda_round_trip_bit_exact(dtype: str) -> None:
+    cpu, gpu = TorchBackend("cpu"), TorchBackend("cuda")
+    config = CONFIGS[1]
+    agent = _warm_agent(cpu, config, 2, dtype)
+    on_gpu = TorchBackend.to_device(agent, gpu.device())
+    assert all(t.device.type == "cuda" for t in on_gpu.values())
+    numpy_agent = gpu.to_numpy(on_gpu)
+    for name, tensor in agent.items():
+        np.testing.assert_array_equal(numpy_agent[name], tensor.numpy(), err_msg=name)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_outputs_carry_no_autograd_graph(be: TorchBackend, config) -> None:
+    agent = _warm_agent(be, config, 3, "float32")
+    # Even parameters that ask for gradients produce no graph: the step's gradients are formulas.
+    agent = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in agent.items()}
+    new, action, info = be.step(config, agent, *_inputs(be, config, 3, "float32"))
+    for tree in (new, info, {"action": action}):
+        for name, tensor in tree.items():
+            if name in ("B_A", "B_C"):  # returned as given, unchanged
+                continue
+            assert not tensor.requires_grad, name
+            assert tensor.grad_fn is None, name
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_step_does_not_modify_its_inputs(be: TorchBackend, config) -> None:
+    agent = _warm_agent(be, config, 3, "float64")
+    before = {k: v.clone() for k, v in agent.items()}
+    inputs = _inputs(be, config, 3, "float64", seed=5)
+    inputs_before = [x.clone() for x in inputs]
+    new, _, _ = be.step(config, agent, *inputs)
+    for name, tensor in agent.items():
+        assert torch.equal(tensor, before[name]), f"{name} was modified in place"
+    for x, y in zip(inputs, inputs_before, strict=True):
+        assert torch.equal(x, y)
+    # The step did change the state, so the check above compared something that moved.
+    assert not torch.equal(new["W_A"], agent["W_A"])
+    assert new["e_W_A"].data_ptr() != agent["e_W_A"].data_ptr()
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_step_matches_reference(be: TorchBackend, config, dtype: str) -> None:
+    """A smoke check in this test file; the conformance suite is the real check."""
+    agent = _warm_agent(be, config, 2, dtype)
+    inputs = _inputs(be, config, 2, dtype, seed=9)
+    new, action, info = be.step(config, agent, *inputs)
+    ref_new, ref_action, ref_info = rtrrl_spec.step(
+        config, be.to_numpy(agent), *[be.to_numpy(x) for x in inputs]
+    )
+    rtol = 1e-4 if dtype == "float32" else 1e-10
+    np.testing.assert_allclose(be.to_numpy(action), ref_action, rtol=rtol, atol=rtol)
+    for name in ref_new:
+        np.testing.assert_allclose(
+            be.to_numpy(new[name]), ref_new[name], rtol=rtol, atol=rtol, err_msg=name
+        )
+    assert set(ref_info) <= set(info)
+    for name in ref_info:
+        assert be.to_numpy(info[name]).dtype == ref_info[name].dtype, name
+
+
+def test_generator_is_deterministic_and_noise_in_domain(be: TorchBackend) -> None:
+    discrete, continuous = CONFIGS[0], CONFIGS[2]
+    for dtype in ("float32", "float64"):
+        a, _ = be.draw_noise(discrete, 4096, be.rng(3), dtype)
+        b, _ = be.draw_noise(discrete, 4096, be.rng(3), dtype)
+        c, _ = be.draw_noise(discrete, 4096, be.rng(4), dtype)
+        assert a.dtype == getattr(torch, dtype)
+        assert a.shape == (4096, discrete.n_actions)
+        assert torch.equal(a, b) and not torch.equal(a, c)
+        assert bool(((a > 0) & (a < 1)).all())
+        n, gen = be.draw_noise(continuous, 4096, be.rng(3), dtype)
+        assert n.shape == (4096, 2)
+        assert abs(float(n.mean())) < 0.05 and abs(float(n.std()) - 1.0) < 0.05
+        # The generator advances: the next draw differs.
+        n2, _ = be.draw_noise(continuous, 4096, gen, dtype)
+        assert not torch.equal(n, n2)
+
+
+def test_noise_never_reaches_the_ends_of_the_interval(be: TorchBackend) -> None:
+    # float32 rand can round to values whose Gumbel transform is infinite; the draw keeps
+    # strictly inside (0, 1) for both dtypes, over many draws.
+    for dtype in ("float32", "float64"):
+        noise, _ = be.draw_noise(CONFIGS[0], 200_000, be.rng(0), dtype)
+        gumbel = -torch.log(-torch.log(noise))
+        assert bool(torch.isfinite(gumbel).all()), dtype
+
+
+def test_spec_clip_differs_from_clip_grad_norm() -> None:
+    """Why the backend does not use torch.nn.utils.clip_grad_norm_: its 1e-6 moves the result
+    far beyond the float64 tolerance (1e-10 relative) whenever clipping is active."""
+    direction = {"a": np.array([3.0, 4.0]) * 1e-3}  # norm 5e-3
+    clipped, _ = clip_by_global_norm(direction, 1e-3)
+    p = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    p.grad = torch.tensor(direction["a"])
+    torch.nn.utils.clip_grad_norm_([p], 1e-3)
+    relative = np.max(np.abs(p.grad.numpy() - clipped["a"]) / np.abs(clipped["a"]))
+    assert relative > 1e-6
+
+
+def test_torch_adam_moments_differ_from_the_layout_under_maximize() -> None:
+    """torch.optim.Adam(maximize=True) stores the moment of −Δ: the layout's mu_<p> holds Δ's."""
+    p = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    opt = torch.optim.Adam([p], lr=1e-3, maximize=True)
+    p.grad = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    opt.step()
+    exp_avg = opt.state[p]["exp_avg"]
+    assert torch.allclose(exp_avg, -0.1 * p.grad)  # spec: mu = (1 − β1) Δ = +0.1 Δ
+    assert opt.state[p]["step"].dtype != torch.int32  # spec: count is int32
+
+
+def test_compiled_variant_agrees_with_eager() -> None:
+    be = CompiledTorchBackend()
+    assert set(be.step_variants()) == {"eager", "compiled"}
+    config = CONFIGS[0]
+    agent = _warm_agent(be, config, 2, "float64")
+    inputs = _inputs(be, config, 2, "float64", seed=11)
+    eager = be.step_eager(config, agent, *inputs)
+    compiled = be.step_compiled(config, agent, *inputs)
+    assert torch.equal(eager[1], compiled[1])
+    for i in (0, 2):
+        assert set(eager[i]) == set(compiled[i])
+        for name in eager[i]:
+            torch.testing.assert_close(compiled[i][name], eager[i][name], rtol=1e-12, atol=1e-14)
+
+
+def test_default_backend_offers_only_eager(be: TorchBackend) -> None:
+    assert list(be.step_variants()) == ["eager"]
+
+
+def test_device_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RTRRL_TORCH_DEVICE", "meta")
+    assert TorchBackend().device() == "meta"
+    monkeypatch.delenv("RTRRL_TORCH_DEVICE")
+    assert TorchBackend().device() == "cpu"
