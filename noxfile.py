@@ -32,9 +32,13 @@ PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 # "keras-torch": "keras,torch".
 CONFORMANCE_BACKENDS: dict[str, str | None] = {
     "numpy": None,
+    "torch": "torch",
 }
 # Backends that place arrays on a CUDA device; conformance_gpu and bench_gpu run these.
-GPU_BACKENDS: list[str] = []
+GPU_BACKENDS: list[str] = ["torch"]
+# What conformance_gpu passes as --backend, where the plain name would run on the CPU: the
+# CUDA torch backend also turns TF32 off (the spec is IEEE float32 arithmetic).
+GPU_BACKEND_TARGETS: dict[str, str] = {"torch": "rtrrl.backends.torch:CudaTorchBackend"}
 
 # Always the CPU wheel on these machines (pip finds it in its configured find-links);
 # spelled out as well as pinned by the extra, so that no resolver can pick a CUDA build.
@@ -127,7 +131,7 @@ def conformance_gpu(session: nox.Session) -> None:
             "--pyargs",
             "rtrrl.conformance",
             "--backend",
-            backend,
+            GPU_BACKEND_TARGETS.get(backend, backend),
             *session.posargs,
             env=_hypothesis_env(),
         )
