@@ -437,7 +437,8 @@ def apply_update(
         if group == "rnn":
             changed["tau"] = jnp.maximum(changed["tau"], hp["tau_min"])
         changed[f"count_{group}"] = adam_state.count
-        info[f"grad_norm_{group}"] = optax.global_norm(grads)
+        # The spec's norm (rtrrl_spec.optim.global_norm); optax clips with its own, equal one.
+        info[f"grad_norm_{group}"] = jnp.sqrt(sum(jnp.sum(g * g) for g in grads.values()))
     return changed, info
 
 

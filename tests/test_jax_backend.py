@@ -1,0 +1,287 @@
+"""The jax backend beyond what the conformance suite checks: conversions, noise, variants,
+populations."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+
+import rtrrl  # noqa: E402
+import rtrrl_spec  # noqa: E402
+from rtrrl.backends import jax as jax_backend  # noqa: E402
+from rtrrl.backends.base import Backend  # noqa: E402
+from rtrrl.backends.jax import JaxBackend, x64_enabled  # noqa: E402
+
+pytestmark = pytest.mark.jax
+
+CONFIGS = {
+    "discrete-rflo": rtrrl_spec.Config(obs_dim=3, n_actions=3, n_hidden=5),
+    "bounded-rtrl-nofa": rtrrl_spec.Config(
+        obs_dim=2,
+        action_dim=2,
+        n_hidden=4,
+        jacobian="rtrl",
+        feedback_alignment=False,
+        action_low=(-1.0, 0.0),
+        action_high=(1.0, 2.0),
+    ),
+    "unbounded-dutch-avg": rtrrl_spec.Config(
+        obs_dim=2, action_dim=1, n_hidden=3, trace="dutch", reward_rate_lr=0.05, dt=0.5
+    ),
+    "linear": rtrrl_spec.Config(obs_dim=4, n_actions=2, body="linear", clip_norm=None),
+}
+
+
+@pytest.fixture
+def be() -> JaxBackend:
+    backend = rtrrl.use("jax")
+    assert isinstance(backend, JaxBackend)
+    return backend
+
+
+def _inputs(config: rtrrl_spec.Config, B: int, rng: np.random.Generator, first: bool, lead=()):
+    shape = (*lead, B)
+    obs = rng.uniform(-2, 2, (*shape, config.obs_dim)).astype(np.float32)
+    reward = rng.uniform(-1, 1, shape).astype(np.float32)
+    done = np.ones(shape, bool) if first else rng.random(shape) < 0.2
+    if config.discrete:
+        noise = rng.uniform(0.01, 0.99, (*shape, config.n_actions))
+    else:
+        noise = rng.standard_normal((*shape, config.action_dim))
+    return obs, reward, done, noise.astype(np.float32)
+
+
+def _assert_trees_close(a: dict, b: dict, rtol: float, atol: float, where: str = "") -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        x, y = np.asarray(a[k]), np.asarray(b[k])
+        assert x.dtype == y.dtype, (where, k, x.dtype, y.dtype)
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=f"{where} {k}")
+
+
+def test_satisfies_protocol(be: JaxBackend) -> None:
+    assert isinstance(be, Backend)
+    assert be.name == "jax"
+    assert be.version() == jax.__version__
+    assert be.device() == "cpu" or ":" in be.device()
+    want = ("float32", "float64") if x64_enabled() else ("float32",)
+    assert be.supported_dtypes == want
+    assert set(be.step_variants()) == {"jit", "eager"}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int32", "bool", "float64", "int64"])
+def test_round_trip_keeps_dtype(be: JaxBackend, dtype: str) -> None:
+    if np.dtype(dtype).itemsize == 8 and not x64_enabled():
+        pytest.skip("64-bit arrays need JAX_ENABLE_X64=1 (the refusal is tested below)")
+    original = np.arange(6).reshape(2, 3).astype(dtype)
+    tree = {"a": original, "b": {"c": original[0]}}
+    converted = be.from_numpy(tree)
+    assert isinstance(converted["a"], jax.Array)
+    assert converted["a"].dtype == np.dtype(dtype)
+    back = be.to_numpy(converted)
+    assert isinstance(back["a"], np.ndarray)
+    assert back["a"].dtype == np.dtype(dtype) and back["b"]["c"].dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(back["a"], original)
+    np.testing.assert_array_equal(back["b"]["c"], original[0])
+
+
+def test_agent_round_trip_is_exact(be: JaxBackend) -> None:
+    config = CONFIGS["discrete-rflo"]
+    agent = rtrrl_spec.init(config, 2, 7)
+    back = be.to_numpy(be.from_numpy(agent))
+    assert back["count_td"].dtype == np.int32 and back["a_prev"].dtype == np.int32
+    for k, v in agent.items():
+        assert back[k].dtype == v.dtype, k
+        np.testing.assert_array_equal(back[k], v, err_msg=k)
+
+
+_WITHOUT_X64 = textwrap.dedent(
+    """
+    import numpy as np
+    import rtrrl, rtrrl_spec
+    from rtrrl.backends.jax import Float64DisabledError
+    be = rtrrl.use("jax")
+    assert be.supported_dtypes == ("float32",), be.supported_dtypes
+    for call in (
+        lambda: be.from_numpy({"W": np.zeros(3)}),
+        lambda: be.init(rtrrl_spec.Config(obs_dim=2, n_actions=2), 1, 0, "float64"),
+        lambda: be.draw_noise(rtrrl_spec.Config(obs_dim=2, n_actions=2), 1, be.rng(0), "float64"),
+    ):
+        try:
+            call()
+        except Float64DisabledError as err:
+            assert "JAX_ENABLE_X64=1" in str(err) and "jax_enable_x64" in str(err), err
+        else:
+            raise SystemExit("no error for float64 without x64")
+    import jax
+    assert not jax.config.read("jax_enable_x64"), "the backend flipped x64"
+    print("OK")
+    """
+)
+
+
+def test_float64_without_x64_is_a_clear_error() -> None:
+    # A fresh interpreter: x64 cannot be switched off reliably once arrays exist here.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    out = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_X64], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("OK")
+
+
+@pytest.mark.skipif(not x64_enabled(), reason="needs JAX_ENABLE_X64=1")
+def test_float64_agent_stays_float64(be: JaxBackend) -> None:
+    config = CONFIGS["bounded-rtrl-nofa"]
+    agent = be.init(config, 2, 0, "float64")
+    assert agent["W"].dtype == np.float64 and agent["count_rnn"].dtype == np.int32
+    obs, reward, done, noise = _inputs(config, 2, np.random.default_rng(0), first=True)
+    new, action, info = be.step(
+        config, agent, *(be.from_numpy(x.astype(np.float64)) for x in (obs, reward)),
+        be.from_numpy(done), be.from_numpy(noise.astype(np.float64)),
+    )  # fmt: skip
+    assert all(new[k].dtype == agent[k].dtype for k in agent)
+    assert action.dtype == np.float64 and info["td_error"].dtype == np.float64
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_draw_noise_domain_and_determinism(be: JaxBackend, discrete: bool) -> None:
+    config = CONFIGS["discrete-rflo"] if discrete else CONFIGS["bounded-rtrl-nofa"]
+    key = be.rng(3)
+    noise, key2 = be.draw_noise(config, 4096, key, "float32")
+    again, _ = be.draw_noise(config, 4096, be.rng(3), "float32")
+    other, _ = be.draw_noise(config, 4096, key2, "float32")
+    noise = np.asarray(noise)
+    assert noise.shape == rtrrl_spec.noise_shape(config, 4096) and noise.dtype == np.float32
+    np.testing.assert_array_equal(noise, np.asarray(again))  # same key, same numbers
+    assert not np.array_equal(noise, np.asarray(other))  # the returned key moved on
+    if discrete:
+        assert noise.min() > 0.0 and noise.max() < 1.0
+        assert abs(noise.mean() - 0.5) < 0.02
+    else:
+        assert abs(noise.mean()) < 0.05 and abs(noise.std() - 1.0) < 0.05
+
+
+def test_discrete_noise_near_zero_stays_finite(be: JaxBackend) -> None:
+    # The smallest value draw_noise can return must still give a finite Gumbel score.
+    tiny = np.float32(np.finfo(np.float32).tiny)
+    assert np.isfinite(-np.log(-np.log(tiny)))
+    config = CONFIGS["discrete-rflo"]
+    agent = be.init(config, 1, 0)
+    noise = np.array([[tiny, 0.5, np.nextafter(np.float32(1), np.float32(0))]], np.float32)
+    obs, reward, done, _ = _inputs(config, 1, np.random.default_rng(0), first=True)
+    new, action, info = be.step(config, agent, obs, reward, done, noise)
+    assert int(action[0]) == 2  # the largest noise wins the Gumbel-max by far
+    assert np.all(np.isfinite(np.asarray(new["e_W_A"])))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_jit_and_eager_agree(be: JaxBackend, name: str) -> None:
+    config = CONFIGS[name]
+    variants = be.step_variants()
+    rng = np.random.default_rng(1)
+    agents = {v: be.init(config, 3, 0) for v in variants}
+    for t in range(4):
+        x = [be.from_numpy(a) for a in _inputs(config, 3, rng, first=t == 0)]
+        out = {v: variants[v](config, agents[v], *x) for v in variants}
+        for v in variants:
+            agents[v] = out[v][0]
+        _assert_trees_close(
+            be.to_numpy(out["jit"][0]), be.to_numpy(out["eager"][0]), 1e-5, 1e-6, f"t={t}"
+        )
+        _assert_trees_close(
+            be.to_numpy(out["jit"][2]), be.to_numpy(out["eager"][2]), 1e-5, 1e-6, f"t={t}"
+        )
+    # The agents really moved, so the comparison above compared something.
+    start = rtrrl_spec.init(config, 3, 0)
+    assert not np.allclose(np.asarray(agents["jit"]["W_A"]), start["W_A"])
+
+
+def _run_alone(be, config, seed, B, inputs):
+    agent = be.init(config, B, seed)
+    for x in inputs:
+        agent, action, info = be.step(config, agent, *x)
+    return be.to_numpy(agent), np.asarray(action)
+
+
+@pytest.mark.parametrize("name", ["discrete-rflo", "bounded-rtrl-nofa", "unbounded-dutch-avg"])
+def test_population_member_equals_agent_alone(be: JaxBackend, name: str) -> None:
+    config = CONFIGS[name]
+    seeds, B, T = [0, 5, 11], 2, 5
+    rng = np.random.default_rng(2)
+    inputs = [_inputs(config, B, rng, first=t == 0, lead=(len(seeds),)) for t in range(T)]
+    agents = be.init_population(config, seeds, B)
+    assert agents["W_A"].shape == (len(seeds), *rtrrl_spec.layout(config, B)["W_A"].shape)
+    for x in inputs:
+        agents, actions, infos = be.population_step(config, agents, *x)
+    assert actions.shape[0] == len(seeds) and infos["td_error"].shape == (len(seeds), B)
+    agents = be.to_numpy(agents)
+    for k, seed in enumerate(seeds):
+        alone, action = _run_alone(be, config, seed, B, [[a[k] for a in x] for x in inputs])
+        member = {name_: v[k] for name_, v in agents.items()}
+        _assert_trees_close(member, alone, 2e-5, 1e-6, f"member {k}")
+        np.testing.assert_array_equal(np.asarray(actions[k]), action)
+    # Different seeds make different agents: the members are not copies of one another.
+    assert not np.allclose(agents["W_A"][0], agents["W_A"][1])
+
+
+def test_population_with_per_member_hyperparameters(be: JaxBackend) -> None:
+    base = CONFIGS["discrete-rflo"]
+    configs = [base.replace(lr_td=lr, lr_rnn=lr, gamma=g) for lr, g in [(1e-3, 0.99), (0.05, 0.9)]]
+    B, T = 1, 4
+    rng = np.random.default_rng(4)
+    inputs = [_inputs(base, B, rng, first=t == 0, lead=(2,)) for t in range(T)]
+    agents = be.init_population(base, [3, 3], B)  # same seed: only the numbers differ
+    step = jax_backend.make_population_step(configs)
+    for x in inputs:
+        agents, _, _ = step(agents, *x)
+    agents = be.to_numpy(agents)
+    for k, config in enumerate(configs):
+        alone, _ = _run_alone(be, config, 3, B, [[a[k] for a in x] for x in inputs])
+        _assert_trees_close({n: v[k] for n, v in agents.items()}, alone, 2e-5, 1e-6, f"m{k}")
+    assert not np.allclose(agents["W_A"][0], agents["W_A"][1])
+
+
+def test_population_rejects_mixed_structures() -> None:
+    base = CONFIGS["discrete-rflo"]
+    with pytest.raises(rtrrl_spec.SpecError, match="structure"):
+        jax_backend.make_population_step([base, base.replace(jacobian="rtrl")])
+
+
+def test_one_compile_per_structure() -> None:
+    # Configs that differ only in numbers share the jitted step (the numbers are traced).
+    a = CONFIGS["discrete-rflo"]
+    b = a.replace(gamma=0.5, lr_td=0.1, clip_norm=3.0, dt=0.5)
+    assert jax_backend.split_config(a) == jax_backend.split_config(b)
+    assert jax_backend.split_config(a) != jax_backend.split_config(a.replace(clip_norm=None))
+
+
+def test_step_inside_scan_matches_steps(be: JaxBackend) -> None:
+    config = CONFIGS["discrete-rflo"]
+    B, T = 2, 5
+    rng = np.random.default_rng(5)
+    xs = [_inputs(config, B, rng, first=t == 0) for t in range(T)]
+    stacked = tuple(jnp.asarray(np.stack([x[i] for x in xs])) for i in range(4))
+    step = jax_backend.make_step(config)
+
+    @jax.jit
+    def run(agent, inputs):
+        def body(agent, x):
+            agent, action, info = step(agent, *x)
+            return agent, (action, info["td_error"])
+
+        return jax.lax.scan(body, agent, inputs)
+
+    scanned, (actions, deltas) = run(be.init(config, B, 0), stacked)
+    assert actions.shape == (T, B) and deltas.shape == (T, B)
+    alone, action = _run_alone(be, config, 0, B, xs)
+    _assert_trees_close(be.to_numpy(scanned), alone, 2e-5, 1e-6, "scan")
+    np.testing.assert_array_equal(np.asarray(actions[-1]), action)
