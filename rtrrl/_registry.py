@@ -45,8 +45,8 @@ BUILTIN_BACKENDS: dict[str, tuple[str, str | None]] = {
     "numpy": ("rtrrl.backends.numpy:NumpyBackend", None),
     "jax": ("rtrrl.backends.jax:JaxBackend", "jax"),
     "torch": ("rtrrl.backends.torch:TorchBackend", "torch"),
-    # "keras-jax": ("rtrrl.backends.keras:KerasJaxBackend", "keras"),
-    # "keras-torch": ("rtrrl.backends.keras:KerasTorchBackend", "keras,torch"),
+    "keras-jax": ("rtrrl.backends.keras:KerasJaxBackend", "keras"),
+    "keras-torch": ("rtrrl.backends.keras:KerasTorchBackend", "keras,torch"),
 }
 
 ENTRY_POINT_GROUP = "rtrrl.backends"
