@@ -149,8 +149,10 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
                 J_tau.diagonal(0, 1, 2).add_(dtau_term)
             else:
                 coef = (1.0 - rate) * keep_col  # decay and reset in one (B, N) factor
-                J_W = torch.addcmul(
-                    coef[:, :, None] * agent["J_W"], (rate * dphi)[:, :, None], zeta[:, None, :]
+                # In place on the fresh product: one (B, N, Z) allocation instead of two (large
+                # fresh allocations page-fault, which dominates at large B).
+                J_W = (coef[:, :, None] * agent["J_W"]).addcmul_(
+                    (rate * dphi)[:, :, None], zeta[:, None, :]
                 )
                 J_tau = coef * agent["J_tau"] + dtau_term
             features = h_next
@@ -249,7 +251,8 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
                     ent_W = (ent_signal.reshape(1, -1) @ J_W.reshape(B * N, -1)).reshape(N, -1)
                     ent_tau = (ent_signal.reshape(1, -1) @ J_tau.reshape(B * N, N)).reshape(N)
                 else:
-                    ent_W = torch.einsum("bi,biz->iz", ent_signal, J_W)
+                    # Σ_b gH_bi J[b, i, :] as a batched (1, B) @ (B, Z) product per neuron.
+                    ent_W = torch.bmm(ent_signal.T[:, None, :], J_W.transpose(0, 1))[:, 0]
                     ent_tau = (ent_signal * J_tau).sum(0)
                 dir_W = dir_W + entropy_rate * (ent_W / B)
                 dir_tau = dir_tau + entropy_rate * (ent_tau / B)
@@ -318,17 +321,17 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
         else:
             new["e_W_C"] = (gl_critic * keep)[:, None, None] * agent["e_W_C"] + grad_W_C
             new["e_b_C"] = (gl_critic * keep)[:, None] * agent["e_b_C"] + grad_b_C
-        new["e_W_A"] = (gl_actor * keep)[:, None, None] * agent["e_W_A"] + grad_W_A
+        new["e_W_A"] = ((gl_actor * keep)[:, None, None] * agent["e_W_A"]).add_(grad_W_A)
         if has_rnn:
             keep_rnn = gl_rnn * keep
             if rtrl:
                 grad_W = (signal[:, None, :] @ J_W.reshape(B, N, -1)).reshape(B, N, -1)
                 grad_tau = (signal[:, None, :] @ J_tau)[:, 0]
-                new["e_W"] = keep_rnn[:, None, None] * agent["e_W"] + grad_W
-                new["e_tau"] = keep_rnn[:, None] * agent["e_tau"] + grad_tau
+                new["e_W"] = (keep_rnn[:, None, None] * agent["e_W"]).add_(grad_W)
+                new["e_tau"] = (keep_rnn[:, None] * agent["e_tau"]).add_(grad_tau)
             else:
-                new["e_W"] = torch.addcmul(
-                    keep_rnn[:, None, None] * agent["e_W"], signal[:, :, None], J_W
+                new["e_W"] = (keep_rnn[:, None, None] * agent["e_W"]).addcmul_(
+                    signal[:, :, None], J_W
                 )
                 new["e_tau"] = torch.addcmul(keep_rnn[:, None] * agent["e_tau"], signal, J_tau)
 
