@@ -32,6 +32,7 @@ PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 # "keras-torch": "keras,torch".
 CONFORMANCE_BACKENDS: dict[str, str | None] = {
     "numpy": None,
+    "jax": "jax",
     "torch": "torch",
 }
 # Backends that place arrays on a CUDA device; conformance_gpu and bench_gpu run these.
@@ -96,8 +97,22 @@ def conformance(session: nox.Session, backend: str) -> None:
         "--backend",
         backend,
         *session.posargs,
-        env=_hypothesis_env(),
+        # jax: the first pass is JAX's default (float32 only), whatever the caller's shell says.
+        env={**_hypothesis_env(), **({"JAX_ENABLE_X64": "0"} if backend == "jax" else {})},
     )
+    if backend == "jax":
+        # JAX holds float64 only with x64 enabled, which the backend never switches on by
+        # itself: the first pass ran float32 as users get it by default, this one runs
+        # float32 and float64 with x64 on.
+        session.run(
+            "pytest",
+            "--pyargs",
+            "rtrrl.conformance",
+            "--backend",
+            backend,
+            *session.posargs,
+            env={**_hypothesis_env(), "JAX_ENABLE_X64": "1"},
+        )
 
 
 @nox.session
