@@ -34,6 +34,8 @@ CONFORMANCE_BACKENDS: dict[str, str | None] = {
     "numpy": None,
     "jax": "jax",
     "torch": "torch",
+    "keras-jax": "keras",
+    "keras-torch": "keras,torch",
 }
 # Backends that place arrays on a CUDA device; conformance_gpu and bench_gpu run these.
 GPU_BACKENDS: list[str] = ["torch"]
@@ -85,6 +87,18 @@ def spec(session: nox.Session) -> None:
     session.run("pytest", "tests/spec", *session.posargs, env=_hypothesis_env())
 
 
+def _keras_env(session: nox.Session, backend: str) -> dict[str, str]:
+    """KERAS_BACKEND for keras-jax / keras-torch (Keras reads it once, at import), and a
+    KERAS_HOME inside the session's tmp dir so that nothing is written to ~/.keras."""
+    if not backend.startswith("keras-"):
+        return {}
+    framework = backend.removeprefix("keras-")
+    env = {"KERAS_BACKEND": framework, "KERAS_HOME": str(Path(session.create_tmp()) / "keras")}
+    if framework == "jax":
+        env["JAX_ENABLE_X64"] = "1"  # one pass covers float32 and float64
+    return env
+
+
 @nox.session
 @nox.parametrize("backend", list(CONFORMANCE_BACKENDS))
 def conformance(session: nox.Session, backend: str) -> None:
@@ -98,7 +112,11 @@ def conformance(session: nox.Session, backend: str) -> None:
         backend,
         *session.posargs,
         # jax: the first pass is JAX's default (float32 only), whatever the caller's shell says.
-        env={**_hypothesis_env(), **({"JAX_ENABLE_X64": "0"} if backend == "jax" else {})},
+        env={
+            **_hypothesis_env(),
+            **({"JAX_ENABLE_X64": "0"} if backend == "jax" else {}),
+            **_keras_env(session, backend),
+        },
     )
     if backend == "jax":
         # JAX holds float64 only with x64 enabled, which the backend never switches on by
