@@ -250,3 +250,39 @@ def test_device_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert TorchBackend().device() == "meta"
     monkeypatch.delenv("RTRRL_TORCH_DEVICE")
     assert TorchBackend().device() == "cpu"
+
+
+COMPILED_CASES = [
+    (CONFIGS[0].replace(entropy_rate=0.5, lr_td=0.05, lr_rnn=0.05), "float32"),
+    (
+        rtrrl_spec.Config(
+            obs_dim=2,
+            action_dim=2,
+            action_low=(-1.0, 0.0),
+            action_high=(1.0, 2.0),
+            n_hidden=4,
+            jacobian="rtrl",
+            feedback_alignment=False,
+            trace="dutch",
+            reward_rate_lr=0.05,
+            dt=0.5,
+            tau_min=2.0,
+            clip_norm=None,
+        ),
+        "float64",
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("config", "dtype"), COMPILED_CASES)
+def test_compiled_variant_conforms_on_fixed_cases(config, dtype: str) -> None:
+    """The conformance harness on the compiled step (the suite itself draws too many configs
+    to compile each; see docs/backends/torch.md)."""
+    from rtrrl.conformance.cases import Case
+    from rtrrl.conformance.harness import check_free_running, check_teacher_forced
+
+    be = CompiledTorchBackend()
+    case = Case(config=config, batch_size=3, seed=7, warmup=2, steps=4, dtype=dtype)
+    check_teacher_forced(be, case, "compiled", kind="teacher_forced")
+    check_free_running(be, case, "compiled")
