@@ -113,7 +113,9 @@ def machine() -> str:
         ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         gpu = ""
-    return f"{os.cpu_count()} cores, {cpu}, {gpu or 'no GPU'}; Python {platform.python_version()}"
+    load = f"load average {os.getloadavg()[0]:.1f} (other work on the machine slows every row)"
+    python = platform.python_version()
+    return f"{os.cpu_count()} cores, {cpu}, {gpu or 'no GPU'}, {load}; Python {python}"
 
 
 def _fmt(value: float, digits: int = 0) -> str:
