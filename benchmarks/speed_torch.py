@@ -9,11 +9,15 @@ same run and writes the tables); :func:`measure` can be called on its own as wel
 Fixed inputs (drawn once), a warm-up (the first call, which compiles for the compiled variant,
 is reported as ``compile_s``), then timed chunks of up to ``steps`` calls carrying the agent;
 the best chunk counts, as in the driver's NumPy rows.
-Threads are left at PyTorch's default (``torch.set_num_threads`` is the user's choice).
+Threads are left at PyTorch's default unless ``RTRRL_TORCH_BENCH_THREADS`` is set (the rows
+then carry a note): on a machine whose cores are busy with other processes, PyTorch's
+intra-op thread pool waits for descheduled threads at every parallel op, and one thread can be
+many times faster; see docs/backends/torch.md.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -48,6 +52,10 @@ def measure(
     ``step_latency_us``, plus ``dtype``, ``device`` and ``compile_s`` (the first call's
     time, compilation included; ``None`` for eager).
     """
+    threads = os.environ.get("RTRRL_TORCH_BENCH_THREADS", "").strip()
+    if threads:
+        torch.set_num_threads(int(threads))
+    note = f"{torch.get_num_threads()} thread(s)"
     backend = TorchBackend(device=device, compile=True)
     dev = torch.device(backend.device())
     B = batch_size
@@ -100,6 +108,8 @@ def measure(
                 "dtype": dtype,
                 "device": str(dev),
                 "compile_s": first if variant == "compiled" else None,
+                "note": note
+                + (f", first call (compiles) {first:.1f} s" if variant == "compiled" else ""),
             }
         )
     return rows
