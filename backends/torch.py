@@ -217,6 +217,14 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
                 ent_signal = dent @ B_A.T
                 if c_col is not None:
                     ent_signal = c_col * ent_signal
+            if rtrl:
+                # ∇_R = J'ᵀ g per environment and Σ_b J'ᵀ g_H, in one pass over the large J'.
+                sig = torch.stack([signal, ent_signal], 1) if use_entropy else signal[:, None, :]
+                proj_W = torch.bmm(sig, J_W.reshape(B, N, -1))
+                proj_tau = torch.bmm(sig, J_tau)
+                grad_W, grad_tau = proj_W[:, 0].reshape(B, N, -1), proj_tau[:, 0]
+                if use_entropy:
+                    ent_W, ent_tau = proj_W[:, 1].sum(0).reshape(N, -1), proj_tau[:, 1].sum(0)
 
         # 6. TD error (rtrrl_spec.agent.td_error).
         r_minus = reward - agent["reward_rate"] if average_reward else reward
@@ -246,11 +254,7 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
             dir_W = dmean(delta, agent["e_W"])
             dir_tau = dmean(delta, agent["e_tau"])
             if use_entropy:
-                if rtrl:
-                    # Σ_b Σ_i gH_bi J[b, i, ...]: one (1, B·N) @ (B·N, N·Z) product.
-                    ent_W = (ent_signal.reshape(1, -1) @ J_W.reshape(B * N, -1)).reshape(N, -1)
-                    ent_tau = (ent_signal.reshape(1, -1) @ J_tau.reshape(B * N, N)).reshape(N)
-                else:
+                if not rtrl:  # (RTRL: computed with ∇_R above)
                     # Σ_b gH_bi J[b, i, :] as a batched (1, B) @ (B, Z) product per neuron.
                     ent_W = torch.bmm(ent_signal.T[:, None, :], J_W.transpose(0, 1))[:, 0]
                     ent_tau = (ent_signal * J_tau).sum(0)
@@ -325,8 +329,6 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
         if has_rnn:
             keep_rnn = gl_rnn * keep
             if rtrl:
-                grad_W = (signal[:, None, :] @ J_W.reshape(B, N, -1)).reshape(B, N, -1)
-                grad_tau = (signal[:, None, :] @ J_tau)[:, 0]
                 new["e_W"] = (keep_rnn[:, None, None] * agent["e_W"]).add_(grad_W)
                 new["e_tau"] = (keep_rnn[:, None] * agent["e_tau"]).add_(grad_tau)
             else:
