@@ -271,6 +271,23 @@ COMPILED_CASES = [
         ),
         "float64",
     ),
+    (
+        rtrrl_spec.Config(
+            obs_dim=3,
+            action_dim=1,
+            body="linear",
+            meta_rl=False,
+            var_scaling=False,
+            clip_norm=0.05,
+        ),
+        "float32",
+    ),
+    (
+        rtrrl_spec.Config(
+            obs_dim=2, n_actions=2, n_hidden=6, jacobian="rtrl", meta_rl=False, eta_pi=1.7
+        ),
+        "float64",
+    ),
 ]
 
 
