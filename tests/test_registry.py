@@ -249,7 +249,15 @@ def test_switching_does_not_touch_sys_modules() -> None:
 # --- entry points ---------------------------------------------------------------------------
 
 
+def only_numpy_builtin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hide the framework backends, so available_backends() lists only what a test controls."""
+    monkeypatch.setattr(
+        _registry, "BUILTIN_BACKENDS", {"numpy": _registry.BUILTIN_BACKENDS["numpy"]}
+    )
+
+
 def test_entry_point_backend_is_found(monkeypatch: pytest.MonkeyPatch, make_module) -> None:
+    only_numpy_builtin(monkeypatch)
     mod = make_module(FAKE_BACKEND_SOURCE)
     asked = fake_entry_points(monkeypatch, epfake=f"{mod}:FakeBackend")
     backend = rtrrl.use("epfake")
@@ -293,7 +301,8 @@ def test_unknown_name_lists_known_and_how_to_register(
     assert "package.module:YourBackend" in message
 
 
-def test_missing_framework_gives_install_hint(make_module) -> None:
+def test_missing_framework_gives_install_hint(monkeypatch: pytest.MonkeyPatch, make_module) -> None:
+    only_numpy_builtin(monkeypatch)
     mod = make_module("import rtrrl_no_such_framework_xyz\n\nclass Backend: ...\n")
     _registry.BUILTIN_BACKENDS["fakefw"] = (f"{mod}:Backend", "fakefw")
     with pytest.raises(rtrrl.BackendNotInstalledError) as info:
