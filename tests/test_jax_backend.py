@@ -285,3 +285,32 @@ def test_step_inside_scan_matches_steps(be: JaxBackend) -> None:
     alone, action = _run_alone(be, config, 0, B, xs)
     _assert_trees_close(be.to_numpy(scanned), alone, 2e-5, 1e-6, "scan")
     np.testing.assert_array_equal(np.asarray(actions[-1]), action)
+
+
+def test_adam_bias_correction_is_exact_in_float32() -> None:
+    # 1 - 0.999**t cancels in float32 (about 1e-5 relative at t = 1, what optax computes with
+    # x64 off); the backend must match the reference's float64-formed correction instead.
+    config = CONFIGS["discrete-rflo"].replace(lr_td=0.05, lr_rnn=0.05, clip_norm=None)
+    agent = rtrrl_spec.init(config, 1, 0, "float32")
+    rng = np.random.default_rng(0)
+    direction = {
+        k: rng.standard_normal(agent[k].shape).astype(np.float32)
+        for k in rtrrl_spec.params_of(config)
+    }
+    expected, _ = rtrrl_spec.apply_update(
+        config,
+        {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in agent.items()},
+        {k: v.astype(np.float64) for k, v in direction.items()},
+    )
+    got, _ = jax_backend.apply_update(
+        jax_backend.split_config(config),
+        jax_backend.hyperparams(config, "float32"),
+        {k: jnp.asarray(v) for k, v in agent.items()},
+        {k: jnp.asarray(v) for k, v in direction.items()},
+    )
+    for k in rtrrl_spec.params_of(config):
+        step_ref = expected[k] - agent[k].astype(np.float64)
+        step_got = np.asarray(got[k], np.float64) - agent[k].astype(np.float64)
+        # |step| = lr at t = 1: the error is float32 rounding of the parameter, not 1e-5 lr.
+        np.testing.assert_allclose(step_got, step_ref, rtol=0, atol=2e-7 + 1e-6 * 0.05, err_msg=k)
+    assert int(got["count_td"]) == 1 and got["count_td"].dtype == np.int32
