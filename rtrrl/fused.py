@@ -1,0 +1,306 @@
+"""The fused JAX path: a gymnax environment and the agent in one ``lax.scan`` under ``jit``.
+
+Modelled on purejaxrl: :func:`make_train` returns pure functions that read top to bottom,
+
+- ``init(agent, key) -> carry``: reset ``B`` environments; the first agent step sees the
+  reset observation with reward 0 and ``done = True``;
+- ``epoch(carry) -> (carry, metrics)``: ONE ``lax.scan`` of ``epoch_steps`` steps of
+  *noise → agent step → environment step*, with the episode-return bookkeeping in the carry;
+- ``evaluate(agent, key) -> score``: a frozen copy of the agent (``lr_td = lr_rnn = 0``) on
+  ``eval_episodes`` environments run in parallel (``vmap``), a ``lax.scan`` of the task's time
+  limit, each environment counting its first episode;
+
+and a population of seeds is ONE ``jax.vmap`` of those functions over the seed axis
+(:func:`make_population`). :class:`FusedEngine` drives it from Python one epoch per call, so
+the progress bar, evaluations, early stopping and checkpoints work as on the host loop.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import rtrrl_spec
+from rtrrl.backends import jax as jaxbe
+
+__all__ = ["FusedEngine", "make_population", "make_train"]
+
+Carry = dict[str, Any]
+
+
+def _env_names(config: rtrrl_spec.Config) -> frozenset[str]:
+    return frozenset(k for k, v in rtrrl_spec.layout(config, 1).items() if v.group == "env")
+
+
+def make_train(
+    config: rtrrl_spec.Config,
+    env: Any,
+    *,
+    num_envs: int = 1,
+    epoch_steps: int = 1000,
+    eval_episodes: int = 10,
+    dtype: str = "float32",
+) -> tuple[Callable[..., Carry], Callable[..., Any], Callable[..., Any]]:
+    """``(init, epoch, evaluate)`` for one agent on ``env`` (an :class:`rtrrl.envs.JaxEnv`).
+
+    All three are pure and un-jitted: jit or vmap them as needed (:func:`make_population`).
+    Random keys are carried as raw key data (``uint32``), so a carry is plain arrays and
+    saves to NumPy as it is.
+    """
+    B, E = num_envs, eval_episodes
+    train_step = jaxbe.make_step(config, dtype)
+    # lr 0: Adam moves nothing, so the copy is frozen (its moments change, and are dropped).
+    eval_step = jaxbe.make_step(config.replace(lr_td=0.0, lr_rnn=0.0), dtype)
+    draw_noise = jaxbe.JaxBackend().draw_noise
+    env_names = _env_names(config)
+    eval_len = int(env.spec.max_episode_steps or 10_000)
+
+    def init(agent: dict[str, jax.Array], key_data: jax.Array) -> Carry:
+        key, k_reset = jax.random.split(jax.random.wrap_key_data(key_data))
+        env_state, obs = jax.vmap(env.reset)(jax.random.split(k_reset, B))
+        return {
+            "agent": agent,
+            "env_state": env_state,
+            "obs": obs.astype(dtype),
+            "reward": jnp.zeros(B, dtype),
+            "done": jnp.ones(B, bool),
+            "ep_return": jnp.zeros(B, dtype),
+            "key": jax.random.key_data(key),
+        }
+
+    def epoch(carry: Carry) -> tuple[Carry, dict[str, jax.Array]]:
+        def step(c: tuple[Carry, jax.Array, jax.Array], _: None) -> tuple[Any, Any]:
+            carry, ret_sum, n_done = c
+            key = jax.random.wrap_key_data(carry["key"])
+            key, k_noise, k_env = jax.random.split(key, 3)
+            noise, _ = draw_noise(config, B, k_noise, dtype)
+            agent, action, info = train_step(
+                carry["agent"], carry["obs"], carry["reward"], carry["done"], noise
+            )
+            env_state, obs, reward, terminated, truncated = jax.vmap(env.step)(
+                jax.random.split(k_env, B), carry["env_state"], action
+            )
+            # terminated | truncated: time limits end the episode for the agent (spec default).
+            done = terminated | truncated
+            ep_return = carry["ep_return"] + reward
+            ret_sum = ret_sum + jnp.sum(jnp.where(done, ep_return, 0.0))
+            n_done = n_done + jnp.sum(done)
+            carry = {
+                "agent": agent,
+                "env_state": env_state,
+                "obs": obs.astype(dtype),
+                "reward": reward.astype(dtype),
+                "done": done,
+                "ep_return": jnp.where(done, 0.0, ep_return).astype(dtype),
+                "key": jax.random.key_data(key),
+            }
+            out = (jnp.mean(jnp.abs(info["td_error"])), jnp.mean(info["value"]))
+            return (carry, ret_sum, n_done), out
+
+        zero = jnp.zeros((), jnp.float32)
+        (carry, ret_sum, n_done), (abs_td, value) = jax.lax.scan(
+            step, (carry, zero, jnp.zeros((), jnp.int32)), None, length=epoch_steps
+        )
+        finite = jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(v)) for v in carry["agent"].values() if _is_float(v)])
+        )
+        metrics = {
+            "episodes": n_done,
+            "mean_return": jnp.where(n_done > 0, ret_sum / jnp.maximum(n_done, 1), jnp.nan),
+            "mean_abs_td": jnp.mean(abs_td),
+            "mean_value": jnp.mean(value),
+            "finite": finite,
+        }
+        return carry, metrics
+
+    def evaluate(agent: dict[str, jax.Array], key_data: jax.Array) -> jax.Array:
+        frozen = {
+            k: jnp.zeros((E,) + v.shape[1:], v.dtype) if k in env_names else v
+            for k, v in agent.items()
+        }
+        key, k_reset = jax.random.split(jax.random.wrap_key_data(key_data))
+        env_state, obs = jax.vmap(env.reset)(jax.random.split(k_reset, E))
+
+        def step(c: tuple[Any, ...], _: None) -> tuple[Any, None]:
+            agent, env_state, obs, reward, done, key, total, finished = c
+            key, k_noise, k_env = jax.random.split(key, 3)
+            noise, _ = draw_noise(config, E, k_noise, dtype)
+            agent, action, _ = eval_step(agent, obs, reward, done, noise)
+            env_state, obs, reward, terminated, truncated = jax.vmap(env.step)(
+                jax.random.split(k_env, E), env_state, action
+            )
+            done = terminated | truncated
+            total = total + jnp.where(finished, 0.0, reward)
+            finished = finished | done
+            return (
+                agent,
+                env_state,
+                obs.astype(dtype),
+                reward.astype(dtype),
+                done,
+                key,
+                total,
+                finished,
+            ), None
+
+        init_c = (
+            frozen,
+            env_state,
+            obs.astype(dtype),
+            jnp.zeros(E, dtype),
+            jnp.ones(E, bool),
+            key,
+            jnp.zeros(E, jnp.float32),
+            jnp.zeros(E, bool),
+        )
+        c, _ = jax.lax.scan(step, init_c, None, length=eval_len)
+        return jnp.mean(c[6])
+
+    return init, epoch, evaluate
+
+
+def _is_float(x: jax.Array) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def make_population(
+    config: rtrrl_spec.Config,
+    env: Any,
+    *,
+    num_envs: int = 1,
+    epoch_steps: int = 1000,
+    eval_episodes: int = 10,
+    dtype: str = "float32",
+) -> tuple[Callable[..., Carry], Callable[..., Any], Callable[..., Any]]:
+    """:func:`make_train` for ``P`` seeds at once: ONE ``vmap`` over a leading seed axis.
+
+    ``epoch(carry, active)`` leaves members with ``active[p] = False`` (stopped early)
+    unchanged, so a population keeps its members in step while each stops on its own.
+    All three are jitted.
+    """
+    init, epoch, evaluate = make_train(
+        config,
+        env,
+        num_envs=num_envs,
+        epoch_steps=epoch_steps,
+        eval_episodes=eval_episodes,
+        dtype=dtype,
+    )
+    v_epoch = jax.vmap(epoch)
+
+    def population_epoch(carry: Carry, active: jax.Array) -> tuple[Carry, Any]:
+        new, metrics = v_epoch(carry)
+
+        def keep(n: jax.Array, o: jax.Array) -> jax.Array:
+            mask = active.reshape(active.shape + (1,) * (n.ndim - 1))
+            return jnp.where(mask, n, o)
+
+        return jax.tree_util.tree_map(keep, new, carry), metrics
+
+    return (
+        jax.jit(jax.vmap(init)),
+        jax.jit(population_epoch),
+        jax.jit(jax.vmap(evaluate)),
+    )
+
+
+def _key_data(seed: int) -> np.ndarray:
+    return np.asarray(jax.random.key_data(jax.random.key(seed)))
+
+
+class FusedEngine:
+    """Drives :func:`make_population` for a :class:`rtrrl.train.Session`, epoch by epoch."""
+
+    def __init__(self, session: Any, restored: tuple[dict, Any] | None) -> None:
+        from rtrrl import train
+
+        self.s = session
+        p = session.protocol
+        self.train = train
+        self.init, self.epoch, self.evaluate = _cached_population(
+            session.config, p.task, p.num_envs, p.epoch_steps, p.eval_episodes, p.dtype
+        )
+        seeds = list(p.seeds)
+        agents = jaxbe.init_population(session.config, seeds, p.num_envs, p.dtype)
+        keys = jnp.asarray(np.stack([_key_data(train.noise_seed(s)) for s in seeds]))
+        template = self.init(agents, keys)
+        if restored is None:
+            self.carry = template
+        else:
+            stacked, engine_state = restored
+            leaves, treedef = jax.tree_util.tree_flatten(template)
+            saved = engine_state["carry"]
+            if len(saved) != len(leaves):
+                raise train.CheckpointError(
+                    "the checkpoint's environment state does not match this task's; "
+                    "nothing was overwritten"
+                )
+            restored_leaves = [
+                jnp.asarray(np.asarray(v, dtype=leaf.dtype))
+                for v, leaf in zip(saved, leaves, strict=True)
+            ]
+            carry = jax.tree_util.tree_unflatten(treedef, restored_leaves)
+            carry["agent"] = {k: jnp.asarray(v) for k, v in stacked.items()}
+            self.carry = carry
+
+    def snapshot(self) -> tuple[dict[str, np.ndarray], Any]:
+        """Stacked agents and the rest of the carry as NumPy (at an epoch boundary)."""
+        agents = {k: np.asarray(v) for k, v in self.carry["agent"].items()}
+        # The agents are stored once, in the canonical layout; the carry's leaves (env state,
+        # observations, keys, returns) go to the engine state. Leaves are in tree order.
+        leaves = [np.asarray(v) for v in jax.tree_util.tree_leaves(self.carry)]
+        return agents, {"carry": leaves}
+
+    def run(self, tick: Callable[[], None]) -> None:
+        s, p, train = self.s, self.s.protocol, self.train
+        while any(r.active for r in s.records):
+            active = np.array([r.active for r in s.records])
+            carry, metrics = self.epoch(self.carry, jnp.asarray(active))
+            metrics = jax.device_get(metrics)
+            if not np.all(metrics["finite"][active]):
+                finite = metrics["finite"]
+                bad = [r.seed for i, r in enumerate(s.records) if active[i] and not finite[i]]
+                raise train.DivergedError(
+                    f"seeds {bad}: non-finite values in the agent after epoch "
+                    f"{max(r.epoch for r in s.records) + 1}; training stopped. The last good "
+                    f"checkpoint ({s.out / train.CHECKPOINT}) was kept; lower the learning "
+                    "rates (lr_td, lr_rnn)"
+                )
+            self.carry = carry
+            due = []
+            for i, rec in enumerate(s.records):
+                if not active[i]:
+                    continue
+                rec.epoch += 1
+                s.record_epoch(i, {k: float(metrics[k][i]) for k in metrics if k != "finite"})
+                if p.eval_due(rec.epoch):
+                    due.append(i)
+            if due:
+                keys = np.stack([_key_data(train.eval_seed(r.seed, r.epoch)) for r in s.records])
+                scores = np.asarray(self.evaluate(self.carry["agent"], jnp.asarray(keys)))
+                for i in due:
+                    s.record_eval(i, float(scores[i]))
+                s.save(*self.snapshot())
+            tick()
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_population(
+    config: rtrrl_spec.Config, task: str, B: int, epoch_steps: int, E: int, dtype: str
+) -> tuple[Callable[..., Carry], Callable[..., Any], Callable[..., Any]]:
+    # Cached so that a resumed run in the same process reuses the compiled functions.
+    from rtrrl import envs
+
+    return make_population(
+        config,
+        envs.make_jax(task),
+        num_envs=B,
+        epoch_steps=epoch_steps,
+        eval_episodes=E,
+        dtype=dtype,
+    )
