@@ -24,6 +24,34 @@ def _backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tasks(args: argparse.Namespace) -> int:
+    """List the task registry (``rtrrl tasks``)."""
+    from rtrrl import envs  # imports only NumPy; each task's framework loads when it is built
+
+    rows = envs.describe_tasks()
+    name_w = max(len(r["name"]) for r in rows)
+    src_w = max(len(r["source"]) for r in rows)
+    obs_w = max(len(r["obs"]) for r in rows)
+    act_w = max(len(r["action"]) for r in rows)
+    print(f"{'task':<{name_w}}  {'source':<{src_w}}  {'obs':<{obs_w}}  {'action':<{act_w}}  steps")
+    for r in rows:
+        steps = "-" if r["max_steps"] is None else str(r["max_steps"])
+        line = f"{r['name']:<{name_w}}  {r['source']:<{src_w}}  {r['obs']:<{obs_w}}  "
+        line += f"{r['action']:<{act_w}}  {steps:<5}  {r['target']}"
+        if r["observed"] != "all":
+            line += f" observing {r['observed']}"
+        if args.verbose:
+            line += f": {r['description']}"
+        if r["available"]:
+            line += f"  ({r['available']})"
+        print(line)
+    print(
+        "\nAlso: any gymnax id (e.g. Acrobot-v1), gymnasium:<id> (e.g. gymnasium:CartPole-v1), "
+        "MemoryChain-<k> / DeepSea-<k> for any k, and -Medium / -Hard for the popgym tasks."
+    )
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtrrl", description=__doc__)
     parser.add_argument("--version", action="version", version=f"rtrrl {__version__}")
@@ -31,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     backends = sub.add_parser("backends", help="list the backends and whether they load here")
     backends.add_argument("-v", "--verbose", action="store_true", help="say why one is missing")
     backends.set_defaults(func=_backends)
+    tasks = sub.add_parser("tasks", help="list the registered tasks, their sources and spaces")
+    tasks.add_argument("-v", "--verbose", action="store_true", help="add each task's description")
+    tasks.set_defaults(func=_tasks)
     return parser
 
 
