@@ -8,6 +8,8 @@ Importing this package is cheap: it imports no framework and no backend. Backend
     be = rtrrl.use("numpy")          # or "jax", "torch", "keras-jax", "pkg.mod:Backend"
     with rtrrl.use("numpy") as be:   # the previous backend comes back on exit
         ...
+
+    rtrrl.train("MemoryChain-8", backend="jax", seeds=5, steps=100_000, out="runs/m8")
 """
 
 from rtrrl._registry import (
@@ -24,6 +26,17 @@ from rtrrl.backends.base import Backend
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # ``rtrrl.train`` loads lazily (it needs the environments); the module is callable, so
+    # ``rtrrl.train("CartPole-vel", backend="jax")`` and ``rtrrl.train.resume(...)`` both work.
+    if name == "train":
+        import importlib
+
+        return importlib.import_module("rtrrl.train")
+    raise AttributeError(f"module 'rtrrl' has no attribute {name!r}")
+
+
 __all__ = [
     "Backend",
     "BackendError",
@@ -34,5 +47,6 @@ __all__ = [
     "available_backends",
     "current",
     "get_backend",
+    "train",
     "use",
 ]

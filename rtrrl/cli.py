@@ -1,4 +1,4 @@
-"""The ``rtrrl`` command line. For now: ``rtrrl backends`` (training arrives with the loop)."""
+"""The ``rtrrl`` command line: ``rtrrl backends``, ``rtrrl train``, ``rtrrl eval``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from rtrrl import __version__, _registry
+from rtrrl import __version__, _cli_train, _registry
 
 
 def _backends(args: argparse.Namespace) -> int:
@@ -62,12 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     tasks = sub.add_parser("tasks", help="list the registered tasks, their sources and spaces")
     tasks.add_argument("-v", "--verbose", action="store_true", help="add each task's description")
     tasks.set_defaults(func=_tasks)
+    _cli_train.add_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rtrrl`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.command in ("train", "eval"):
+        return _cli_train.run_guarded(args.func, args)
     return args.func(args)
 
 

@@ -34,8 +34,10 @@ import json
 import math
 import os
 import pickle
+import sys
 import tempfile
 import time
+import types
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -758,6 +760,41 @@ class HostEngine:
         stacked = {k: np.stack([a[k] for a in self.agents]) for k in self.agents[0]}
         return stacked, {"boundary": self.boundary}
 
+    def _epoch(
+        self,
+        env: Any,
+        agent: Any,
+        rng: Any,
+        obs: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+        ep_ret: np.ndarray,
+        returns: list[float],
+    ) -> tuple[Any, Any, np.ndarray, np.ndarray, np.ndarray, float, float]:
+        """``epoch_steps`` steps; ``ep_ret`` is updated in place, finished returns appended."""
+        be, p, config = self.be, self.p, self.s.config
+        B = p.num_envs
+        abs_td = value = 0.0
+        for _ in range(p.epoch_steps):
+            noise, rng = be.draw_noise(config, B, rng, p.dtype)
+            agent, action, info = be.step(
+                config,
+                agent,
+                be.from_numpy(obs.astype(p.dtype)),
+                be.from_numpy(np.asarray(reward).astype(p.dtype)),
+                be.from_numpy(done),
+                noise,
+            )
+            obs, reward, terminated, truncated = env.step(be.to_numpy(action))
+            done = np.asarray(terminated) | np.asarray(truncated)
+            ep_ret += reward
+            if done.any():
+                returns.extend(ep_ret[done].tolist())
+                ep_ret[done] = 0.0
+            abs_td += float(np.abs(be.to_numpy(info["td_error"])).mean())
+            value += float(be.to_numpy(info["value"]).mean())
+        return agent, rng, obs, reward, done, abs_td, value
+
     def run(self, tick: Callable[[], None]) -> None:
         from rtrrl import envs
 
@@ -785,33 +822,26 @@ class HostEngine:
                 while rec.active:
                     returns: list[float] = []
                     abs_td = value = 0.0
-                    for _ in range(p.epoch_steps):
-                        noise, rng = be.draw_noise(config, B, rng, p.dtype)
-                        agent, action, info = be.step(
-                            config,
-                            agent,
-                            be.from_numpy(obs.astype(p.dtype)),
-                            be.from_numpy(reward.astype(p.dtype)),
-                            be.from_numpy(done),
-                            noise,
+                    diverged: Exception | None = None
+                    try:
+                        agent, rng, obs, reward, done, abs_td, value = self._epoch(
+                            env, agent, rng, obs, reward, done, ep_ret, returns
                         )
-                        obs, reward, terminated, truncated = env.step(be.to_numpy(action))
-                        done = np.asarray(terminated) | np.asarray(truncated)
-                        ep_ret += reward
-                        if done.any():
-                            returns.extend(ep_ret[done].tolist())
-                            ep_ret[done] = 0.0
-                        abs_td += float(np.abs(be.to_numpy(info["td_error"])).mean())
-                        value += float(be.to_numpy(info["value"]).mean())
+                    except rtrrl_spec.SpecError as err:
+                        # The reference validates its inputs: a non-finite agent is refused
+                        # mid-epoch; other backends carry the NaN to the check below.
+                        diverged = err
                     agent_np = be.to_numpy(agent)
-                    if not all(np.all(np.isfinite(v)) for v in agent_np.values()):
+                    if diverged is not None or not all(
+                        np.all(np.isfinite(v)) for v in agent_np.values()
+                    ):
                         bad = sorted(k for k, v in agent_np.items() if not np.all(np.isfinite(v)))
                         raise DivergedError(
-                            f"seed {rec.seed}: non-finite values in {bad} after epoch "
-                            f"{rec.epoch + 1}; training stopped. The last good checkpoint "
-                            f"({s.out / CHECKPOINT}) was kept; lower the learning rates "
-                            "(lr_td, lr_rnn) or check the task's observations"
-                        )
+                            f"seed {rec.seed}: non-finite values in the agent ({bad or diverged}) "
+                            f"during epoch {rec.epoch + 1}; training stopped. The last good "
+                            f"checkpoint ({s.out / CHECKPOINT}) was kept; lower the learning "
+                            "rates (lr_td, lr_rnn) or check the task's observations"
+                        ) from diverged
                     rec.epoch += 1
                     self.agents[i] = agent_np
                     self.boundary[i] = {
@@ -870,3 +900,15 @@ def evaluate_checkpoint(
         agent = {k: v[i] for k, v in ckpt["agents"].items()}
         results[agent_seed] = evaluate_host(be, config, agent, protocol.task, episodes, seed)
     return results
+
+
+class _CallableModule(types.ModuleType):
+    """Makes ``rtrrl.train(...)`` work: importing the submodule ``rtrrl.train`` binds that
+    name on the package to this module, so the module itself forwards calls to :func:`train`.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
