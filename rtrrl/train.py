@@ -515,6 +515,16 @@ def train(
     )
     # Resolve the backend and the task first: a typo should fail before any file is written.
     _registry.get_backend(backend)
+    known = {f.name for f in dataclasses.fields(rtrrl_spec.Config)}
+    unknown = sorted(set(config_overrides) - known)
+    if unknown:
+        import difflib
+
+        hints = {u: difflib.get_close_matches(u, known, n=3) for u in unknown}
+        raise ValueError(
+            f"unknown agent setting(s) {unknown} (close matches: {hints}); the fields of "
+            f"rtrrl_spec.Config are {sorted(known)}"
+        )
     spec = _spec_of(task)
     config = spec.agent_config(**config_overrides)
     out_path = _prepare_out(out)

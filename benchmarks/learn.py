@@ -1,0 +1,69 @@
+"""Learning results: the paper's protocol on the fused population path, recorded.
+
+``python benchmarks/learn.py --task MemoryChain-8 --seeds 5 [--steps N] [--eval-every E]
+[--record]`` trains with :func:`rtrrl.train` (JAX backend, fused path: all seeds in one
+``vmap``), writes the run folder under ``runs/learn-TASK-TIME`` and, with ``--record``,
+appends the command, date, machine, steps, wall time and the per-seed table to
+``benchmarks/results/learning.md``. Paper targets (best evaluation reward, median ± std of 5
+runs): MemoryChain-8 1.00 ± 0.00, CartPole-vel 500 ± 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_speed import machine  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "learning.md"
+PAPER = {"MemoryChain-8": "1.00 ± 0.00", "CartPole-vel": "500 ± 0"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=1_000_000, help="budget per seed")
+    parser.add_argument("--eval-every", type=int, default=10, help="epochs (paper: 100)")
+    parser.add_argument("--patience", type=int, default=20)
+    parser.add_argument("--out")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args()
+
+    import rtrrl
+    from rtrrl._cli_train import parse_overrides
+
+    header = machine()
+    date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+    out = Path(args.out or f"runs/learn-{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+    summary = rtrrl.train(
+        args.task,
+        backend="jax",
+        seeds=args.seeds,
+        steps=args.steps,
+        out=out,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        progress=True,
+        **parse_overrides(args.set),
+    )
+    md = (out / "summary.md").read_text().split("\n", 2)[2]
+    text = (
+        f"## {args.task} — {date}\n\n`python {' '.join(sys.argv)}`\n\nMachine: {header}.\n\n"
+        f"Paper: {PAPER.get(args.task, '—')}. Budget {args.steps:,} steps per seed, evaluation "
+        f"every {args.eval_every} epochs of 1000 steps on 10 episodes, patience "
+        f"{args.patience}; engine {summary['engine']}. Curve: `{out}/curve.png`.\n\n{md}"
+    )
+    print(text)
+    if args.record:
+        previous = RESULTS.read_text() if RESULTS.exists() else "# Learning results\n\n"
+        RESULTS.write_text(previous.rstrip("\n") + "\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Training speed: agent-steps per second of the fused JAX path against the environment alone.
+
+Rows (one run, same machine, same moment):
+
+- ``env alone``: the gymnax environment in the same ``lax.scan`` structure as an epoch of the
+  fused path, with random actions (the ceiling the fused path can approach);
+- ``fused B=1``: :func:`rtrrl.fused.make_train`'s epoch (RFLO, N = 32), one agent;
+- ``fused population-64``: :func:`rtrrl.fused.make_population`, 64 seeds in one ``vmap``
+  (steps counted over all seeds);
+- ``host <backend>``: the host loop of :mod:`rtrrl.train` (``HostEngine``) per installed
+  backend: Python loop, host env, one agent step per environment step.
+
+Usage: ``python benchmarks/train_speed.py [--task CartPole-v1] [--backends numpy,jax,torch]
+[--record]`` (``--record`` appends to ``benchmarks/results/train_speed.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results" / "train_speed.md"
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()
+    return (
+        f"{os.cpu_count()} cores (nproc), {model}, no GPU; Python {platform.python_version()}; "
+        f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the start "
+        "(the machine is shared: other work slows every row)"
+    )
+
+
+def best_rate(fn, steps_per_call: int, repeats: int) -> float:
+    """Steps per second of the fastest of ``repeats`` calls (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return steps_per_call / min(times)
+
+
+def fused_rows(task: str, epoch_steps: int, repeats: int, population: int) -> list[tuple]:
+    import jax
+    import jax.numpy as jnp
+
+    import rtrrl_spec
+    from rtrrl import envs, fused
+    from rtrrl.backends import jax as jaxbe
+
+    env = envs.make_jax(task)
+    config = env.spec.agent_config(n_hidden=32, jacobian="rflo")
+    rows = []
+
+    # The environment alone, in the epoch's scan structure: split keys, act, step, bookkeep.
+    n_actions = env.spec.n_actions
+
+    def env_epoch(carry):
+        def body(c, _):
+            state, key, ret = c
+            key, k_act, k_env = jax.random.split(key, 3)
+            action = jax.random.randint(k_act, (1,), 0, n_actions)
+            state, obs, reward, term, trunc = jax.vmap(env.step)(
+                jax.random.split(k_env, 1), state, action
+            )
+            done = term | trunc
+            return (state, key, jnp.where(done, 0.0, ret + reward)), jnp.mean(obs)
+
+        return jax.lax.scan(body, carry, None, length=epoch_steps)
+
+    state, _ = jax.vmap(env.reset)(jax.random.split(jax.random.key(0), 1))
+    env_carry = (state, jax.random.key(1), jnp.zeros(1))
+    env_fn = jax.jit(env_epoch)
+    holder = {"c": env_carry}
+
+    def run_env():
+        holder["c"], out = env_fn(holder["c"])
+        jax.block_until_ready(out)
+
+    env_rate = best_rate(run_env, epoch_steps, repeats)
+    rows.append(("env alone (random actions)", 1, env_rate, "gymnax step in the same scan"))
+
+    init, epoch, _ = fused.make_train(config, env, epoch_steps=epoch_steps)
+    agent = {k: jnp.asarray(v) for k, v in rtrrl_spec.init(config, 1, 0).items()}
+    carry = jax.jit(init)(agent, jax.random.key_data(jax.random.key(0)))
+    epoch_fn = jax.jit(epoch)
+    holder["a"] = carry
+
+    def run_fused():
+        holder["a"], m = epoch_fn(holder["a"])
+        jax.block_until_ready(m)
+
+    rate = best_rate(run_fused, epoch_steps, repeats)
+    rows.append(("fused B=1", 1, rate, f"{rate / env_rate:.2f} × env alone (target ≥ 0.33)"))
+
+    p_init, p_epoch, _ = fused.make_population(config, env, epoch_steps=epoch_steps)
+    seeds = list(range(population))
+    agents = jaxbe.init_population(config, seeds)
+    keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
+    holder["p"] = p_init(agents, keys)
+    active = jnp.ones(population, bool)
+
+    def run_pop():
+        holder["p"], m = p_epoch(holder["p"], active)
+        jax.block_until_ready(m)
+
+    rate = best_rate(run_pop, epoch_steps * population, max(2, repeats // 2))
+    rows.append((f"fused population-{population}", 1, rate, "steps summed over the seeds"))
+    return rows
+
+
+def host_row(task: str, backend: str, steps: int, repeats: int) -> tuple:
+    from rtrrl import envs
+    from rtrrl import train as training
+
+    env = envs.make_host(task, num_envs=1)
+    config = env.spec.agent_config(n_hidden=32, jacobian="rflo")
+    protocol = training.Protocol(task=task, backend=backend, seeds=(0,), epoch_steps=steps)
+    session = training.Session(
+        out=Path(tempfile.mkdtemp()),
+        protocol=protocol,
+        config=config,
+        engine="host",
+        records=[training.SeedRecord(seed=0)],
+    )
+    engine = training.HostEngine(session, None)
+    be = engine.be
+    state = {
+        "agent": be.from_numpy(engine.agents[0]),
+        "rng": be.rng(1),
+        "obs": env.reset(0),
+        "reward": np.zeros(1, np.float32),
+        "done": np.ones(1, bool),
+    }
+    ep_ret = np.zeros(1)
+
+    def run():
+        out = engine._epoch(
+            env,
+            state["agent"],
+            state["rng"],
+            state["obs"],
+            state["reward"],
+            state["done"],
+            ep_ret,
+            [],
+        )
+        state["agent"], state["rng"], state["obs"], state["reward"], state["done"] = out[:5]
+
+    rate = best_rate(run, steps, repeats)
+    env.close()
+    return (f"host {backend}", 1, rate, "Python loop over the host env, one agent step per call")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="CartPole-v1")
+    parser.add_argument("--epoch-steps", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--population", type=int, default=64)
+    parser.add_argument("--host-steps", type=int, default=300)
+    parser.add_argument("--backends", default="numpy,jax,torch,keras-jax,keras-torch")
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args()
+
+    from rtrrl import _registry
+
+    header = machine()
+    date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+    rows = fused_rows(args.task, args.epoch_steps, args.repeats, args.population)
+    installed = _registry.available_backends()
+    for name in args.backends.split(","):
+        if not installed.get(name):
+            rows.append((f"host {name}", 1, float("nan"), "not installed"))
+            continue
+        try:
+            rows.append(host_row(args.task, name, args.host_steps, max(2, args.repeats // 2)))
+        except Exception as err:  # a backend failing must not hide the other rows
+            rows.append((f"host {name}", 1, float("nan"), f"failed: {err}"[:80]))
+        print(rows[-1], flush=True)
+
+    lines = [
+        f"## {date}",
+        "",
+        f"`python {' '.join(sys.argv)}`",
+        "",
+        f"Machine: {header}. Task {args.task}, RFLO, N = 32, float32, {args.epoch_steps} "
+        "steps per epoch (one jitted scan per call; best of the repeats).",
+        "",
+        "| path | B | agent-steps/s | note |",
+        "|---|---:|---:|---|",
+    ]
+    for name, b, rate, note in rows:
+        lines.append(f"| {name} | {b} | {rate:,.0f} | {note} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.record:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        previous = RESULTS.read_text() if RESULTS.exists() else "# Training speed\n\n"
+        RESULTS.write_text(previous.rstrip("\n") + "\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()

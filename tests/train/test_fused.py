@@ -1,0 +1,113 @@
+"""The fused JAX path: scan of environment and agent, populations, resume, divergence."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jax")
+pytest.importorskip("gymnax")
+pytest.importorskip("matplotlib")
+
+import rtrrl  # noqa: E402
+from rtrrl import train as training  # noqa: E402
+
+pytestmark = pytest.mark.jax
+
+TINY = dict(steps=600, epoch_steps=200, eval_every=2, eval_episodes=3)
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv") as f:
+        return [{k: v for k, v in r.items() if k != "wall_time"} for r in csv.DictReader(f)]
+
+
+def test_fused_path_is_chosen_and_writes_a_run(tmp_path: Path) -> None:
+    summary = rtrrl.train("MemoryChain-4", "jax", seeds=3, out=tmp_path / "r", **TINY)
+    assert summary["engine"] == "fused"
+    rows = _rows(tmp_path / "r")
+    assert len(rows) == 3 * 3  # one row per seed per epoch
+    # 200 steps of MemoryChain-4 (5-step episodes) finish 40 episodes per epoch.
+    assert {r["episodes"] for r in rows} == {"40"}
+    assert all(-1.0 <= float(r["mean_return"]) <= 1.0 for r in rows)
+    # Seeds differ: independent agents, not one agent copied.
+    agents = training.load_checkpoint(tmp_path / "r")["agents"]
+    assert not np.array_equal(agents["W"][0], agents["W"][1])
+    assert (tmp_path / "r" / "curve.png").stat().st_size > 1000
+
+
+def test_fused_resume_is_exact(tmp_path: Path) -> None:
+    kwargs = dict(backend="jax", seeds=2, steps=800, epoch_steps=200, eval_every=1, eval_episodes=2)
+    rtrrl.train("MemoryChain-4", out=tmp_path / "a", **kwargs)
+    with pytest.raises(KeyboardInterrupt):
+        rtrrl.train("MemoryChain-4", out=tmp_path / "b", _interrupt_after=2, **kwargs)
+    assert len(_rows(tmp_path / "b")) == 2 * 2
+    training.resume(tmp_path / "b")
+    assert _rows(tmp_path / "a") == _rows(tmp_path / "b")
+    a = training.load_checkpoint(tmp_path / "a")
+    b = training.load_checkpoint(tmp_path / "b")
+    for k in a["agents"]:
+        np.testing.assert_array_equal(a["agents"][k], b["agents"][k], err_msg=k)
+    for x, y in zip(
+        a["state"]["engine_state"]["carry"], b["state"]["engine_state"]["carry"], strict=True
+    ):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_fused_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(training.DivergedError, match="non-finite"):
+        rtrrl.train(
+            "MemoryChain-4", "jax", seeds=2, out=tmp_path / "r", lr_td=1e38, lr_rnn=1e38, **TINY
+        )
+    agents = training.load_checkpoint(tmp_path / "r")["agents"]
+    assert all(np.all(np.isfinite(v)) for v in agents.values())
+
+
+def test_early_stop_by_patience(tmp_path: Path) -> None:
+    # With lr 0 nothing improves after the first evaluation: patience 2 stops at epoch 3.
+    summary = rtrrl.train(
+        "MemoryChain-4",
+        "jax",
+        seeds=1,
+        out=tmp_path / "r",
+        steps=2000,
+        epoch_steps=100,
+        eval_every=1,
+        eval_episodes=2,
+        patience=2,
+        lr_td=0.0,
+        lr_rnn=0.0,
+    )
+    seed = summary["seeds"][0]
+    assert seed["stopped"] == "patience"
+    assert seed["epochs"] < 20
+
+
+def test_checkpoint_evaluates_on_other_backends(tmp_path: Path) -> None:
+    rtrrl.train("MemoryChain-4", "jax", seeds=2, out=tmp_path / "r", **TINY)
+    on_jax = training.evaluate_checkpoint(tmp_path / "r", "jax", episodes=6, seed=3)
+    on_numpy = training.evaluate_checkpoint(tmp_path / "r", "numpy", episodes=6, seed=3)
+    assert set(on_jax) == {0, 1}
+    assert on_jax == pytest.approx(on_numpy, abs=1e-6)
+    pytest.importorskip("torch")
+    on_torch = training.evaluate_checkpoint(tmp_path / "r", "torch", episodes=6, seed=3)
+    assert on_torch == pytest.approx(on_numpy, abs=1e-6)
+
+
+def test_host_loop_on_jax_can_be_forced(tmp_path: Path) -> None:
+    summary = rtrrl.train(
+        "MemoryChain-4",
+        "jax",
+        seeds=1,
+        out=tmp_path / "r",
+        fused=False,
+        steps=200,
+        epoch_steps=100,
+        eval_every=1,
+        eval_episodes=2,
+    )
+    assert summary["engine"] == "host"
+    assert len(_rows(tmp_path / "r")) == 2
