@@ -23,7 +23,7 @@ import nox
 nox.needs_version = ">=2024.10"
 nox.options.default_venv_backend = "virtualenv"
 nox.options.error_on_external_run = True
-nox.options.sessions = ["lint", "spec", "conformance(backend='numpy')", "tests", "docs"]
+nox.options.sessions = ["lint", "spec", "conformance", "tests", "docs"]
 
 ROOT = Path(__file__).parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
@@ -38,6 +38,10 @@ CONFORMANCE_BACKENDS: dict[str, str | None] = {
     "keras-jax": "keras",
     "keras-torch": "keras,torch",
 }
+# Backends that compile every new shape (XLA) take about a second per drawn example on a 2-core
+# machine, and their eager variants several: under CI they run the compiled variant with the
+# `dev` profile. The full run is `HYPOTHESIS_PROFILE=ci nox -s "conformance(backend='jax')"`.
+CI_QUICK: dict[str, str] = {"jax": "not eager", "keras-jax": "not eager"}
 # Backends that place arrays on a CUDA device; conformance_gpu and bench_gpu run these.
 GPU_BACKENDS: list[str] = ["torch"]
 # What conformance_gpu passes as --backend, where the plain name would run on the CPU: the
@@ -61,6 +65,20 @@ def _hypothesis_env() -> dict[str, str]:
     # An explicit HYPOTHESIS_PROFILE wins; else more examples on CI than on a laptop.
     profile = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
     return {"HYPOTHESIS_PROFILE": profile}
+
+
+def _conformance_args(backend: str, posargs: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Profile and pytest arguments of one conformance run (see CI_QUICK)."""
+    env = _hypothesis_env()
+    quick = (
+        backend in CI_QUICK
+        and os.environ.get("CI")
+        and not os.environ.get("HYPOTHESIS_PROFILE")
+        and "-k" not in posargs
+    )
+    if quick:
+        return {"HYPOTHESIS_PROFILE": "dev"}, ["-k", CI_QUICK[backend], *posargs]
+    return env, list(posargs)
 
 
 def _has_cuda() -> bool:
@@ -105,39 +123,22 @@ def _keras_env(session: nox.Session, backend: str) -> dict[str, str]:
 def conformance(session: nox.Session, backend: str) -> None:
     """The Hypothesis conformance suite against one backend, in its own environment."""
     _install(session, CONFORMANCE_BACKENDS[backend], "test")
-    session.run(
-        "pytest",
-        "--pyargs",
-        "rtrrl.conformance",
-        "--backend",
-        backend,
-        *session.posargs,
-        # jax: the first pass is JAX's default (float32 only), whatever the caller's shell says.
-        env={
-            **_hypothesis_env(),
-            **({"JAX_ENABLE_X64": "0"} if backend == "jax" else {}),
-            **_keras_env(session, backend),
-        },
-    )
+    profile_env, args = _conformance_args(backend, session.posargs)
+    suite = ["pytest", "--pyargs", "rtrrl.conformance", "--backend", backend, *args]
+    # jax: the first pass is JAX's default (float32 only), whatever the caller's shell says.
+    x64_off = {"JAX_ENABLE_X64": "0"} if backend == "jax" else {}
+    session.run(*suite, env={**profile_env, **x64_off, **_keras_env(session, backend)})
     if backend == "jax":
         # JAX holds float64 only with x64 enabled, which the backend never switches on by
         # itself: the first pass ran float32 as users get it by default, this one runs
         # float32 and float64 with x64 on.
-        session.run(
-            "pytest",
-            "--pyargs",
-            "rtrrl.conformance",
-            "--backend",
-            backend,
-            *session.posargs,
-            env={**_hypothesis_env(), "JAX_ENABLE_X64": "1"},
-        )
+        session.run(*suite, env={**profile_env, "JAX_ENABLE_X64": "1"})
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Unit and integration tests of everything but the reference."""
-    _install(session, None, "test")
+    """Unit and integration tests of everything but the reference, with every framework."""
+    _install(session, "all", "test")
     session.run("pytest", "tests", "--ignore=tests/spec", *session.posargs, env=_hypothesis_env())
 
 
