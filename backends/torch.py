@@ -60,6 +60,14 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
     Branches on the config are resolved here, in Python, once; the returned function runs only
     tensor ops, which keeps eager dispatch short at small batch sizes and gives
     ``torch.compile`` one static graph per config.
+
+    At small B the eager step's cost is the number of ATen calls (about 1-3 µs each), so the
+    step is written to make few of them. Measured on the development CPU: an op between a
+    tensor and a Python float (``x * 0.99``, ``1.0 - x``) costs 2.5-3.5 µs, because the float
+    is wrapped into a tensor and cast for every call, against 1 µs for the same op with a
+    0-dim tensor of the agent's dtype; so constants are such tensors, made once here (``_c``).
+    Python floats remain only where an op takes them as a plain argument (``alpha=``,
+    ``value=``, ``min=``), which costs nothing extra.
     """
     N, n_in, K = config.n_hidden, config.input_dim, config.n_out
     discrete, has_rnn, meta_rl = config.discrete, config.has_rnn, config.meta_rl
@@ -72,36 +80,65 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
     entropy_rate = config.entropy_rate
     use_entropy = entropy_rate != 0.0  # adding 0 · ∇H changes no bit of a finite direction
     dt, gamma = config.dt, config.gamma
-    gl_actor = config.gamma * config.lambda_actor
-    gl_critic = config.gamma * config.lambda_critic
-    gl_rnn = config.gamma * config.lambda_rnn
     params = rtrrl_spec.params_of(config)
     shapes = {k: rtrrl_spec.layout(config, 1)[k].shape for k in params}
     sizes = [int(np.prod(shapes[k], dtype=np.int64)) for k in params]
     n_td = sum(sizes[: len(rtrrl_spec.TD_PARAMS)])
     total = sum(sizes)
     groups = 2 if has_rnn else 1
+    flat_1d = {k: len(shapes[k]) == 1 for k in params}  # these need no view to/from flat
 
     def const(values: Any, dt_: torch.dtype = dtype) -> torch.Tensor:
         return torch.as_tensor(np.asarray(values), dtype=dt_, device=device)
 
-    # The optimizer works on all parameters as one flat vector; these map entries to groups.
-    group_of = const(np.repeat(np.arange(groups), [n_td, total - n_td][:groups]), torch.long)
-    lr = const(np.repeat([config.lr_td, config.lr_rnn][:groups], [n_td, total - n_td][:groups]))
+    _c = const  # 0-dim constants read better as _c(1.0)
+    one = _c(1.0)
+    # group_ind[g, i] = 1 where flat entry i belongs to group g: per-group sums of squares and
+    # the expansion of per-group factors to entries are then one matrix-vector product each
+    # (exact for the expansion: one 1 per column), where index_select costs ~5 µs per call.
+    ind = np.zeros((groups, total))
+    ind[0, :n_td] = 1.0
+    if has_rnn:
+        ind[1, n_td:] = 1.0
+    group_ind = const(ind)
+    group_ind_t = const(ind.T.copy())
+    same_lr = not has_rnn or config.lr_td == config.lr_rnn
+    lr_flat = (
+        None if same_lr else const(np.repeat([config.lr_td, config.lr_rnn], [n_td, total - n_td]))
+    )
     # tau ≥ tau_min as one elementwise maximum over the flat vector (-inf elsewhere).
     floor = np.full(total, -np.inf)
     if has_rnn:
         floor[total - N :] = config.tau_min
     lower = const(floor)
     b1, b2, eps, clip = config.adam_b1, config.adam_b2, config.adam_eps, config.clip_norm
+    # β1^t and β2^t for both groups in one float64 pow: bases (2, 1) against counts (groups,).
+    betas = const([[b1], [b2]], torch.float64)
+    one64 = const(1.0, torch.float64)
+    one_i = const(1, torch.int32)
+    b1_c, b2_c, eps_c = _c(b1), _c(b2), _c(eps)
+    clip_c = _c(clip) if clip is not None else None
+    gamma_c = _c(gamma)
+    dt_c = _c(dt)
+    # One decay factor per distinct γλ (all three are equal by default: computed once).
+    gl_values = {
+        "actor": gamma * config.lambda_actor,
+        "critic": gamma * config.lambda_critic,
+        "rnn": gamma * config.lambda_rnn,
+    }
+    gl_consts = {v: _c(v) for v in gl_values.values()}
     eye_a = const(np.eye(config.action_size)) if discrete and meta_rl else None
     eye_k = const(np.eye(K)) if discrete else None
     eye_n = const(np.eye(N)) if has_rnn and rtrl else None
     if not discrete and config.bounded:
         lo, hi = const(config.action_low), const(config.action_high)
+        span = hi - lo
     else:
-        lo = hi = None
+        lo = hi = span = None
     half_log_2pi = float(0.5 * np.log(2.0 * np.pi))
+    half_log_2pi_c = _c(half_log_2pi)
+    ent_const_c = _c(0.5 + half_log_2pi)
+    four_c, minus_two_c, minus_half_c = _c(4.0), _c(-2.0), _c(-0.5)
     D = K // 2
 
     def step(
@@ -114,7 +151,7 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
         B = obs.shape[0]
         new: Agent = dict(agent)
         # Resets as multiplications by 0/1 (exact for finite values) rather than `where`.
-        keep = 1.0 - done.to(dtype)  # (B,)
+        keep = one - done.to(dtype)  # (B,)
         keep_col = keep[:, None]
 
         # 1-2. RNN input; at a boundary the previous action and reward are not fed.
@@ -124,45 +161,26 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
         else:
             x_parts = [obs]
 
-        # 3. Body (rtrrl_spec.ctrnn).
+        # 3. Body (rtrrl_spec.ctrnn): h' here; the Jacobian traces after the heads, which
+        # give the signals RTRL projects through J' in the same product that computes it.
         if has_rnn:
             W, tau = agent["W"], agent["tau"]
             h = agent["h"] * keep_col
-            # zeta = [x, h, 1] in one cat and one pad.
-            zeta = F.pad(torch.cat([*x_parts, h], 1), (0, 1), value=1.0)
-            phi = torch.tanh(zeta @ W.T)
-            h_next = h + dt * (phi - h) / tau
-            dphi = 1.0 - phi * phi
-            rate = dt / tau
-            dtau_term = dt * (h - phi) / (tau * tau)  # ∂h'/∂tau, local part
-            if rtrl:
-                # M = I + dt ∂f/∂h; the reset of J is folded into M's columns (M @ (k J)).
-                W_h = W[:, n_in : n_in + N]
-                M = eye_n + (dphi[:, :, None] * W_h - eye_n) * rate[:, None]
-                M = M * keep[:, None, None]
-                J_W = torch.bmm(M, agent["J_W"].reshape(B, N, -1)).reshape(B, N, N, -1)
-                J_tau = torch.bmm(M, agent["J_tau"])
-                # The local term on the diagonal i = j; J_W / J_tau are fresh tensors here, so
-                # adding in place writes into nothing the caller owns.
-                local = (rate * dphi)[:, :, None] * zeta[:, None, :]
-                J_W.diagonal(0, 1, 2).add_(local.transpose(1, 2))
-                J_tau.diagonal(0, 1, 2).add_(dtau_term)
-            else:
-                coef = (1.0 - rate) * keep_col  # decay and reset in one (B, N) factor
-                # In place on the fresh product: one (B, N, Z) allocation instead of two (large
-                # fresh allocations page-fault, which dominates at large B).
-                J_W = (coef[:, :, None] * agent["J_W"]).addcmul_(
-                    (rate * dphi)[:, :, None], zeta[:, None, :]
-                )
-                J_tau = coef * agent["J_tau"] + dtau_term
+            zeta = torch.cat([*x_parts, h, keep_col.new_ones((B, 1))], 1)  # [x, h, 1]
+            phi = torch.tanh(F.linear(zeta, W))
+            rate = one / tau if dt == 1.0 else dt_c / tau
+            # h' = h + dt (φ − h) / τ and ∂h'/∂τ (local) = dt (h − φ) / τ², sharing (h − φ) dt/τ.
+            h_rate = (h - phi) * rate
+            h_next = h - h_rate
+            dtau_term = h_rate / tau
+            dphi = torch.addcmul(one, phi, phi, value=-1.0)  # 1 − φ²
             features = h_next
-            new["h"], new["J_W"], new["J_tau"] = h_next, J_W, J_tau
         else:
             features = torch.cat(x_parts, 1) if meta_rl else obs
 
         # 4. Heads (rtrrl_spec.heads), parameters as before this step's update.
         W_A, W_C, b_C = agent["W_A"], agent["W_C"], agent["b_C"]
-        value = features @ W_C[:, 0] + b_C
+        value = torch.addmm(b_C, features, W_C)[:, 0]
         out = features @ W_A
         if discrete:
             log_p = torch.log_softmax(out, -1)
@@ -172,41 +190,38 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
             sample = action
             dlogp = eye_k.index_select(0, idx) - p
             log_prob = log_p.gather(1, idx[:, None])[:, 0]
-            entropy = -(p * log_p).sum(-1)
-            dent = -p * (log_p + entropy[:, None])
+            # −H = Σ p ln p; ∂H/∂ℓ = −p (ln p + H) = p (−H − ln p), the same floats.
+            neg_ent = (p * log_p).sum(-1, keepdim=True)
+            entropy = -neg_ent[:, 0]
+            dent = p * (neg_ent - log_p)
             c_col = None
         else:
             m, s = out[:, :D], out[:, D:]
             if lo is not None:
                 sig_m = torch.sigmoid(m)
-                mu = lo + (hi - lo) * sig_m
-                dmu_dm = (hi - lo) * sig_m * (1.0 - sig_m)
+                mu = lo + span * sig_m
+                dmu_dm = span * sig_m * (one - sig_m)
             else:
                 mu = m
             sig_s = torch.sigmoid(s)
-            pre_sigma = 4.0 * sig_s - 2.0
+            pre_sigma = torch.add(minus_two_c, sig_s, alpha=4.0)  # −2 + 4 sigmoid(s)
             sigma = F.softplus(pre_sigma)
-            dsigma_ds = torch.sigmoid(pre_sigma) * 4.0 * sig_s * (1.0 - sig_s)
-            sample = mu + sigma * noise
+            dsigma_ds = torch.sigmoid(pre_sigma) * four_c * sig_s * (one - sig_s)
+            sample = torch.addcmul(mu, sigma, noise)
             action = torch.clamp(sample, lo, hi) if lo is not None else sample
             log_sigma = torch.log(sigma)
-            log_prob = (-0.5 * noise * noise - log_sigma - half_log_2pi).sum(-1)
-            entropy = (log_sigma + (0.5 + half_log_2pi)).sum(-1)
+            log_prob = (minus_half_c * noise * noise - log_sigma - half_log_2pi_c).sum(-1)
+            entropy = (log_sigma + ent_const_c).sum(-1)
             dlogp_m = noise / sigma
             if lo is not None:
                 dlogp_m = dlogp_m * dmu_dm
             dent_s = dsigma_ds / sigma
-            dlogp = torch.cat([dlogp_m, (noise * noise - 1.0) / sigma * dsigma_ds], -1)
+            dlogp = torch.cat([dlogp_m, (noise * noise - one) / sigma * dsigma_ds], -1)
             dent = F.pad(dent_s, (D, 0))  # ∂H/∂m = 0
             c_col = torch.clamp(sigma.mean(-1, keepdim=True), max=1.0) if scaled else None
 
         # 5. Immediate gradients: per environment f ⊗ (∂/∂out), times c where it applies.
         cf = features if c_col is None else c_col * features
-        grad_W_A = cf[:, :, None] * dlogp[:, None, :]
-        if dutch or c_col is None:
-            grad_W_C, grad_b_C = features[:, :, None], keep.new_ones((B, 1))
-        else:
-            grad_W_C, grad_b_C = cf[:, :, None], c_col
         if has_rnn:
             B_A = agent["B_A"] if config.feedback_alignment else W_A
             B_C = agent["B_C"] if config.feedback_alignment else W_C
@@ -214,128 +229,172 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
             if c_col is not None:
                 signal = c_col * signal
             if use_entropy:
-                ent_signal = dent @ B_A.T
+                ent_signal = F.linear(dent, B_A)
                 if c_col is not None:
                     ent_signal = c_col * ent_signal
+            J_W_old, J_tau_old = agent["J_W"], agent["J_tau"]
             if rtrl:
-                # ∇_R = J'ᵀ g per environment and Σ_b J'ᵀ g_H, in one pass over the large J'.
-                sig = torch.stack([signal, ent_signal], 1) if use_entropy else signal[:, None, :]
-                proj_W = torch.bmm(sig, J_W.reshape(B, N, -1))
-                proj_tau = torch.bmm(sig, J_tau)
-                grad_W, grad_tau = proj_W[:, 0].reshape(B, N, -1), proj_tau[:, 0]
+                # J' = M J + diag(local), M = I + dt ∂f/∂h with the reset of J folded into M.
+                # The projections ∇_R = J'ᵀ g (and Σ_b J'ᵀ g_H) are Σ_i g_i J'[i] = (gᵀM) J +
+                # g ⊙ local: stacking the S signal rows gᵀM under M gives J' and the
+                # projections from ONE batched product over J (B, N + S, N·Z), so the large
+                # trace is read once and J' is never read back. J' is returned as the first N
+                # rows of that product (a view; a fresh, non-contiguous tensor).
+                W_h = W[:, n_in : n_in + N]
+                M = eye_n + (dphi[:, :, None] * W_h - eye_n) * rate[:, None]
+                M = M * keep[:, None, None]
+                sig = torch.stack([signal, ent_signal], 1) if use_entropy else signal[:, None]
+                Mx = torch.cat([M, torch.bmm(sig, M)], 1)  # (B, N + S, N)
+                Z = zeta.shape[1]
+                out_W = torch.bmm(Mx, J_W_old.reshape(B, N, N * Z))
+                out_tau = torch.bmm(Mx, J_tau_old)
+                J_W = out_W[:, :N].view(B, N, N, Z)
+                J_tau = out_tau[:, :N]
+                local = (rate * dphi)[:, :, None] * zeta[:, None, :]  # (B, N, Z), row i = j
+                # In place into the fresh product only (nothing the caller owns).
+                J_W.diagonal(0, 1, 2).add_(local.transpose(1, 2))
+                J_tau.diagonal(0, 1, 2).add_(dtau_term)
+                proj_W = torch.addcmul(
+                    out_W[:, N:].view(B, -1, N, Z), sig[:, :, :, None], local[:, None]
+                )
+                proj_tau = torch.addcmul(out_tau[:, N:], sig, dtau_term[:, None, :])
+                grad_W, grad_tau = proj_W[:, 0], proj_tau[:, 0]
                 if use_entropy:
-                    ent_W, ent_tau = proj_W[:, 1].sum(0).reshape(N, -1), proj_tau[:, 1].sum(0)
+                    ent_W, ent_tau = proj_W[:, 1].sum(0), proj_tau[:, 1].sum(0)
+            else:
+                coef = (one - rate) * keep_col  # decay and reset in one (B, N) factor
+                # In place on the fresh product: one (B, N, Z) allocation instead of two (large
+                # fresh allocations page-fault, which dominates at large B).
+                J_W = (coef[:, :, None] * J_W_old).addcmul_(
+                    (rate * dphi)[:, :, None], zeta[:, None, :]
+                )
+                J_tau = torch.addcmul(dtau_term, coef, J_tau_old)
+                if use_entropy:
+                    # Σ_b gH_bi J[b, i, :] as a batched (1, B) @ (B, Z) product per neuron.
+                    ent_W = torch.bmm(ent_signal.T[:, None, :], J_W.transpose(0, 1))
+                    ent_tau = (ent_signal * J_tau).sum(0)
+            new["h"], new["J_W"], new["J_tau"] = h_next, J_W, J_tau
 
         # 6. TD error (rtrrl_spec.agent.td_error).
         r_minus = reward - agent["reward_rate"] if average_reward else reward
-        delta = r_minus + gamma * keep * value - agent["v_prev"]
+        gamma_keep = gamma_c * keep
+        delta = torch.addcmul(r_minus, gamma_keep, value) - agent["v_prev"]
 
-        # 7. Batch-mean ascent directions, from the traces as they were. Σ_b δ_b e_b is one
-        # matrix-vector product per trace instead of a (B, ...) temporary and a mean.
-        def dmean(coef: torch.Tensor, trace: torch.Tensor) -> torch.Tensor:
-            return (coef @ trace.reshape(B, -1)).reshape(trace.shape[1:]) / B
+        # 7. Batch-mean ascent directions, from the traces as they were, straight into the
+        # flat vector the optimizer works on: Σ_b (δ_b / B) e_b is one (1, B) @ (B, size)
+        # product per trace, already flat; the entropy terms are added scaled by η_H / B.
+        d_row = (delta / B)[None, :]
+        ent_alpha = entropy_rate / B
+        # (addcmul with value=, not add with alpha=: inductor in torch 2.13 rewrites
+        # add(mm(a, b), x, alpha=s) into a wrong addmm; the compiled-vs-eager test caught it.)
 
-        direction: Agent = {}
-        dir_W_A = dmean(delta, agent["e_W_A"])
+        def dmean(trace: torch.Tensor) -> torch.Tensor:
+            return torch.mm(d_row, trace.reshape(B, -1))
+
+        pieces: dict[str, torch.Tensor] = {}
+        dir_W_A = dmean(agent["e_W_A"])
         if use_entropy:
-            dir_W_A = dir_W_A + entropy_rate * ((cf.T @ dent) / B)
-        direction["W_A"] = dir_W_A
+            dir_W_A = torch.addcmul(dir_W_A, (cf.T @ dent).view(1, -1), one, value=ent_alpha)
+        pieces["W_A"] = dir_W_A
         if dutch:
             # True-online correction with v̂_prev under the current critic (spec, step 7).
             x_W_C, x_b_C = agent["x_W_C"], agent["x_b_C"]
-            value_now = x_W_C[:, :, 0] @ W_C[:, 0] + x_b_C[:, 0] * b_C[0]
-            corr = value_now - agent["v_prev"]
-            direction["W_C"] = dmean(delta, agent["e_W_C"]) - dmean(corr, x_W_C)
-            direction["b_C"] = dmean(delta, agent["e_b_C"]) - dmean(corr, x_b_C)
+            value_now = torch.addmm(x_b_C * b_C, x_W_C[:, :, 0], W_C)[:, 0]
+            corr_row = ((value_now - agent["v_prev"]) / B)[None, :]
+            pieces["W_C"] = torch.addmm(dmean(agent["e_W_C"]), corr_row, x_W_C[:, :, 0], alpha=-1)
+            pieces["b_C"] = torch.addmm(dmean(agent["e_b_C"]), corr_row, x_b_C, alpha=-1)
         else:
-            direction["W_C"] = dmean(delta, agent["e_W_C"])
-            direction["b_C"] = dmean(delta, agent["e_b_C"])
+            pieces["W_C"] = dmean(agent["e_W_C"])
+            pieces["b_C"] = dmean(agent["e_b_C"])
         if has_rnn:
-            dir_W = dmean(delta, agent["e_W"])
-            dir_tau = dmean(delta, agent["e_tau"])
+            dir_W = dmean(agent["e_W"])
+            dir_tau = dmean(agent["e_tau"])
             if use_entropy:
-                if not rtrl:  # (RTRL: computed with ∇_R above)
-                    # Σ_b gH_bi J[b, i, :] as a batched (1, B) @ (B, Z) product per neuron.
-                    ent_W = torch.bmm(ent_signal.T[:, None, :], J_W.transpose(0, 1))[:, 0]
-                    ent_tau = (ent_signal * J_tau).sum(0)
-                dir_W = dir_W + entropy_rate * (ent_W / B)
-                dir_tau = dir_tau + entropy_rate * (ent_tau / B)
-            direction["W"], direction["tau"] = dir_W, dir_tau
+                dir_W = torch.addcmul(dir_W, ent_W.reshape(1, -1), one, value=ent_alpha)
+                dir_tau = torch.addcmul(dir_tau, ent_tau, one, value=ent_alpha)
+            pieces["W"], pieces["tau"] = dir_W, dir_tau
 
         # Clip per group by global norm, then Adam (rtrrl_spec.apply_update), on one flat vector.
-        d_flat = torch.cat([direction[k].reshape(-1) for k in params])
-        p_flat = torch.cat([agent[k].reshape(-1) for k in params])
-        mu_flat = torch.cat([agent[f"mu_{k}"].reshape(-1) for k in params])
-        nu_flat = torch.cat([agent[f"nu_{k}"].reshape(-1) for k in params])
-        sq = d_flat * d_flat
+        d_flat = torch.cat([pieces[k] for k in params], 1)[0]
+
+        def flat(prefix: str) -> torch.Tensor:
+            return torch.cat(
+                [agent[prefix + k] if flat_1d[k] else agent[prefix + k].view(-1) for k in params]
+            )
+
+        p_flat, mu_flat, nu_flat = flat(""), flat("mu_"), flat("nu_")
+        norms = torch.mv(group_ind, d_flat * d_flat).sqrt()  # (groups,)
         if has_rnn:
-            norms = torch.stack([sq[:n_td].sum(), sq[n_td:].sum()]).sqrt()
-            counts = torch.stack([agent["count_td"], agent["count_rnn"]]) + 1
+            counts = torch.stack([agent["count_td"], agent["count_rnn"]]) + one_i
         else:
-            norms = sq.sum().sqrt()[None]
-            counts = agent["count_td"][None] + 1
+            counts = agent["count_td"][None] + one_i
         if clip is not None:
-            factor = clip / torch.clamp(norms, min=clip)  # c / max(‖Δ‖, c)
-            d_flat = d_flat * factor.index_select(0, group_of)
-        t = counts.to(torch.float64)
-        # Bias corrections in float64, rounded to the agent's dtype once, as the reference's
-        # Python-float corrections are when they meet a float32 array.
-        bc1 = (1.0 - torch.pow(b1, t)).to(dtype).index_select(0, group_of)
-        bc2 = (1.0 - torch.pow(b2, t)).to(dtype).index_select(0, group_of)
-        mu_new = b1 * mu_flat + (1.0 - b1) * d_flat
-        nu_new = b2 * nu_flat + (1.0 - b2) * (d_flat * d_flat)
-        p_new = p_flat + lr * (mu_new / bc1) / (torch.sqrt(nu_new / bc2) + eps)
+            factor = clip_c / torch.clamp(norms, min=clip)  # c / max(‖Δ‖, c)
+            d_c = d_flat * (torch.mv(group_ind_t, factor) if has_rnn else factor)
+        else:
+            d_c = d_flat
+        # Bias corrections 1 − β^t in float64, rounded to the agent's dtype once, as the
+        # reference's Python-float corrections are when they meet a float32 array.
+        bc = (one64 - torch.pow(betas, counts.to(torch.float64))).to(dtype)  # (2, groups)
+        bc1, bc2 = (torch.mm(bc, group_ind) if has_rnn else bc).unbind(0)
+        mu_new = torch.add(b1_c * mu_flat, d_c, alpha=1.0 - b1)
+        nu_new = torch.addcmul(b2_c * nu_flat, d_c, d_c, value=1.0 - b2)
+        denom = (nu_new / bc2).sqrt_().add_(eps_c)
+        if same_lr:
+            p_new = torch.addcdiv(p_flat, mu_new / bc1, denom, value=config.lr_td)
+        else:
+            p_new = p_flat + lr_flat * (mu_new / bc1) / denom
         if has_rnn:
             p_new = torch.maximum(p_new, lower)
         upd_flat = p_new - p_flat
 
+        # One stack and one split hand out all five flat results per parameter.
         info: Agent = {}
-        for k, p_k, mu_k, nu_k, u_k in zip(
-            params,
-            p_new.split(sizes),
-            mu_new.split(sizes),
-            nu_new.split(sizes),
-            upd_flat.split(sizes),
-            strict=True,
-        ):
-            shape = shapes[k]
-            new[k], new[f"mu_{k}"], new[f"nu_{k}"] = (
-                p_k.view(shape),
-                mu_k.view(shape),
-                nu_k.view(shape),
+        stacked = torch.stack([p_new, mu_new, nu_new, upd_flat, d_flat])
+        for k, part in zip(params, stacked.split(sizes, 1), strict=True):
+            p_k, mu_k, nu_k, u_k, d_k = (
+                part.unbind(0) if flat_1d[k] else part.view(5, *shapes[k]).unbind(0)
             )
-            info[f"update.{k}"] = u_k.view(shape)
-        new["count_td"] = counts[0]
-        info["grad_norm_td"] = norms[0]
+            new[k], new[f"mu_{k}"], new[f"nu_{k}"] = p_k, mu_k, nu_k
+            info[f"update.{k}"] = u_k
+            info[f"direction.{k}"] = d_k
         if has_rnn:
-            new["count_rnn"] = counts[1]
-            info["grad_norm_rnn"] = norms[1]
+            new["count_td"], new["count_rnn"] = counts.unbind(0)
+            info["grad_norm_td"], info["grad_norm_rnn"] = norms.unbind(0)
+        else:
+            new["count_td"], info["grad_norm_td"] = counts[0], norms[0]
         if average_reward:
             new["reward_rate"] = agent["reward_rate"] + config.reward_rate_lr * delta.mean()
 
         # 8. Traces: reset at the boundary, decay, add this step's gradients.
+        decay = {v: (c * keep) for v, c in gl_consts.items()}  # γλ (1 − done) per distinct γλ
+        dk_actor = decay[gl_values["actor"]][:, None, None]
+        dk_critic = decay[gl_values["critic"]][:, None]
+        f3 = features[:, :, None]
         if dutch:
-            e_W_C = (gl_critic * keep)[:, None, None] * agent["e_W_C"]
-            e_b_C = (gl_critic * keep)[:, None] * agent["e_b_C"]
-            inner = (e_W_C[:, :, 0] * grad_W_C[:, :, 0]).sum(-1) + e_b_C[:, 0] * grad_b_C[:, 0]
-            weight = (1.0 - config.lr_td * inner)[:, None]
-            new["e_W_C"] = torch.addcmul(e_W_C, weight[:, :, None], grad_W_C)
-            new["e_b_C"] = torch.addcmul(e_b_C, weight, grad_b_C)
-            new["x_W_C"], new["x_b_C"] = grad_W_C, grad_b_C
+            e_W_C = dk_critic[:, :, None] * agent["e_W_C"]
+            e_b_C = dk_critic * agent["e_b_C"]
+            # x = ∇_C v = (f, 1): ⟨e_C, x⟩ = e_W_C · f + e_b_C.
+            inner = torch.baddbmm(e_b_C[:, :, None], e_W_C.transpose(1, 2), f3).view(B, 1)
+            weight = torch.addcmul(one, inner, one, value=-config.lr_td)  # 1 − α ⟨e_C, x⟩
+            new["e_W_C"] = torch.addcmul(e_W_C, weight[:, :, None], f3)
+            new["e_b_C"] = e_b_C + weight
+            new["x_W_C"], new["x_b_C"] = f3, keep_col.new_ones((B, 1))
+        elif c_col is None:
+            new["e_W_C"] = torch.addcmul(f3, dk_critic[:, :, None], agent["e_W_C"])
+            new["e_b_C"] = torch.addcmul(one, dk_critic, agent["e_b_C"])
         else:
-            new["e_W_C"] = (gl_critic * keep)[:, None, None] * agent["e_W_C"] + grad_W_C
-            new["e_b_C"] = (gl_critic * keep)[:, None] * agent["e_b_C"] + grad_b_C
-        new["e_W_A"] = ((gl_actor * keep)[:, None, None] * agent["e_W_A"]).add_(grad_W_A)
+            new["e_W_C"] = torch.addcmul(cf[:, :, None], dk_critic[:, :, None], agent["e_W_C"])
+            new["e_b_C"] = torch.addcmul(c_col, dk_critic, agent["e_b_C"])
+        new["e_W_A"] = torch.addcmul(cf[:, :, None] * dlogp[:, None, :], dk_actor, agent["e_W_A"])
         if has_rnn:
-            keep_rnn = gl_rnn * keep
+            dk_rnn = decay[gl_values["rnn"]][:, None]
             if rtrl:
-                new["e_W"] = (keep_rnn[:, None, None] * agent["e_W"]).add_(grad_W)
-                new["e_tau"] = (keep_rnn[:, None] * agent["e_tau"]).add_(grad_tau)
+                new["e_W"] = torch.addcmul(grad_W, dk_rnn[:, :, None], agent["e_W"])
+                new["e_tau"] = torch.addcmul(grad_tau, dk_rnn, agent["e_tau"])
             else:
-                new["e_W"] = (keep_rnn[:, None, None] * agent["e_W"]).addcmul_(
-                    signal[:, :, None], J_W
-                )
-                new["e_tau"] = torch.addcmul(keep_rnn[:, None] * agent["e_tau"], signal, J_tau)
+                new["e_W"] = (dk_rnn[:, :, None] * agent["e_W"]).addcmul_(signal[:, :, None], J_W)
+                new["e_tau"] = torch.addcmul(dk_rnn * agent["e_tau"], signal, J_tau)
 
         # 9. Carry.
         new["v_prev"] = value
@@ -346,8 +405,6 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
         info["entropy"] = entropy
         info["sample"] = sample
         info["features"] = features
-        for k in params:
-            info[f"direction.{k}"] = direction[k]
         return new, action, info
 
     return step
