@@ -76,7 +76,11 @@ def _measure_here(
         ops.convert_to_numpy(agent["v_prev"])
 
     rows = []
-    for variant, step in backend.step_variants().items():
+    from rtrrl.backends import keras as keras_backend
+
+    # The eager function is measured too where the backend's own step is compiled (keras-jax).
+    variants = {"eager": keras_backend.step, **backend.step_variants()}
+    for variant, step in variants.items():
         agent = start
         t0 = time.perf_counter()
         agent, _, _ = step(config, agent, obs, reward, first_done, noise)
