@@ -70,24 +70,52 @@ def fused_rows(task: str, epoch_steps: int, repeats: int, population: int) -> li
     config = env.spec.agent_config(n_hidden=32, jacobian="rflo")
     rows = []
 
-    # The environment alone, in the epoch's scan structure: split keys, act, step, bookkeep.
-    n_actions = env.spec.n_actions
+    # The environment alone, in exactly the structure of a fused epoch (rtrrl.fused.make_train):
+    # the same up-front draws (noise (T, 1, K) and one key per step), the same scan carry and
+    # episode bookkeeping; the agent step is replaced by a random action, argmax of the noise.
+    draw_noise = jaxbe.JaxBackend().draw_noise
 
     def env_epoch(carry):
-        def body(c, _):
-            state, key, ret = c
-            key, k_act, k_env = jax.random.split(key, 3)
-            action = jax.random.randint(k_act, (1,), 0, n_actions)
-            state, obs, reward, term, trunc = jax.vmap(env.step)(
-                jax.random.split(k_env, 1), state, action
-            )
+        key = jax.random.wrap_key_data(carry["key"])
+        key, k_noise, k_env = jax.random.split(key, 3)
+        noise, _ = draw_noise(config, epoch_steps, k_noise, "float32")
+        noise = noise.reshape((epoch_steps, 1) + noise.shape[1:])
+        env_keys = jax.random.split(k_env, (epoch_steps, 1))
+
+        def body(c, xs):
+            carry, ret_sum, n_done = c
+            noise, k = xs
+            action = jnp.argmax(noise, axis=-1).astype(jnp.int32)
+            state, obs, reward, term, trunc = jax.vmap(env.step)(k, carry["env_state"], action)
             done = term | trunc
-            return (state, key, jnp.where(done, 0.0, ret + reward)), jnp.mean(obs)
+            ep_return = carry["ep_return"] + reward
+            ret_sum = ret_sum + jnp.sum(jnp.where(done, ep_return, 0.0))
+            n_done = n_done + jnp.sum(done)
+            carry = {
+                "env_state": state,
+                "obs": obs,
+                "reward": reward,
+                "done": done,
+                "ep_return": jnp.where(done, 0.0, ep_return),
+                "key": carry["key"],
+            }
+            return (carry, ret_sum, n_done), (jnp.mean(obs), jnp.mean(reward))
 
-        return jax.lax.scan(body, carry, None, length=epoch_steps)
+        zero = jnp.zeros((), jnp.float32)
+        (carry, ret_sum, n_done), out = jax.lax.scan(
+            body, (carry, zero, jnp.zeros((), jnp.int32)), (noise, env_keys)
+        )
+        return dict(carry, key=jax.random.key_data(key)), (ret_sum, n_done, out)
 
-    state, _ = jax.vmap(env.reset)(jax.random.split(jax.random.key(0), 1))
-    env_carry = (state, jax.random.key(1), jnp.zeros(1))
+    state, obs = jax.vmap(env.reset)(jax.random.split(jax.random.key(0), 1))
+    env_carry = {
+        "env_state": state,
+        "obs": obs,
+        "reward": jnp.zeros(1),
+        "done": jnp.ones(1, bool),
+        "ep_return": jnp.zeros(1),
+        "key": jax.random.key_data(jax.random.key(1)),
+    }
     env_fn = jax.jit(env_epoch)
     holder = {"c": env_carry}
 
@@ -96,7 +124,8 @@ def fused_rows(task: str, epoch_steps: int, repeats: int, population: int) -> li
         jax.block_until_ready(out)
 
     env_rate = best_rate(run_env, epoch_steps, repeats)
-    rows.append(("env alone (random actions)", 1, env_rate, "gymnax step in the same scan"))
+    note = "gymnax step in the fused epoch's scan structure"
+    rows.append(("env alone (random actions)", 1, env_rate, note))
 
     init, epoch, _ = fused.make_train(config, env, epoch_steps=epoch_steps)
     agent = {k: jnp.asarray(v) for k, v in rtrrl_spec.init(config, 1, 0).items()}
