@@ -100,6 +100,11 @@ def _eval(args: argparse.Namespace) -> int:
     from rtrrl import train as training
 
     results = training.evaluate_checkpoint(args.run, args.backend, args.episodes, args.seed)
+    if args.json:
+        import json
+
+        print(json.dumps({str(seed): float(score) for seed, score in results.items()}))
+        return 0
     backend = args.backend or training.load_checkpoint(args.run)["run"]["protocol"]["backend"]
     print(f"evaluation on {backend} (env and noise seed {args.seed}):")
     for seed, score in results.items():
@@ -153,6 +158,7 @@ def add_commands(sub: Any) -> None:
     e.add_argument("--backend", help="backend to evaluate on (default: the run's)")
     e.add_argument("--episodes", type=int, help="episodes (default: the run's eval_episodes)")
     e.add_argument("--seed", type=int, default=0, help="environment and noise seed")
+    e.add_argument("--json", action="store_true", help="print {seed: reward} as JSON only")
     e.set_defaults(func=_eval)
 
 

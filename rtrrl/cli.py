@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from rtrrl import __version__, _cli_train, _registry
@@ -66,10 +68,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _keras_environment(backend: str | None) -> str | None:
+    """For ``keras-<framework>``: set ``KERAS_BACKEND`` (and ``KERAS_HOME``) before keras loads.
+
+    Keras reads ``KERAS_BACKEND`` once, when it is first imported, so a plain
+    ``rtrrl eval RUN --backend keras-torch`` sets it here from the backend name when it is
+    unset, and ``KERAS_HOME`` to a fresh temporary folder when that is unset (nothing is
+    written to ``~/.keras``). Returns an error message when ``KERAS_BACKEND`` names another
+    framework (or keras is already loaded with one), else ``None``.
+    """
+    if not backend or not backend.startswith("keras-"):
+        return None
+    framework = backend[len("keras-") :]
+    chosen = os.environ.get("KERAS_BACKEND")
+    if chosen and chosen != framework:
+        return (
+            f"backend {backend!r} needs KERAS_BACKEND={framework}, but KERAS_BACKEND={chosen} "
+            f"is set in the environment; unset it or set KERAS_BACKEND={framework}"
+        )
+    if "keras" in sys.modules and chosen is None:
+        return f"keras is already imported in this process; set KERAS_BACKEND={framework} first"
+    os.environ["KERAS_BACKEND"] = framework
+    os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="rtrrl-keras-"))
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rtrrl`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     if args.command in ("train", "eval"):
+        error = _keras_environment(args.backend)
+        if error:
+            print(f"rtrrl {args.command}: error: {error}", file=sys.stderr)
+            return 2
         return _cli_train.run_guarded(args.func, args)
     return args.func(args)
 
