@@ -4,8 +4,9 @@ Modelled on purejaxrl: :func:`make_train` returns pure functions that read top t
 
 - ``init(agent, key) -> carry``: reset ``B`` environments; the first agent step sees the
   reset observation with reward 0 and ``done = True``;
-- ``epoch(carry) -> (carry, metrics)``: ONE ``lax.scan`` of ``epoch_steps`` steps of
-  *noise → agent step → environment step*, with the episode-return bookkeeping in the carry;
+- ``epoch(carry) -> (carry, metrics)``: the epoch's noise and environment keys drawn up
+  front, then ONE ``lax.scan`` of ``epoch_steps`` steps of *agent step → environment step*,
+  with the episode-return bookkeeping in the carry;
 - ``evaluate(agent, key) -> score``: a frozen copy of the agent (``lr_td = lr_rnn = 0``) on
   ``eval_episodes`` environments run in parallel (``vmap``), a ``lax.scan`` of the task's time
   limit, each environment counting its first episode;
