@@ -40,6 +40,7 @@ import numpy as np
 import rtrrl_spec
 from rtrrl.backends.base import BackendBase, map_tree
 from rtrrl_spec import Config
+from rtrrl_spec.config import structure_of
 
 __all__ = [
     "Float64DisabledError",
@@ -61,23 +62,6 @@ HyperParams = dict[str, jax.Array]
 
 # A Python float, not np.float64: a NumPy scalar would promote float32 arrays to float64.
 _HALF_LOG_2PI = float(0.5 * np.log(2.0 * np.pi))
-
-# Config fields that only hold numbers: they become traced scalars, not part of the jit key.
-_NUMERIC_FIELDS = {
-    "dt": 1.0,
-    "gamma": 0.99,
-    "lambda_actor": 0.99,
-    "lambda_critic": 0.99,
-    "lambda_rnn": 0.99,
-    "eta_pi": 1.0,
-    "entropy_rate": 1e-5,
-    "lr_td": 1e-3,
-    "lr_rnn": 1e-3,
-    "adam_b1": 0.9,
-    "adam_b2": 0.999,
-    "adam_eps": 1e-8,
-    "tau_min": 1.0,
-}
 
 
 class Float64DisabledError(TypeError):
@@ -108,25 +92,8 @@ def _check_dtype(dtype: str | np.dtype) -> str:
 
 # --- the config, split into a static structure and traced numbers ---------------------------
 
-
-@functools.lru_cache(maxsize=1024)
-def split_config(config: Config) -> Config:
-    """The structure of ``config``: the same config with every plain number set to a default.
-
-    It is hashable and decides everything static (shapes, which branches exist), so it is the
-    ``jax.jit`` static argument; the numbers come from :func:`hyperparams`. Action bounds keep
-    their length (only their values are traced); ``clip_norm`` and ``reward_rate_lr`` keep
-    whether they are ``None``.
-    """
-    changes: dict[str, Any] = dict(_NUMERIC_FIELDS)
-    if config.bounded:
-        D = int(config.action_dim)  # type: ignore[arg-type]
-        changes["action_low"], changes["action_high"] = (0.0,) * D, (1.0,) * D
-    if config.clip_norm is not None:
-        changes["clip_norm"] = 1.0
-    if config.reward_rate_lr is not None:
-        changes["reward_rate_lr"] = 1.0
-    return config.replace(**changes)
+# The config's structure (static) and numbers (traced): one definition for every backend.
+split_config = structure_of
 
 
 def _hyperparams_numpy(config: Config, dtype: str) -> dict[str, np.ndarray]:

@@ -35,6 +35,7 @@ import rtrrl_spec
 from rtrrl._registry import BackendError, BackendNotInstalledError
 from rtrrl.backends.base import BackendBase, map_tree
 from rtrrl_spec import Config
+from rtrrl_spec.config import structure_of
 
 _SELECT_HELP = (
     "Keras 3 picks its backend once per process from the KERAS_BACKEND environment variable, "
@@ -94,44 +95,8 @@ def x64_enabled() -> bool:
 
 # --- the config, split into a static structure and numbers -----------------------------------
 
-_NUMERIC_DEFAULTS = {
-    f.name: f.default
-    for f in dataclasses.fields(Config)
-    if f.name
-    in {
-        "dt",
-        "gamma",
-        "lambda_actor",
-        "lambda_critic",
-        "lambda_rnn",
-        "eta_pi",
-        "entropy_rate",
-        "lr_td",
-        "lr_rnn",
-        "adam_b1",
-        "adam_b2",
-        "adam_eps",
-        "tau_min",
-    }
-}
-
-
-@functools.lru_cache(maxsize=1024)
-def split_config(config: Config) -> Config:
-    """``config`` with every plain number set to its default: what decides shapes and branches.
-
-    Hashable, so it is the static argument of the compiled step; the numbers travel as tensors
-    (:func:`hyperparams`), so configs that differ only in numbers share one compilation.
-    """
-    changes: dict[str, Any] = dict(_NUMERIC_DEFAULTS)
-    if config.bounded:
-        D = int(config.action_dim)  # type: ignore[arg-type]
-        changes["action_low"], changes["action_high"] = (0.0,) * D, (1.0,) * D
-    if config.clip_norm is not None:
-        changes["clip_norm"] = 1.0
-    if config.reward_rate_lr is not None:
-        changes["reward_rate_lr"] = 1.0
-    return config.replace(**changes)
+# The config's structure (static) and numbers (traced): one definition for every backend.
+split_config = structure_of
 
 
 def _hyperparams_numpy(config: Config, dtype: str) -> dict[str, np.ndarray]:

@@ -7,11 +7,12 @@ two agents with equal configs compute the same function.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields
 from typing import Literal
 
-__all__ = ["Config", "SpecError"]
+__all__ = ["NUMERIC_FIELDS", "Config", "SpecError", "structure_of"]
 
 JACOBIANS = ("rflo", "rtrl")
 BODIES = ("ctrnn", "linear")
@@ -226,3 +227,43 @@ class Config:
             raise SpecError(f"unknown Config field(s) {sorted(unknown)}; known: {sorted(values)}")
         values.update(changes)
         return Config(**values)  # type: ignore[arg-type]
+
+
+# Fields that are plain numbers: they change no shape and no branch of the step, so a compiling
+# backend can pass them as traced values and share one compilation between configs.
+NUMERIC_FIELDS = (
+    "dt",
+    "gamma",
+    "lambda_actor",
+    "lambda_critic",
+    "lambda_rnn",
+    "eta_pi",
+    "entropy_rate",
+    "lr_td",
+    "lr_rnn",
+    "adam_b1",
+    "adam_b2",
+    "adam_eps",
+    "tau_min",
+)
+_NUMERIC_DEFAULTS = {f.name: f.default for f in fields(Config) if f.name in NUMERIC_FIELDS}
+
+
+@functools.lru_cache(maxsize=1024)
+def structure_of(config: Config) -> Config:
+    """The structure of ``config``: the same config with every plain number at its default.
+
+    It decides everything static (shapes, which branches exist) and is hashable, so compiling
+    backends use it as their static argument and pass the numbers separately. Action bounds
+    keep their length (only their values are numbers); ``clip_norm`` and ``reward_rate_lr``
+    keep whether they are ``None``.
+    """
+    changes: dict[str, object] = dict(_NUMERIC_DEFAULTS)
+    if config.bounded:
+        D = int(config.action_dim)  # type: ignore[arg-type]
+        changes["action_low"], changes["action_high"] = (0.0,) * D, (1.0,) * D
+    if config.clip_norm is not None:
+        changes["clip_norm"] = 1.0
+    if config.reward_rate_lr is not None:
+        changes["reward_rate_lr"] = 1.0
+    return config.replace(**changes)
