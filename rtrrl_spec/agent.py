@@ -8,9 +8,11 @@ sampling noise ``ξ``. Per environment, in this order (``docs/spec.md`` explains
 1. Episode boundary: if ``done``, ``h ← 0``, ``J ← 0``, and the action and reward fed to the
    RNN are zeros.
 2. ``x = [o, onehot(a_prev) | a_prev, r]`` with meta-RL, else ``x = o``.
-3. CT-RNN Euler step ``h'`` and Jacobian trace ``J'`` (``rtrrl_spec.ctrnn``). The linear
-   body skips this and uses ``f = x`` as features.
-4. Heads on ``f = h'``: ``v``, the policy, the sample ``a`` and the output-space gradients
+3. Body: the CT-RNN Euler step ``h'`` and Jacobian trace ``J'`` (``rtrrl_spec.ctrnn``,
+   features ``f = h'``), or the LRU step and its exact sensitivities (``rtrrl_spec.lru``,
+   features ``f = y = Re(C h')``). The linear body skips this and uses ``f = x``. A frozen
+   body (``freeze_rnn``) steps ``h`` only: no ``J``, no body gradients.
+4. Heads on ``f``: ``v``, the policy, the sample ``a`` and the output-space gradients
    of ``ln π(a)`` and ``H`` (``rtrrl_spec.heads``), with parameters as before this update.
 5. Immediate gradients (times ``c = min(mean σ, 1)`` for continuous actions with
    ``var_scaling``, else ``c = 1``)::
@@ -18,6 +20,8 @@ sampling noise ``ξ``. Per environment, in this order (``docs/spec.md`` explains
        ∇_C v = c (f, 1),   ∇_{W_A} ln π = c f ⊗ ∂lnπ/∂out,   ∇_{W_A} H = c f ⊗ ∂H/∂out
        g  = c (B_C·1 + η_π B_A ∂lnπ/∂out),   g_H = c B_A ∂H/∂out
        ∇_R = J'ᵀ g,   ∇_R H = J'ᵀ g_H       (B_A = W_A, B_C = W_C without feedback alignment)
+
+   (``J'ᵀ g``: the body's projection of a signal on ``f`` into its parameters' gradients.)
 
 6. TD error ``δ = r − r̄ + γ (1 − done) v − v_prev`` (``r̄ = 0`` unless average reward).
 7. Update directions ``Δ_C = δ e_C``, ``Δ_A = δ e_A + η_H ∇_{W_A} H``,
@@ -35,10 +39,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from rtrrl_spec import ctrnn
+from rtrrl_spec import ctrnn, lru
 from rtrrl_spec.config import Config, SpecError
 from rtrrl_spec.heads import critic_value, policy_step
-from rtrrl_spec.layout import RNN_PARAMS, TD_PARAMS, validate_agent
+from rtrrl_spec.layout import TD_PARAMS, body_params, rnn_params, validate_agent
 from rtrrl_spec.optim import adam_step, clip_by_global_norm
 
 __all__ = ["step", "step_unchecked", "check_inputs", "td_error", "decay_trace", "apply_update"]
@@ -159,8 +163,8 @@ def apply_update(
     changed: Agent = {}
     info: Agent = {}
     groups = [("td", TD_PARAMS, config.lr_td)]
-    if config.has_rnn:
-        groups.append(("rnn", RNN_PARAMS, config.lr_rnn))
+    if config.trains_body:
+        groups.append(("rnn", rnn_params(config), config.lr_rnn))
     for group, names, lr in groups:
         clipped, norm = clip_by_global_norm({k: direction[k] for k in names}, config.clip_norm)
         params, mu, nu, count = adam_step(
@@ -174,7 +178,7 @@ def apply_update(
             config.adam_b2,
             config.adam_eps,
         )
-        if group == "rnn":
+        if "tau" in params:
             params["tau"] = np.maximum(params["tau"], np.asarray(config.tau_min, dtype=dtype))
         for k in names:
             changed[k] = params[k]
@@ -210,25 +214,47 @@ def step_unchecked(
     else:
         x = obs
 
-    # 3. Body.
-    if config.has_rnn:
+    # 3. Body: features for the heads, the new body state and, when the body learns, how a
+    # signal on the features projects into its parameters' gradients (J'ᵀ g).
+    def reset_env(array: np.ndarray) -> np.ndarray:
+        return np.where(done.reshape((B,) + (1,) * (array.ndim - 1)), 0.0, array).astype(dtype)
+
+    project = None
+    if config.body == "ctrnn":
         W, tau = agent["W"], agent["tau"]
-        h = np.where(reset, 0.0, agent["h"]).astype(dtype)
-        J_W = np.where(done.reshape((B,) + (1,) * (agent["J_W"].ndim - 1)), 0.0, agent["J_W"])
-        J_tau = np.where(done.reshape((B,) + (1,) * (agent["J_tau"].ndim - 1)), 0.0, agent["J_tau"])
+        h = reset_env(agent["h"])
         s = ctrnn.ctrnn_step(W, tau, h, x, config.dt)
-        if config.jacobian == "rflo":
-            J_W, J_tau = ctrnn.rflo_update(
-                J_W.astype(dtype), J_tau.astype(dtype), tau, h, s, config.dt
-            )
-            project = ctrnn.project_rflo
-        else:
-            J_W, J_tau = ctrnn.rtrl_update(
-                J_W.astype(dtype), J_tau.astype(dtype), W, tau, h, s, config.dt, config.input_dim
-            )
-            project = ctrnn.project_rtrl
-        features = s.h_next
-        new.update(h=s.h_next, J_W=J_W, J_tau=J_tau)
+        features = new["h"] = s.h_next
+        if config.trains_body:
+            J_W, J_tau = reset_env(agent["J_W"]), reset_env(agent["J_tau"])
+            if config.jacobian == "rflo":
+                J_W, J_tau = ctrnn.rflo_update(J_W, J_tau, tau, h, s, config.dt)
+                project_ctrnn = ctrnn.project_rflo
+            else:
+                J_W, J_tau = ctrnn.rtrl_update(
+                    J_W, J_tau, W, tau, h, s, config.dt, config.input_dim
+                )
+                project_ctrnn = ctrnn.project_rtrl
+            new.update(J_W=J_W, J_tau=J_tau)
+
+            def project(signal: np.ndarray) -> Agent:
+                grad_W, grad_tau = project_ctrnn(signal, J_W, J_tau)
+                return {"W": grad_W, "tau": grad_tau}
+
+    elif config.body == "lru":
+        params = {k: agent[k] for k in body_params(config)}
+        h_re, h_im = reset_env(agent["h_re"]), reset_env(agent["h_im"])
+        s_lru = lru.lru_step(params, h_re, h_im, x)
+        new["h_re"], new["h_im"] = s_lru.h_re, s_lru.h_im
+        features = s_lru.y
+        if config.trains_body:
+            J = {k: reset_env(agent[k]) for k in lru.LRU_SENSITIVITIES}
+            J = lru.lru_sensitivity_update(J, h_re, h_im, x, s_lru)
+            new.update(J)
+
+            def project(signal: np.ndarray) -> Agent:
+                return lru.project_lru(signal, params, J, s_lru)
+
     else:
         features = x
 
@@ -246,13 +272,13 @@ def step_unchecked(
         "W_A": c[:, :, None] * features[:, :, None] * pol.dlogp_dout[:, None, :],
     }
     entropy_grad = {"W_A": c[:, :, None] * features[:, :, None] * pol.dent_dout[:, None, :]}
-    if config.has_rnn:
+    if project is not None:
         B_A = agent["B_A"] if config.feedback_alignment else W_A
         B_C = agent["B_C"] if config.feedback_alignment else W_C
         signal = c * (B_C[:, 0][None, :] + config.eta_pi * (pol.dlogp_dout @ B_A.T))
         entropy_signal = c * (pol.dent_dout @ B_A.T)
-        grad["W"], grad["tau"] = project(signal, J_W, J_tau)
-        entropy_grad["W"], entropy_grad["tau"] = project(entropy_signal, J_W, J_tau)
+        grad.update(project(signal))
+        entropy_grad.update(project(entropy_signal))
 
     # 6. TD error.
     reward_rate = agent["reward_rate"] if config.reward_rate_lr is not None else 0.0
@@ -272,9 +298,12 @@ def step_unchecked(
         correction = (value_now - agent["v_prev"])[:, None]
         per_env["W_C"] = per_env["W_C"] - correction[:, :, None] * agent["x_W_C"]
         per_env["b_C"] = per_env["b_C"] - correction * agent["x_b_C"]
-    if config.has_rnn:
-        per_env["W"] = d[:, :, None] * agent["e_W"] + config.entropy_rate * entropy_grad["W"]
-        per_env["tau"] = d * agent["e_tau"] + config.entropy_rate * entropy_grad["tau"]
+    for k in rnn_params(config):
+        trace = agent[f"e_{k}"]
+        per_env[k] = (
+            delta.reshape((B,) + (1,) * (trace.ndim - 1)) * trace
+            + config.entropy_rate * entropy_grad[k]
+        )
     direction = {k: v.mean(axis=0).astype(dtype) for k, v in per_env.items()}
 
     changed, info = apply_update(config, agent, direction)
@@ -300,9 +329,8 @@ def step_unchecked(
         new["e_W_C"] = decayed("e_W_C", config.lambda_critic) + grad["W_C"]
         new["e_b_C"] = decayed("e_b_C", config.lambda_critic) + grad["b_C"]
     new["e_W_A"] = decayed("e_W_A", config.lambda_actor) + grad["W_A"]
-    if config.has_rnn:
-        new["e_W"] = decayed("e_W", config.lambda_rnn) + grad["W"]
-        new["e_tau"] = decayed("e_tau", config.lambda_rnn) + grad["tau"]
+    for k in rnn_params(config):
+        new[f"e_{k}"] = decayed(f"e_{k}", config.lambda_rnn) + grad[k]
 
     # 9. Carry.
     new["v_prev"] = value.astype(dtype)

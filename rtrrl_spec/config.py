@@ -15,7 +15,7 @@ from typing import Literal
 __all__ = ["NUMERIC_FIELDS", "Config", "SpecError", "structure_of"]
 
 JACOBIANS = ("rflo", "rtrl")
-BODIES = ("ctrnn", "linear")
+BODIES = ("ctrnn", "lru", "linear")
 TRACES = ("accumulating", "dutch")
 
 
@@ -40,10 +40,15 @@ class Config:
         n_actions: number of discrete actions.
         action_dim: dimension ``D`` of a continuous action.
         action_low, action_high: per-dimension bounds of a continuous action, or ``None``.
-        body: ``"ctrnn"`` (continuous-time RNN, the paper's RTRRL) or ``"linear"`` (linear
-            TD(lambda): actor and critic read the RNN input ``x`` directly; the ablation).
-        n_hidden: ``N``, the number of CT-RNN neurons.
+        body: ``"ctrnn"`` (continuous-time RNN, the paper's RTRRL), ``"lru"`` (online linear
+            recurrent unit: complex diagonal recurrence, exact online sensitivities, see
+            ``rtrrl_spec.lru``) or ``"linear"`` (linear TD(lambda): actor and critic read the
+            RNN input ``x`` directly; the ablation).
+        n_hidden: ``N``, the number of CT-RNN neurons or LRU units.
         jacobian: ``"rflo"`` (random-feedback local online, the default) or ``"rtrl"`` (exact).
+            CT-RNN only: the LRU's sensitivities are always exact, whatever this says.
+        freeze_rnn: keep the recurrent body at its initial parameters (a reservoir / echo
+            state network): no Jacobian trace, no body update; only actor and critic learn.
         feedback_alignment: route the learning signal into the RNN through fixed random
             matrices ``B_A``, ``B_C`` (on) or through the heads' own weights (off: exact gradient).
         meta_rl: feed the previous action and reward to the RNN with the observation.
@@ -61,6 +66,10 @@ class Config:
         adam_b1, adam_b2, adam_eps: Adam's moment decays and epsilon (outside the square root).
         clip_norm: per-group global-norm clip of the update direction; ``None`` disables it.
         tau_min: lower bound the time constants are clipped to after each update (``≥ dt``).
+        lru_r_min, lru_r_max: LRU initialization: the eigenvalue moduli ``|λ|`` are drawn
+            uniformly on the ring ``r_min ≤ |λ| ≤ r_max`` of the complex plane.
+        lru_max_phase: LRU initialization: eigenvalue phases drawn uniformly in
+            ``[0, max_phase)``.
     """
 
     obs_dim: int
@@ -90,6 +99,10 @@ class Config:
     adam_eps: float = 1e-8
     clip_norm: float | None = 1.0
     tau_min: float = 1.0
+    freeze_rnn: bool = False
+    lru_r_min: float = 0.0
+    lru_r_max: float = 1.0
+    lru_max_phase: float = 2 * math.pi
 
     def __post_init__(self) -> None:
         # Bounds given as lists or arrays are normalized to tuples so the config stays hashable.
@@ -144,7 +157,7 @@ class Config:
         for name, allowed in (("body", BODIES), ("jacobian", JACOBIANS), ("trace", TRACES)):
             if getattr(self, name) not in allowed:
                 raise SpecError(f"unknown {name} {getattr(self, name)!r}; choose one of {allowed}")
-        for name in ("feedback_alignment", "meta_rl", "var_scaling"):
+        for name in ("feedback_alignment", "meta_rl", "var_scaling", "freeze_rnn"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(f"{name} must be a bool, got {getattr(self, name)!r}")
         unit_interval = ("gamma", "lambda_actor", "lambda_critic", "lambda_rnn")
@@ -170,6 +183,23 @@ class Config:
                 f"tau_min={self.tau_min} is below dt={self.dt}: the Euler step of a neuron with "
                 "tau < dt overshoots and can diverge; raise tau_min or lower dt"
             )
+        if self.freeze_rnn and self.body == "linear":
+            raise SpecError(
+                "freeze_rnn needs a recurrent body (ctrnn or lru); the linear body has none"
+            )
+        r_min, r_max = self.lru_r_min, self.lru_r_max
+        if not (
+            isinstance(r_min, int | float)
+            and isinstance(r_max, int | float)
+            and 0.0 <= r_min < r_max <= 1.0
+        ):
+            raise SpecError(
+                f"LRU ring needs 0 <= lru_r_min < lru_r_max <= 1, got {r_min!r} and {r_max!r} "
+                "(|λ| > 1 would make the recurrence explode)"
+            )
+        phase = self.lru_max_phase
+        if not (isinstance(phase, int | float) and math.isfinite(phase) and phase > 0):
+            raise SpecError(f"lru_max_phase must be a finite number > 0, got {phase!r}")
         for name in ("clip_norm", "reward_rate_lr"):
             value = getattr(self, name)
             if value is not None and not (
@@ -211,13 +241,25 @@ class Config:
 
     @property
     def feature_dim(self) -> int:
-        """``F``: what the heads read: ``N`` hidden units, or ``I`` for the linear body."""
-        return self.n_hidden if self.body == "ctrnn" else self.input_dim
+        """``F``: what the heads read: ``N`` hidden units (CT-RNN ``h'``, LRU ``y``), or ``I``
+        for the linear body."""
+        return self.input_dim if self.body == "linear" else self.n_hidden
+
+    @property
+    def recurrent(self) -> bool:
+        """True when there is a recurrent body (``ctrnn`` or ``lru``), trained or frozen."""
+        return self.body != "linear"
+
+    @property
+    def trains_body(self) -> bool:
+        """True when the recurrent body learns: it carries a Jacobian trace, eligibility traces
+        and the ``rnn`` optimizer group (a recurrent body that is not frozen)."""
+        return self.recurrent and not self.freeze_rnn
 
     @property
     def has_rnn(self) -> bool:
-        """True when there is a trained recurrent body (``W``, ``tau``, ``J``)."""
-        return self.body == "ctrnn"
+        """Deprecated: a trained CT-RNN. Use :attr:`recurrent` / :attr:`trains_body`."""
+        return self.body == "ctrnn" and not self.freeze_rnn
 
     def replace(self, **changes: object) -> Config:
         """A copy with some fields changed (validated again)."""
@@ -245,6 +287,9 @@ NUMERIC_FIELDS = (
     "adam_b2",
     "adam_eps",
     "tau_min",
+    "lru_r_min",
+    "lru_r_max",
+    "lru_max_phase",
 )
 _NUMERIC_DEFAULTS = {f.name: f.default for f in fields(Config) if f.name in NUMERIC_FIELDS}
 

@@ -1,7 +1,8 @@
 """Initial agents and sampling noise, from a seeded ``numpy.random.Generator``.
 
 Distributions follow the authors' code (see ``docs/spec.md``): LeCun-normal ``W`` over
-fan-in ``Z``, ``tau ~ U[1, 5]``, Glorot-normal heads and feedback matrices, ``b_C = 0``.
+fan-in ``Z``, ``tau ~ U[1, 5]``, Glorot-normal heads and feedback matrices, ``b_C = 0``; the
+LRU body as in the LRU paper (ring initialization, ``rtrrl_spec.lru.init_lru``).
 Both normal initializers are truncated at two standard deviations and rescaled so the
 truncated distribution keeps the intended variance (the flax / JAX convention).
 """
@@ -12,6 +13,7 @@ import numpy as np
 
 from rtrrl_spec.config import Config, SpecError
 from rtrrl_spec.layout import FLOAT_DTYPES, layout
+from rtrrl_spec.lru import init_lru
 
 __all__ = ["init", "draw_noise", "truncated_normal"]
 
@@ -60,11 +62,11 @@ def init(
 ) -> dict[str, np.ndarray]:
     """A fresh agent in the canonical layout.
 
-    Parameters are drawn in float64 in a fixed order (``W``, ``tau``, ``W_A``, ``W_C``, ``B_A``,
-    ``B_C``; absent arrays are skipped) and then cast, so float32 and float64 agents of one seed
-    hold the same numbers up to rounding, and switching feedback alignment off does not change
-    ``W`` or the heads. Everything else starts at zero: the first step is treated as the start
-    of an episode (call it with ``done = True``).
+    Parameters are drawn in float64 in a fixed order (the body's: ``W``, ``tau`` or the LRU's,
+    then ``W_A``, ``W_C``, ``B_A``, ``B_C``; absent arrays are skipped) and then cast, so
+    float32 and float64 agents of one seed hold the same numbers up to rounding, and switching
+    feedback alignment off does not change ``W`` or the heads. Everything else starts at zero:
+    the first step is treated as the start of an episode (call it with ``done = True``).
     """
     float_dtype = _check_dtype(dtype)
     if not isinstance(config, Config):
@@ -73,9 +75,20 @@ def init(
     spec = layout(config, batch_size)
     F, K = config.feature_dim, config.n_out
     drawn: dict[str, np.ndarray] = {}
-    if config.has_rnn:
+    if config.body == "ctrnn":
         drawn["W"] = truncated_normal(rng, spec["W"].shape, np.sqrt(1.0 / config.z_dim))
         drawn["tau"] = rng.uniform(1.0, 5.0, size=config.n_hidden)
+    elif config.body == "lru":
+        drawn.update(
+            init_lru(
+                rng,
+                config.n_hidden,
+                config.input_dim,
+                config.lru_r_min,
+                config.lru_r_max,
+                config.lru_max_phase,
+            )
+        )
     drawn["W_A"] = _glorot(rng, F, K)
     drawn["W_C"] = _glorot(rng, F, 1)
     if "B_A" in spec:
@@ -88,7 +101,7 @@ def init(
             agent[name] = drawn[name].astype(want)
         else:
             agent[name] = np.zeros(array_spec.shape, dtype=want)
-    if config.has_rnn:
+    if config.body == "ctrnn":
         # tau_min may exceed the drawn range when dt > 1.
         agent["tau"] = np.maximum(agent["tau"], np.asarray(config.tau_min, dtype=float_dtype))
     return agent

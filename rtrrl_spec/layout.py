@@ -3,10 +3,10 @@
 An agent is a flat ``dict[str, array]``. Every backend uses these names and shapes, so any
 agent converts to and from NumPy, and a checkpoint written by one backend loads in any other.
 
-Symbols: ``B`` environments, ``N`` hidden units, ``Z = I + N + 1`` columns of ``W``, ``F``
-features read by the heads (``N``, or ``I`` for the linear body), ``K`` actor outputs, ``D``
-continuous action dimension. Arrays are batch-first; arrays without ``B`` are shared by the
-batch.
+Symbols: ``B`` environments, ``N`` hidden units, ``I`` RNN inputs, ``Z = I + N + 1`` columns
+of ``W``, ``F`` features read by the heads (``N``, or ``I`` for the linear body), ``K`` actor
+outputs, ``D`` continuous action dimension. Arrays are batch-first; arrays without ``B`` are
+shared by the batch.
 """
 
 from __future__ import annotations
@@ -18,12 +18,17 @@ from typing import Literal
 import numpy as np
 
 from rtrrl_spec.config import Config, SpecError
+from rtrrl_spec.lru import LRU_PARAMS
 
 __all__ = [
     "ArraySpec",
     "FLOAT_DTYPES",
     "TD_PARAMS",
     "RNN_PARAMS",
+    "CTRNN_PARAMS",
+    "LRU_PARAMS",
+    "body_params",
+    "rnn_params",
     "layout",
     "params_of",
     "float_dtype_of",
@@ -32,7 +37,8 @@ __all__ = [
 
 FLOAT_DTYPES = ("float32", "float64")
 TD_PARAMS = ("W_A", "W_C", "b_C")
-RNN_PARAMS = ("W", "tau")
+CTRNN_PARAMS = ("W", "tau")
+RNN_PARAMS = CTRNN_PARAMS  # the default body's; use rnn_params(config) for any config
 
 Group = Literal["param", "feedback", "env", "optimizer"]
 
@@ -55,9 +61,19 @@ class ArraySpec:
         return np.dtype(float_dtype if self.dtype == "float" else self.dtype)
 
 
+def body_params(config: Config) -> tuple[str, ...]:
+    """Parameters of the recurrent body, trained or frozen (none for the linear body)."""
+    return {"ctrnn": CTRNN_PARAMS, "lru": LRU_PARAMS}.get(config.body, ())
+
+
+def rnn_params(config: Config) -> tuple[str, ...]:
+    """The ``rnn`` optimizer group: the body's parameters, unless the body is frozen."""
+    return body_params(config) if config.trains_body else ()
+
+
 def params_of(config: Config) -> tuple[str, ...]:
     """Names of the trained parameters, ``td`` group first."""
-    return TD_PARAMS + (RNN_PARAMS if config.has_rnn else ())
+    return TD_PARAMS + rnn_params(config)
 
 
 def layout(config: Config, batch_size: int) -> dict[str, ArraySpec]:
@@ -67,6 +83,7 @@ def layout(config: Config, batch_size: int) -> dict[str, ArraySpec]:
     if batch_size < 1:
         raise SpecError(f"batch_size must be >= 1, got {batch_size}")
     B, N, Z, F, K = int(batch_size), config.n_hidden, config.z_dim, config.feature_dim, config.n_out
+    n_in = config.input_dim  # I
     rtrl = config.jacobian == "rtrl"
     spec: dict[str, ArraySpec] = {}
 
@@ -77,28 +94,46 @@ def layout(config: Config, batch_size: int) -> dict[str, ArraySpec]:
     add("W_A", (F, K), "param", "actor weights (no bias): logits, or [m, s] pre-activations")
     add("W_C", (F, 1), "param", "critic weights")
     add("b_C", (1,), "param", "critic bias")
-    if config.has_rnn:
+    if config.body == "ctrnn":
         add("W", (N, Z), "param", "CT-RNN weights over zeta = [x, h, 1] (input, recurrent, bias)")
         add("tau", (N,), "param", "CT-RNN time constants, kept >= tau_min")
+    elif config.body == "lru":
+        add("log_nu", (N,), "param", "LRU: log of -log|lambda| (eigenvalue modulus)")
+        add("log_theta", (N,), "param", "LRU: log of the eigenvalue phase")
+        add("log_gamma", (N,), "param", "LRU: log of the input normalization")
+        add("B_re", (N, n_in), "param", "LRU input matrix, real part")
+        add("B_im", (N, n_in), "param", "LRU input matrix, imaginary part")
+        add("C_re", (N, N), "param", "LRU output map, real part (y = Re(C h))")
+        add("C_im", (N, N), "param", "LRU output map, imaginary part")
     # Fixed random feedback, only when it is used.
-    if config.has_rnn and config.feedback_alignment:
+    if config.trains_body and config.feedback_alignment:
         add("B_A", (F, K), "feedback", "fixed feedback matrix replacing W_A towards the RNN")
         add("B_C", (F, 1), "feedback", "fixed feedback matrix replacing W_C towards the RNN")
     # Per-environment state.
-    if config.has_rnn:
+    if config.body == "ctrnn":
         add("h", (B, N), "env", "hidden state h")
-        if rtrl:
+        if config.trains_body and rtrl:
             add("J_W", (B, N, N, Z), "env", "RTRL sensitivity dh_i/dW_jk")
             add("J_tau", (B, N, N), "env", "RTRL sensitivity dh_i/dtau_j")
-        else:
+        elif config.trains_body:
             add("J_W", (B, N, Z), "env", "RFLO local sensitivity dh_i/dW_ik")
             add("J_tau", (B, N), "env", "RFLO local sensitivity dh_i/dtau_i")
+    elif config.body == "lru":
+        add("h_re", (B, N), "env", "LRU hidden state, real part")
+        add("h_im", (B, N), "env", "LRU hidden state, imaginary part")
+        if config.trains_body:
+            for part in ("re", "im"):
+                add(f"J_lam_{part}", (B, N), "env", f"LRU sensitivity dh/dlambda ({part})")
+            for part in ("re", "im"):
+                add(f"J_gam_{part}", (B, N), "env", f"LRU sensitivity dh/dlog_gamma ({part})")
+            for part in ("re", "im"):
+                doc = f"LRU sensitivity dh_k/dB_re[k, j] ({part})"
+                add(f"J_in_{part}", (B, N, n_in), "env", doc)
     add("e_W_A", (B, F, K), "env", "eligibility trace of W_A")
     add("e_W_C", (B, F, 1), "env", "eligibility trace of W_C")
     add("e_b_C", (B, 1), "env", "eligibility trace of b_C")
-    if config.has_rnn:
-        add("e_W", (B, N, Z), "env", "eligibility trace of W")
-        add("e_tau", (B, N), "env", "eligibility trace of tau")
+    for name in rnn_params(config):
+        add(f"e_{name}", (B, *spec[name].shape), "env", f"eligibility trace of {name}")
     if config.trace == "dutch":
         add("x_W_C", (B, F, 1), "env", "dutch traces: critic gradient of the previous step (W_C)")
         add("x_b_C", (B, 1), "env", "dutch traces: critic gradient of the previous step (b_C)")
@@ -112,7 +147,7 @@ def layout(config: Config, batch_size: int) -> dict[str, ArraySpec]:
         add(f"mu_{name}", spec[name].shape, "optimizer", f"Adam first moment of {name}")
         add(f"nu_{name}", spec[name].shape, "optimizer", f"Adam second moment of {name}")
     add("count_td", (), "optimizer", "Adam steps taken by the td group", dtype="int32")
-    if config.has_rnn:
+    if config.trains_body:
         add("count_rnn", (), "optimizer", "Adam steps taken by the rnn group", dtype="int32")
     if config.reward_rate_lr is not None:
         add("reward_rate", (), "optimizer", "average-reward estimate r-bar")
@@ -171,6 +206,6 @@ def validate_agent(config: Config, agent: Mapping[str, np.ndarray]) -> tuple[str
         a_prev = np.asarray(agent["a_prev"])
         if np.any((a_prev < 0) | (a_prev >= config.n_actions)):
             raise SpecError(f"a_prev must lie in [0, {config.n_actions}), got {a_prev}")
-    if config.has_rnn and np.any(np.asarray(agent["tau"]) <= 0):
+    if config.body == "ctrnn" and np.any(np.asarray(agent["tau"]) <= 0):
         raise SpecError("tau must be positive")
     return float_dtype, B

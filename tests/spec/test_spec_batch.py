@@ -26,7 +26,7 @@ def _config(kind, **kw):
 
 variants = st.fixed_dictionaries(
     {
-        "body": st.sampled_from(["ctrnn", "linear"]),
+        "body": st.sampled_from(["ctrnn", "lru", "linear"]),
         "jacobian": st.sampled_from(["rflo", "rtrl"]),
         "trace": st.sampled_from(["accumulating", "dutch"]),
         "feedback_alignment": st.booleans(),

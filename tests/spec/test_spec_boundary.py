@@ -86,7 +86,7 @@ def test_agent_of_another_config_is_rejected():
 @given(
     seed=seeds,
     kind=action_kinds(),
-    body=st.sampled_from(["ctrnn", "linear"]),
+    body=st.sampled_from(["ctrnn", "lru", "linear"]),
     jacobian=st.sampled_from(["rflo", "rtrl"]),
     trace=st.sampled_from(["accumulating", "dutch"]),
     rate=st.sampled_from([None, 0.01]),

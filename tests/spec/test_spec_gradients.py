@@ -32,7 +32,7 @@ def _first_step(config, B, seed):
 @given(
     seed=seeds,
     kind=action_kinds(),
-    body=st.sampled_from(["ctrnn", "linear"]),
+    body=st.sampled_from(["ctrnn", "lru", "linear"]),
     B=st.integers(1, 3),
     entropy_rate=st.floats(0.1, 2.0),
     eta_pi=st.floats(0.1, 2.0),
@@ -85,7 +85,7 @@ def test_head_gradients_equal_finite_differences(seed, kind, body, B, entropy_ra
 @given(
     seed=seeds,
     kind=action_kinds().filter(lambda k: "action_dim" in k),
-    body=st.sampled_from(["ctrnn", "linear"]),
+    body=st.sampled_from(["ctrnn", "lru", "linear"]),
     jacobian=st.sampled_from(["rflo", "rtrl"]),
     trace=st.sampled_from(["accumulating", "dutch"]),
     scale_out=st.floats(-3.0, 3.0),
@@ -127,9 +127,10 @@ def test_var_scaling_multiplies_immediate_gradients_by_c(
     critic_c = np.ones_like(c) if trace == "dutch" else c
     np.testing.assert_allclose(a_on["e_W_C"], critic_c[:, None, None] * a_off["e_W_C"], **close)
     np.testing.assert_allclose(a_on["e_b_C"], critic_c[:, None] * a_off["e_b_C"], **close)
-    if off.has_rnn:
-        np.testing.assert_allclose(a_on["e_W"], c[:, None, None] * a_off["e_W"], **close)
-        np.testing.assert_allclose(a_on["e_tau"], c[:, None] * a_off["e_tau"], **close)
+    for name in rs.rnn_params(off):
+        trace_off = a_off[f"e_{name}"]
+        scale = c.reshape((B,) + (1,) * (trace_off.ndim - 1))
+        np.testing.assert_allclose(a_on[f"e_{name}"], scale * trace_off, **close)
     # Entropy direction of one environment at a time: the batch mean mixes the factors.
     for b in range(B):
         one, rows = env_slice(off, agent0, slice(b, b + 1)), slice(b, b + 1)

@@ -37,7 +37,7 @@ def _config(kind, **kw):
 @given(
     seed=seeds,
     kind=action_kinds(),
-    body=st.sampled_from(["ctrnn", "linear"]),
+    body=st.sampled_from(["ctrnn", "lru", "linear"]),
     jacobian=st.sampled_from(["rflo", "rtrl"]),
     trace=st.sampled_from(["accumulating", "dutch"]),
 )
@@ -86,7 +86,7 @@ def test_zero_lambda_traces_are_immediate_gradients(seed, kind, body, jacobian, 
 @given(
     seed=seeds,
     kind=action_kinds(),
-    body=st.sampled_from(["ctrnn", "linear"]),
+    body=st.sampled_from(["ctrnn", "lru", "linear"]),
     jacobian=st.sampled_from(["rflo", "rtrl"]),
     done=st.lists(st.booleans(), min_size=2, max_size=2),
 )
@@ -124,7 +124,7 @@ def test_zero_td_error_and_entropy_rate_move_nothing(seed, kind, body, jacobian,
 @given(
     seed=seeds,
     kind=action_kinds(),
-    body=st.sampled_from(["ctrnn", "linear"]),
+    body=st.sampled_from(["ctrnn", "lru", "linear"]),
     lr_td=st.floats(1e-4, 0.1),
     lr_rnn=st.floats(1e-4, 0.1),
     log_eps=st.floats(-8.0, -2.0),
@@ -150,7 +150,7 @@ def test_adam_first_step_is_lr_times_sign(seed, kind, body, lr_td, lr_rnn, log_e
     B = 2
     rng = np.random.default_rng(seed)
     agent = perturb_env_state(config, rs.init(config, B, seed, "float64"), rng)
-    if config.has_rnn:
+    if config.body == "ctrnn":
         agent["tau"] = rng.uniform(1.5, 5.0, size=config.n_hidden)  # away from the clip
     obs, rewards, _, noise = random_inputs(config, B, 1, rng)
     _, _, info = rs.step(config, agent, obs[0], rewards[0], np.full(B, done), noise[0])
@@ -169,7 +169,7 @@ def test_adam_first_step_is_lr_times_sign(seed, kind, body, lr_td, lr_rnn, log_e
 @given(
     seed=seeds,
     kind=action_kinds(),
-    body=st.sampled_from(["ctrnn", "linear"]),
+    body=st.sampled_from(["ctrnn", "lru", "linear"]),
     rate_lr=st.floats(1e-3, 1.0),
     r_bar=st.floats(-2.0, 2.0),
     gamma=st.floats(0.0, 1.0),
@@ -197,7 +197,7 @@ def test_average_reward(seed, kind, body, rate_lr, r_bar, gamma, done):
 @given(
     seed=seeds,
     kind=action_kinds(),
-    body=st.sampled_from(["linear", "ctrnn"]),
+    body=st.sampled_from(["linear", "ctrnn", "lru"]),
     meta=st.booleans(),
     T=st.integers(4, 10),
     gamma=st.floats(0.0, 1.0),
