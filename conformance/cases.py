@@ -119,8 +119,13 @@ def configs(draw: st.DrawFn, body: str | None = None) -> Config:
             kwargs["action_low"] = tuple(low)
             kwargs["action_high"] = tuple(lo + w for lo, w in zip(low, width, strict=True))
         kwargs["var_scaling"] = draw(st.booleans())
-    kwargs["body"] = body or draw(st.sampled_from(["ctrnn", "ctrnn", "ctrnn", "linear"]))
+    kwargs["body"] = body or draw(st.sampled_from(["ctrnn", "ctrnn", "lru", "lru", "linear"]))
     kwargs["n_hidden"] = draw(st.integers(1, 6))
+    if kwargs["body"] != "linear":
+        kwargs["freeze_rnn"] = draw(st.sampled_from([False, False, False, True]))
+    if kwargs["body"] == "lru":
+        kwargs["lru_r_min"] = draw(st.sampled_from([0.0, 0.5, 0.9]))
+        kwargs["lru_max_phase"] = draw(st.sampled_from([6.283185307179586, 0.314]))
     kwargs["jacobian"] = draw(st.sampled_from(["rflo", "rtrl"]))
     kwargs["feedback_alignment"] = draw(st.booleans())
     kwargs["meta_rl"] = draw(st.booleans())
