@@ -20,7 +20,7 @@ import numpy as np
 import rtrrl_spec
 from rtrrl.backends.numpy import NumpyBackend
 from rtrrl_spec import agent as agent_module
-from rtrrl_spec import ctrnn, optim
+from rtrrl_spec import ctrnn, lru, optim
 
 __all__ = [
     "MUTANTS",
@@ -29,6 +29,7 @@ __all__ = [
     "AdamEpsilonInsideSqrt",
     "NoTraceResetAtDone",
     "Float64ComputedInFloat32",
+    "LruInputSensitivityUsesLogGamma",
 ]
 
 
@@ -113,6 +114,27 @@ class NoTraceResetAtDone(_Mutant):
         return gamma_lambda * trace
 
 
+class LruInputSensitivityUsesLogGamma(_Mutant):
+    """The LRU's input sensitivity built with ``log γ`` where ``γ = exp(log γ)`` belongs.
+
+    ``J_in' = λ J_in + log(γ) ⊗ x``: the kind of slip the authors' online LRU makes (its
+    ``B`` memory uses the stored log-parameter directly).
+    """
+
+    name = "mutant-lru-gamma"
+    bug = "log gamma instead of gamma in the LRU input sensitivity"
+    target = "rtrrl_spec.lru.lru_sensitivity_update"
+    _original = staticmethod(lru.lru_sensitivity_update)
+
+    @staticmethod
+    def replacement(J, h_re, h_im, x, s):
+        new = LruInputSensitivityUsesLogGamma._original(J, h_re, h_im, x, s)
+        wrong = np.log(s.norm)[None, :, None] * x[:, None, :]
+        right = s.norm[None, :, None] * x[:, None, :]
+        new["J_in_re"] = new["J_in_re"] - right + wrong
+        return new
+
+
 class Float64ComputedInFloat32(NumpyBackend):
     """Accepts and returns float64 arrays but computes the step in float32."""
 
@@ -149,7 +171,8 @@ MUTANTS = (
     AdamEpsilonInsideSqrt,
     NoTraceResetAtDone,
     Float64ComputedInFloat32,
+    LruInputSensitivityUsesLogGamma,
 )
 
 # Referenced so linters see the modules the patch targets name.
-_PATCHED_MODULES = (ctrnn, optim, agent_module)
+_PATCHED_MODULES = (ctrnn, lru, optim, agent_module)

@@ -23,6 +23,7 @@ FIRST_SYMPTOM = {
     "AdamEpsilonInsideSqrt": "W_A",
     "NoTraceResetAtDone": "e_",
     "Float64ComputedInFloat32": "float64",
+    "LruInputSensitivityUsesLogGamma": "J_in_re",
 }
 
 
