@@ -9,7 +9,9 @@ Design, in short (each point is explained where it happens):
   :mod:`rtrrl_spec.layout`, on one device, in float32 or float64.
 - The step is :func:`rtrrl_spec.step` written with tensor ops over the whole batch, under
   ``torch.inference_mode()``: every gradient is the reference's explicit formula (eligibility
-  traces, RFLO / RTRL Jacobian traces), never autograd, so no graph is ever built.
+  traces, RFLO / RTRL Jacobian traces, the LRU's exact sensitivities), never autograd, so no
+  graph is ever built. The LRU's complex numbers are (re, im) pairs of real tensors, as in
+  :mod:`rtrrl_spec.lru`, so a float32 agent stays float32.
 - The step is pure: it never writes into a tensor it was given. Arrays the step does not
   change (the feedback matrices ``B_A``, ``B_C``) are returned as the same tensor objects, as
   the reference returns the same NumPy arrays; every other entry is a new tensor.
@@ -70,7 +72,12 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
     ``value=``, ``min=``), which costs nothing extra.
     """
     N, n_in, K = config.n_hidden, config.input_dim, config.n_out
-    discrete, has_rnn, meta_rl = config.discrete, config.has_rnn, config.meta_rl
+    discrete, meta_rl = config.discrete, config.meta_rl
+    # The body: ctrnn or lru steps h (trained or frozen); only a trained body carries
+    # Jacobians / sensitivities, body eligibility traces and the rnn optimizer group.
+    is_ctrnn, is_lru = config.body == "ctrnn", config.body == "lru"
+    trains = config.trains_body
+    rnn = rtrrl_spec.rnn_params(config)
     rtrl = config.jacobian == "rtrl"
     dutch = config.trace == "dutch"
     average_reward = config.reward_rate_lr is not None
@@ -85,7 +92,7 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
     sizes = [int(np.prod(shapes[k], dtype=np.int64)) for k in params]
     n_td = sum(sizes[: len(rtrrl_spec.TD_PARAMS)])
     total = sum(sizes)
-    groups = 2 if has_rnn else 1
+    groups = 2 if trains else 1
     flat_1d = {k: len(shapes[k]) == 1 for k in params}  # these need no view to/from flat
 
     def const(values: Any, dt_: torch.dtype = dtype) -> torch.Tensor:
@@ -98,18 +105,21 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
     # (exact for the expansion: one 1 per column), where index_select costs ~5 µs per call.
     ind = np.zeros((groups, total))
     ind[0, :n_td] = 1.0
-    if has_rnn:
+    if trains:
         ind[1, n_td:] = 1.0
     group_ind = const(ind)
     group_ind_t = const(ind.T.copy())
-    same_lr = not has_rnn or config.lr_td == config.lr_rnn
+    same_lr = not trains or config.lr_td == config.lr_rnn
     lr_flat = (
         None if same_lr else const(np.repeat([config.lr_td, config.lr_rnn], [n_td, total - n_td]))
     )
-    # tau ≥ tau_min as one elementwise maximum over the flat vector (-inf elsewhere).
+    # tau ≥ tau_min as one elementwise maximum over the flat vector (-inf elsewhere); only a
+    # trained CT-RNN has tau in the optimizer (apply_update: `if "tau" in params`).
+    clip_tau = "tau" in params
     floor = np.full(total, -np.inf)
-    if has_rnn:
-        floor[total - N :] = config.tau_min
+    if clip_tau:
+        start = sum(sizes[: params.index("tau")])
+        floor[start : start + N] = config.tau_min
     lower = const(floor)
     b1, b2, eps, clip = config.adam_b1, config.adam_b2, config.adam_eps, config.clip_norm
     # β1^t and β2^t for both groups in one float64 pow: bases (2, 1) against counts (groups,).
@@ -129,7 +139,7 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
     gl_consts = {v: _c(v) for v in gl_values.values()}
     eye_a = const(np.eye(config.action_size)) if discrete and meta_rl else None
     eye_k = const(np.eye(K)) if discrete else None
-    eye_n = const(np.eye(N)) if has_rnn and rtrl else None
+    eye_n = const(np.eye(N)) if is_ctrnn and trains and rtrl else None
     if not discrete and config.bounded:
         lo, hi = const(config.action_low), const(config.action_high)
         span = hi - lo
@@ -161,9 +171,11 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
         else:
             x_parts = [obs]
 
-        # 3. Body (rtrrl_spec.ctrnn): h' here; the Jacobian traces after the heads, which
-        # give the signals RTRL projects through J' in the same product that computes it.
-        if has_rnn:
+        # 3. Body. CT-RNN (rtrrl_spec.ctrnn): h' here; the Jacobian traces after the heads,
+        # which give the signals RTRL projects through J' in the same product that computes
+        # it. LRU (rtrrl_spec.lru): h', y and, when trained, the exact sensitivities, in real
+        # arithmetic on (re, im) pairs. A frozen body steps h only.
+        if is_ctrnn:
             W, tau = agent["W"], agent["tau"]
             h = agent["h"] * keep_col
             zeta = torch.cat([*x_parts, h, keep_col.new_ones((B, 1))], 1)  # [x, h, 1]
@@ -172,9 +184,43 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
             # h' = h + dt (φ − h) / τ and ∂h'/∂τ (local) = dt (h − φ) / τ², sharing (h − φ) dt/τ.
             h_rate = (h - phi) * rate
             h_next = h - h_rate
-            dtau_term = h_rate / tau
-            dphi = torch.addcmul(one, phi, phi, value=-1.0)  # 1 − φ²
-            features = h_next
+            if trains:
+                dtau_term = h_rate / tau
+                dphi = torch.addcmul(one, phi, phi, value=-1.0)  # 1 − φ²
+            new["h"] = features = h_next
+        elif is_lru:
+            x = torch.cat(x_parts, 1) if meta_rl else obs
+            # λ = exp(−exp ν) e^{i exp θ}, norm = exp γ (rtrrl_spec.lru.lru_step).
+            modulus = torch.exp(-torch.exp(agent["log_nu"]))
+            phase = torch.exp(agent["log_theta"])
+            lam_re, lam_im = modulus * torch.cos(phase), modulus * torch.sin(phase)
+            norm = torch.exp(agent["log_gamma"])
+            u_re, u_im = F.linear(x, agent["B_re"]), F.linear(x, agent["B_im"])
+            h_re, h_im = agent["h_re"] * keep_col, agent["h_im"] * keep_col
+            # h' = λ ⊙ h + exp(γ) ⊙ u
+            nu_re, nu_im = norm * u_re, norm * u_im
+            hn_re = lam_re * h_re - lam_im * h_im + nu_re
+            hn_im = lam_re * h_im + lam_im * h_re + nu_im
+            C_re, C_im = agent["C_re"], agent["C_im"]
+            # y = Re(C h') = C_re Re h' − C_im Im h'
+            features = F.linear(hn_re, C_re) - F.linear(hn_im, C_im)
+            new["h_re"], new["h_im"] = hn_re, hn_im
+            if trains:
+                # Sensitivities at h' from those at h (reset at a boundary), parameters fixed.
+                keep_3 = keep[:, None, None]
+                Jl_re, Jl_im = agent["J_lam_re"] * keep_col, agent["J_lam_im"] * keep_col
+                Jg_re, Jg_im = agent["J_gam_re"] * keep_col, agent["J_gam_im"] * keep_col
+                Ji_re, Ji_im = agent["J_in_re"] * keep_3, agent["J_in_im"] * keep_3
+                J_lam_re = lam_re * Jl_re - lam_im * Jl_im + h_re
+                J_lam_im = lam_re * Jl_im + lam_im * Jl_re + h_im
+                J_gam_re = lam_re * Jg_re - lam_im * Jg_im + nu_re
+                J_gam_im = lam_re * Jg_im + lam_im * Jg_re + nu_im
+                lam_re_m, lam_im_m = lam_re[:, None], lam_im[:, None]
+                J_in_re = lam_re_m * Ji_re - lam_im_m * Ji_im + norm[None, :, None] * x[:, None, :]
+                J_in_im = lam_re_m * Ji_im + lam_im_m * Ji_re
+                new["J_lam_re"], new["J_lam_im"] = J_lam_re, J_lam_im
+                new["J_gam_re"], new["J_gam_im"] = J_gam_re, J_gam_im
+                new["J_in_re"], new["J_in_im"] = J_in_re, J_in_im
         else:
             features = torch.cat(x_parts, 1) if meta_rl else obs
 
@@ -222,7 +268,7 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
 
         # 5. Immediate gradients: per environment f ⊗ (∂/∂out), times c where it applies.
         cf = features if c_col is None else c_col * features
-        if has_rnn:
+        if trains:
             B_A = agent["B_A"] if config.feedback_alignment else W_A
             B_C = agent["B_C"] if config.feedback_alignment else W_C
             signal = torch.addmm(B_C[:, 0], dlogp, B_A.T, alpha=config.eta_pi)
@@ -232,6 +278,7 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
                 ent_signal = F.linear(dent, B_A)
                 if c_col is not None:
                     ent_signal = c_col * ent_signal
+        if trains and is_ctrnn:
             J_W_old, J_tau_old = agent["J_W"], agent["J_tau"]
             if rtrl:
                 # J' = M J + diag(local), M = I + dt ∂f/∂h with the reset of J folded into M.
@@ -273,7 +320,31 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
                     # Σ_b gH_bi J[b, i, :] as a batched (1, B) @ (B, Z) product per neuron.
                     ent_W = torch.bmm(ent_signal.T[:, None, :], J_W.transpose(0, 1))
                     ent_tau = (ent_signal * J_tau).sum(0)
-            new["h"], new["J_W"], new["J_tau"] = h_next, J_W, J_tau
+            new["J_W"], new["J_tau"] = J_W, J_tau
+        if trains and is_lru:
+            # J'ᵀ g for the LRU (rtrrl_spec.lru.project_lru), for the learning signal and the
+            # entropy signal stacked on a leading axis S: w = Cᵀ s, then products with J'.
+            sig = torch.stack([signal, ent_signal]) if use_entropy else signal[None]  # (S, B, N)
+            w_re, w_im = sig @ C_re, sig @ C_im
+            a_re = w_re * J_lam_re - w_im * J_lam_im  # w ⊙ J_lam
+            a_im = w_re * J_lam_im + w_im * J_lam_re
+            a_re, a_im = a_re * lam_re - a_im * lam_im, a_re * lam_im + a_im * lam_re  # ⊙ λ
+            w_re3, w_im3 = w_re[..., None], w_im[..., None]
+            b_re = w_re3 * J_in_re - w_im3 * J_in_im
+            b_im = w_re3 * J_in_im + w_im3 * J_in_re
+            sig3 = sig[..., None]
+            proj = {
+                "log_nu": -a_re * torch.exp(agent["log_nu"]),
+                "log_theta": -a_im * phase,
+                "log_gamma": w_re * J_gam_re - w_im * J_gam_im,
+                "B_re": b_re,
+                "B_im": -b_im,
+                "C_re": sig3 * hn_re[:, None, :],
+                "C_im": -sig3 * hn_im[:, None, :],
+            }
+            lru_grad = {k: v[0] for k, v in proj.items()}  # per environment, for the traces
+            if use_entropy:
+                lru_ent = {k: v[1].sum(0) for k, v in proj.items()}  # Σ_b over the batch
 
         # 6. TD error (rtrrl_spec.agent.td_error).
         r_minus = reward - agent["reward_rate"] if average_reward else reward
@@ -306,13 +377,19 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
         else:
             pieces["W_C"] = dmean(agent["e_W_C"])
             pieces["b_C"] = dmean(agent["e_b_C"])
-        if has_rnn:
+        if trains and is_ctrnn:
             dir_W = dmean(agent["e_W"])
             dir_tau = dmean(agent["e_tau"])
             if use_entropy:
                 dir_W = torch.addcmul(dir_W, ent_W.reshape(1, -1), one, value=ent_alpha)
                 dir_tau = torch.addcmul(dir_tau, ent_tau, one, value=ent_alpha)
             pieces["W"], pieces["tau"] = dir_W, dir_tau
+        elif trains:  # the LRU
+            for k in rnn:
+                dir_k = dmean(agent[f"e_{k}"])
+                if use_entropy:
+                    dir_k = torch.addcmul(dir_k, lru_ent[k].reshape(1, -1), one, value=ent_alpha)
+                pieces[k] = dir_k
 
         # Clip per group by global norm, then Adam (rtrrl_spec.apply_update), on one flat vector.
         d_flat = torch.cat([pieces[k] for k in params], 1)[0]
@@ -324,19 +401,19 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
 
         p_flat, mu_flat, nu_flat = flat(""), flat("mu_"), flat("nu_")
         norms = torch.mv(group_ind, d_flat * d_flat).sqrt()  # (groups,)
-        if has_rnn:
+        if trains:
             counts = torch.stack([agent["count_td"], agent["count_rnn"]]) + one_i
         else:
             counts = agent["count_td"][None] + one_i
         if clip is not None:
             factor = clip_c / torch.clamp(norms, min=clip)  # c / max(‖Δ‖, c)
-            d_c = d_flat * (torch.mv(group_ind_t, factor) if has_rnn else factor)
+            d_c = d_flat * (torch.mv(group_ind_t, factor) if trains else factor)
         else:
             d_c = d_flat
         # Bias corrections 1 − β^t in float64, rounded to the agent's dtype once, as the
         # reference's Python-float corrections are when they meet a float32 array.
         bc = (one64 - torch.pow(betas, counts.to(torch.float64))).to(dtype)  # (2, groups)
-        bc1, bc2 = (torch.mm(bc, group_ind) if has_rnn else bc).unbind(0)
+        bc1, bc2 = (torch.mm(bc, group_ind) if trains else bc).unbind(0)
         mu_new = torch.add(b1_c * mu_flat, d_c, alpha=1.0 - b1)
         nu_new = torch.addcmul(b2_c * nu_flat, d_c, d_c, value=1.0 - b2)
         denom = (nu_new / bc2).sqrt_().add_(eps_c)
@@ -344,7 +421,7 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
             p_new = torch.addcdiv(p_flat, mu_new / bc1, denom, value=config.lr_td)
         else:
             p_new = p_flat + lr_flat * (mu_new / bc1) / denom
-        if has_rnn:
+        if clip_tau:
             p_new = torch.maximum(p_new, lower)
         upd_flat = p_new - p_flat
 
@@ -358,7 +435,7 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
             new[k], new[f"mu_{k}"], new[f"nu_{k}"] = p_k, mu_k, nu_k
             info[f"update.{k}"] = u_k
             info[f"direction.{k}"] = d_k
-        if has_rnn:
+        if trains:
             new["count_td"], new["count_rnn"] = counts.unbind(0)
             info["grad_norm_td"], info["grad_norm_rnn"] = norms.unbind(0)
         else:
@@ -387,7 +464,7 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
             new["e_W_C"] = torch.addcmul(cf[:, :, None], dk_critic[:, :, None], agent["e_W_C"])
             new["e_b_C"] = torch.addcmul(c_col, dk_critic, agent["e_b_C"])
         new["e_W_A"] = torch.addcmul(cf[:, :, None] * dlogp[:, None, :], dk_actor, agent["e_W_A"])
-        if has_rnn:
+        if trains and is_ctrnn:
             dk_rnn = decay[gl_values["rnn"]][:, None]
             if rtrl:
                 new["e_W"] = torch.addcmul(grad_W, dk_rnn[:, :, None], agent["e_W"])
@@ -395,6 +472,12 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
             else:
                 new["e_W"] = (dk_rnn[:, :, None] * agent["e_W"]).addcmul_(signal[:, :, None], J_W)
                 new["e_tau"] = torch.addcmul(dk_rnn * agent["e_tau"], signal, J_tau)
+        elif trains:  # the LRU: e ← γλ (1 − done) e + ∇
+            dk_rnn = decay[gl_values["rnn"]]
+            for k in rnn:
+                e_k = agent[f"e_{k}"]
+                dk_k = dk_rnn.view((B,) + (1,) * (e_k.dim() - 1))
+                new[f"e_{k}"] = torch.addcmul(lru_grad[k], dk_k, e_k)
 
         # 9. Carry.
         new["v_prev"] = value
