@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["QUICKSTART", "add_commands", "parse_overrides"]
+__all__ = ["BODIES", "QUICKSTART", "add_commands", "agent_overrides", "parse_overrides"]
 
 #: What ``rtrrl train`` without ``--task`` runs: a small memory task that the fused JAX path
 #: learns in about a minute on a laptop CPU (README's first command). Flags given explicitly win.
@@ -38,6 +38,35 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+#: The recurrent bodies ``--body`` chooses from (the same as ``rtrrl_spec.config.BODIES``,
+#: kept here so that ``rtrrl train --help`` does not import the reference).
+BODIES = ("ctrnn", "lru", "linear")
+
+
+def agent_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The agent Config overrides of ``rtrrl train``: ``--set`` items, then ``--body`` and
+    ``--freeze-rnn`` (sugar for ``--set body=…`` and ``--set freeze_rnn=true``).
+
+    A flag that contradicts a ``--set`` of the same field is an error, not a silent choice.
+    """
+    out = parse_overrides(args.set)
+    sugar: dict[str, Any] = {}
+    if args.body is not None:
+        if args.body not in BODIES:
+            raise ValueError(f"unknown body {args.body!r}; choose one of {', '.join(BODIES)}")
+        sugar["body"] = args.body
+    if args.freeze_rnn:
+        sugar["freeze_rnn"] = True
+    for key, value in sugar.items():
+        if key in out and out[key] != value:
+            flag = f"--{key.replace('_', '-')}"
+            raise ValueError(f"{flag} contradicts --set {key}={out[key]!r}; give only one")
+    out.update(sugar)
+    if "body" in out and out["body"] not in BODIES:
+        raise ValueError(f"unknown body {out['body']!r}; choose one of {', '.join(BODIES)}")
+    return out
+
+
 def _train(args: argparse.Namespace) -> int:
     from rtrrl import train as training
 
@@ -45,9 +74,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         given = [
             f"--{k.replace('_', '-')}"
-            for k in ("task", "steps", "eval_every", "seeds", "out")
+            for k in ("task", "steps", "eval_every", "seeds", "out", "body")
             if getattr(args, k) is not None
         ]
+        given += ["--freeze-rnn"] * bool(args.freeze_rnn) + ["--set"] * bool(args.set)
         if given:
             raise ValueError(
                 f"--resume continues a run with its saved settings; drop {', '.join(given)}"
@@ -55,6 +85,7 @@ def _train(args: argparse.Namespace) -> int:
         summary = training.resume(args.resume, progress=progress)
         out = Path(args.resume)
     else:
+        overrides = agent_overrides(args)
         quick = args.task is None
         task = args.task or QUICKSTART["task"]
         defaults = QUICKSTART if quick else {}
@@ -81,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             fused=False if args.host else None,
             progress=progress,
-            **parse_overrides(args.set),
+            **overrides,
         )
     bests = ", ".join(
         "—" if s["best_eval"] is None else f"{s['best_eval']:.4g}" for s in summary["seeds"]
@@ -137,6 +168,19 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--num-envs", type=int, default=1, help="environments per agent (paper: 1)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--host", action="store_true", help="use the host loop even on jax+gymnax")
+    p.add_argument(
+        "--body",
+        metavar="{" + ",".join(BODIES) + "}",
+        help="the recurrent body: ctrnn (the paper's CT-RNN, default), lru (online linear "
+        "recurrent unit) or linear (no recurrence: linear TD(lambda) on the observation); "
+        "same as --set body=NAME",
+    )
+    p.add_argument(
+        "--freeze-rnn",
+        action="store_true",
+        help="keep the recurrent body (ctrnn or lru) at its initial parameters; only actor and "
+        "critic learn (same as --set freeze_rnn=true)",
+    )
     p.add_argument(
         "--set",
         action="append",
