@@ -1,0 +1,522 @@
+"""Reproduce the paper's results table: tasks x variants, 5 seeds each, at a budget you choose.
+
+``python benchmarks/reproduce.py [--tasks T1,T2] [--variants rflo,lru] [--steps N]
+[--host-steps M] [--eval-every E] [--host-eval-every H] [--patience P]``
+
+Every cell (one task, one variant) is one :func:`rtrrl.train` run of ``--seeds`` seeds with
+the paper's protocol (epochs of 1000 steps, frozen evaluations on 10 episodes, best
+evaluation reward per seed, early stop after ``patience`` evaluations without improvement) on
+the JAX backend: the fused population path (all seeds in one ``vmap``) for gymnax tasks, the
+host loop (seeds one after another, about 1000 steps/s here) for popgym and gymnasium tasks,
+which therefore get their own, smaller budget (``--host-steps``, ``--host-eval-every``).
+
+Variants (columns):
+
+- ``rflo``: RTRRL with RFLO, the paper's default (CT-RNN body, feedback alignment);
+- ``rtrl``: the same with the exact RTRL Jacobian (``jacobian="rtrl"``);
+- ``linear``: linear TD(lambda), no recurrent body (``body="linear"``);
+- ``no-fa``: RFLO without feedback alignment (``feedback_alignment=False``);
+- ``lru``: the online LRU body (``body="lru"``);
+- ``frozen``: the CT-RNN kept at its initial parameters (``freeze_rnn=True``).
+
+Results go, one JSON line per finished cell, to ``benchmarks/results/reproduce/<budget>.jsonl``
+(the file name spells out the budget, so running the same command again resumes the sweep:
+finished cells are not redone, failed ones are retried; a cell killed mid-run continues from
+its run folder's checkpoint under ``runs/reproduce/``). After every cell the table is
+rendered to ``benchmarks/results/reproduction.md`` (rows = tasks, columns = variants, cells =
+median ± std over seeds of the best evaluation reward, the paper's figure beside it where the
+paper gives one). A cell that fails says ``error: ...`` in the table; a cell not run yet says
+``pending``. ``--render-only`` re-renders from the results file without training.
+
+Default budget (fits this 2-core CPU machine at roughly one to three minutes per gymnax cell;
+RTRL cells are the slowest): 200,000 steps per seed with evaluation every 10 epochs on gymnax
+tasks, 20,000 steps per seed with evaluation every 5 epochs on host-loop tasks, patience 10.
+The paper trains up to 50 million steps with evaluation every 100 epochs and patience 20, so
+a cell under the paper's figure at this budget is not evidence against the paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "benchmarks" / "results" / "reproduce"
+TABLE = ROOT / "benchmarks" / "results" / "reproduction.md"
+RUNS = ROOT / "runs" / "reproduce"
+
+#: Column name -> agent Config overrides.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "rflo": {},
+    "rtrl": {"jacobian": "rtrl"},
+    "linear": {"body": "linear"},
+    "no-fa": {"feedback_alignment": False},
+    "lru": {"body": "lru"},
+    "frozen": {"freeze_rnn": True},
+}
+VARIANT_TITLES = {
+    "rflo": "RFLO (CT-RNN)",
+    "rtrl": "RTRL (CT-RNN)",
+    "linear": "linear TD(λ)",
+    "no-fa": "RFLO, no FA",
+    "lru": "LRU",
+    "frozen": "frozen CT-RNN",
+}
+
+#: The paper's tasks (Lemmel & Grosu, AAAI 2025): the registry's fixed names, the memory
+#: chain and deep sea sizes it reports, and the popgym tasks (Easy).
+PAPER_TASKS: tuple[str, ...] = (
+    "CartPole-vel",
+    "CartPole-pos",
+    "MountainCarContinuous-vel",
+    "MountainCarContinuous-pos",
+    "MemoryChain-4",
+    "MemoryChain-8",
+    "MemoryChain-16",
+    "MemoryChain-32",
+    "MemoryChain-64",
+    "DeepSea-4",
+    "DeepSea-8",
+    "DeepSea-16",
+    "UmbrellaChain",
+    "DiscountingChain",
+    "BernoulliBandit",
+    "GaussianBandit",
+    "MetaMaze",
+    "PointRobot",
+    "Reacher",
+    "Catch",
+    "Swimmer",
+    "StatelessCartPole",
+    "NoisyStatelessCartPole",
+    "RepeatFirst",
+    "RepeatPrevious",
+    "Minesweeper",
+    "MultiArmedBandit",
+)
+
+#: The paper's figures (best evaluation reward, median ± std over 5 runs) where it gives them.
+PAPER: dict[tuple[str, str], str] = {
+    ("CartPole-vel", "rflo"): "500.00 ± 0.00",
+    ("CartPole-pos", "rflo"): "500.00 ± 163.17",
+    ("MemoryChain-4", "rflo"): "1.00 ± 0.00",
+    ("MemoryChain-8", "rflo"): "1.00 ± 0.00",
+    ("MemoryChain-16", "rflo"): "1.00 ± 0.00",
+    ("MemoryChain-32", "rflo"): "0.77 ± 0.18",
+    ("MemoryChain-64", "rflo"): "0.32 ± 0.08",
+    ("DeepSea-4", "rflo"): "0.99",
+    ("DeepSea-8", "rflo"): "0.99",
+    ("DeepSea-16", "rflo"): "0.99",
+    ("CartPole-pos", "linear"): "57.47 ± 1.38",
+    ("MemoryChain-16", "linear"): "0.12 ± 0.04",
+    ("RepeatPrevious", "lru"): "1.00 ± 0.00",
+    ("StatelessCartPole", "lru"): "1.00 ± 0.00",
+}
+
+DEFAULTS = {
+    "steps": 200_000,
+    "host_steps": 20_000,
+    "eval_every": 10,
+    "host_eval_every": 5,
+    "patience": 10,
+}
+
+
+# --- running --------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    """Cores, CPU model, GPU or not, Python: what the table's figures were measured on."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = "no GPU"
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
+        if out.returncode == 0 and out.stdout.strip():
+            gpu = out.stdout.strip().splitlines()[0]
+    return f"{os.cpu_count()} cores, {model}, {gpu}; Python {platform.python_version()}"
+
+
+def engine_of(task: str, backend: str) -> str:
+    """``"fused"`` for a gymnax task on the JAX backend, else ``"host"`` (as rtrrl.train picks)."""
+    if backend != "jax":
+        return "host"
+    from rtrrl import envs
+
+    try:
+        envs.make_jax(task)
+    except envs.UnknownTaskError:
+        raise
+    except Exception:  # not a gymnax task (popgym, gymnasium)
+        return "host"
+    return "fused"
+
+
+def budget_of(args: argparse.Namespace, engine: str) -> dict[str, Any]:
+    """The protocol of one cell: the engine picks the fused or the host budget."""
+    host = engine == "host"
+    return {
+        "steps": args.host_steps if host else args.steps,
+        "eval_every": args.host_eval_every if host else args.eval_every,
+        "patience": args.patience,
+        "seeds": args.seeds,
+        "epoch_steps": args.epoch_steps,
+        "eval_episodes": args.eval_episodes,
+    }
+
+
+def results_path(args: argparse.Namespace) -> Path:
+    """The sweep's JSON lines file: named after the budget, so the same command resumes."""
+    if args.results:
+        return Path(args.results)
+    name = (
+        f"{args.backend}-steps{args.steps}-host{args.host_steps}-eval{args.eval_every}"
+        f"-hosteval{args.host_eval_every}-patience{args.patience}-seeds{args.seeds}"
+    )
+    if args.epoch_steps != 1000:
+        name += f"-epoch{args.epoch_steps}"
+    if args.set:
+        name += "-set-" + "-".join(s.replace("=", "_") for s in sorted(args.set))
+    return RESULTS_DIR / f"{name}.jsonl"
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """Every record of a results file (a torn last line from a kill is skipped)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def latest(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The last record of each (task, variant): an ``ok`` one wins over any error."""
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    for rec in records:
+        key = (rec["task"], rec["variant"])
+        if key in cells and cells[key]["status"] == "ok" and rec["status"] != "ok":
+            continue
+        cells[key] = rec
+    return cells
+
+
+def run_cell(
+    task: str, variant: str, args: argparse.Namespace, runs: Path, command: str
+) -> dict[str, Any]:
+    """Train one cell; a failure becomes a record with ``status="error"``, never an exception
+    (but Ctrl-C still stops the sweep, leaving the cell's checkpoint to resume from)."""
+    import numpy as np
+
+    from rtrrl import train as training
+    from rtrrl._cli_train import parse_overrides
+
+    record: dict[str, Any] = {
+        "task": task,
+        "variant": variant,
+        "backend": args.backend,
+        "command": command,
+        "machine": machine(),
+        "load": [round(x, 1) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+    t0 = time.perf_counter()
+    try:
+        engine = engine_of(task, args.backend)
+        budget = budget_of(args, engine)
+        record.update(engine=engine, **budget)
+        overrides = {**parse_overrides(args.set), **VARIANTS[variant]}
+        record["overrides"] = overrides
+        out = runs / f"{task}-{variant}"
+        summary = None
+        if (out / training.CHECKPOINT).exists():
+            previous = json.loads((out / "config.json").read_text())
+            same = previous["protocol"]["steps"] == budget["steps"] and all(
+                previous["agent"].get(k) == v for k, v in overrides.items()
+            )
+            done = out / "summary.json"
+            if same and done.exists():
+                old = json.loads(done.read_text())
+                if all(s["stopped"] != "running" for s in old["seeds"]):
+                    summary = old  # finished, but killed before its line was written
+            if summary is None and same:
+                summary = training.resume(out, progress=args.progress)
+            elif summary is None:
+                shutil.rmtree(out)
+        if summary is None:
+            if out.exists():
+                shutil.rmtree(out)
+            summary = training.train(
+                task,
+                args.backend,
+                seeds=budget["seeds"],
+                steps=budget["steps"],
+                out=out,
+                epoch_steps=budget["epoch_steps"],
+                eval_every=budget["eval_every"],
+                eval_episodes=budget["eval_episodes"],
+                patience=budget["patience"],
+                progress=args.progress,
+                **overrides,
+            )
+        bests = [s["best_eval"] for s in summary["seeds"]]
+        finite = [b for b in bests if b is not None and math.isfinite(b)]
+        record.update(
+            status="ok",
+            engine=summary["engine"],
+            bests=bests,
+            median=float(np.median(finite)) if finite else None,
+            std=float(np.std(finite)) if finite else None,
+            seed_steps=[s["steps"] for s in summary["seeds"]],
+            stopped=[s["stopped"] for s in summary["seeds"]],
+            run=str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out),
+        )
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
+        message = f"{type(err).__name__}: {err}".splitlines()[0]
+        record.update(status="error", error=message[:300])
+        if args.verbose:
+            traceback.print_exc()
+    record["wall_time"] = round(time.perf_counter() - t0, 1)
+    return record
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def cell_text(rec: dict[str, Any] | None, paper: str | None) -> str:
+    """``median ± std`` (or ``error: …`` / ``pending``), with the paper's figure beside it."""
+    if rec is None:
+        text = "pending"
+    elif rec["status"] != "ok":
+        text = "error: " + rec.get("error", "unknown").replace("|", "/")[:80]
+    else:
+        text = f"{_fmt(rec['median'])} ± {_fmt(rec['std'])}"
+    if paper:
+        text += f" (paper {paper})"
+    return text
+
+
+def render(
+    records: Sequence[dict[str, Any]],
+    tasks: Sequence[str] | None = None,
+    variants: Sequence[str] = tuple(VARIANTS),
+    source: str = "",
+) -> str:
+    """The markdown table of a sweep: budget, command, date and machine above it."""
+    cells = latest(records)
+    if tasks is None:
+        tasks = list(dict.fromkeys(r["task"] for r in records))
+    done = [r for r in cells.values() if r["status"] == "ok"]
+    dates = sorted(r["date"] for r in cells.values())
+    lines = ["## Reproduction of the paper's table", ""]
+    if not records:
+        lines += ["No cell has run yet.", ""]
+    budgets: dict[str, set[tuple[Any, ...]]] = {}
+    for r in cells.values():
+        if "engine" in r and "steps" in r:
+            key = (
+                r["steps"],
+                r["eval_every"],
+                r["patience"],
+                r["seeds"],
+                r["epoch_steps"],
+                r.get("eval_episodes", 10),
+            )
+            budgets.setdefault(r["engine"], set()).add(key)
+    for engine, keys in sorted(budgets.items()):
+        for steps, every, patience, seeds, epoch, episodes in sorted(keys):
+            where = (
+                "fused JAX population (gymnax tasks, all seeds in one vmap)"
+                if engine == "fused"
+                else "host loop (seeds one after another)"
+            )
+            lines.append(
+                f"- Budget, {where}: {steps:,} environment steps per seed, evaluation every "
+                f"{every} epochs of {epoch} steps on {episodes} episodes, patience {patience} "
+                f"evaluations, {seeds} seeds."
+            )
+    commands = list(dict.fromkeys(r["command"] for r in records if r.get("command")))
+    for c in commands:
+        lines.append(f"- Command: `{c}`")
+    if dates:
+        span = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+        lines.append(f"- Date: {span}.")
+    machines = list(dict.fromkeys(r["machine"] for r in records if r.get("machine")))
+    for m in machines:
+        lines.append(f"- Machine: {m} (shared: other work slows every cell).")
+    wall = sum(r.get("wall_time", 0.0) for r in cells.values())
+    lines.append(
+        f"- {len(done)} of {len(tasks) * len(variants)} cells finished, "
+        f"{wall / 60:.1f} min of training in all."
+    )
+    if source:
+        lines.append(f"- Results file: `{source}`.")
+    lines += [
+        "",
+        "Cells: median ± std over seeds of each seed's best evaluation reward (the paper's "
+        "measure); the paper's figure in parentheses where it gives one (RFLO column: CT-RNN "
+        "RTRRL; the paper's DeepSea figures have no std). The paper trains up to 50 million "
+        "steps per seed with evaluation every 100 epochs and patience 20: a cell below the "
+        "paper's figure at a much smaller budget does not show that the figure is wrong, and "
+        "only a cell at or above it reproduces it.",
+        "",
+        "| task | engine | " + " | ".join(VARIANT_TITLES.get(v, v) for v in variants) + " |",
+        "|---|---|" + "---|" * len(variants),
+    ]
+    for task in tasks:
+        engines = {cells[(task, v)].get("engine") for v in variants if (task, v) in cells}
+        engines.discard(None)
+        engine = "/".join(sorted(engines)) or "—"
+        row = [cell_text(cells.get((task, v)), PAPER.get((task, v))) for v in variants]
+        lines.append(f"| {task} | {engine} | " + " | ".join(row) + " |")
+    detail = [r for r in cells.values() if r["status"] == "ok"]
+    if detail:
+        lines += [
+            "",
+            "Per seed (best evaluation reward; steps taken; why it stopped) and wall time:",
+            "",
+            "| task | variant | best per seed | steps per seed | stopped | wall (s) |",
+            "|---|---|---|---|---|---:|",
+        ]
+        order = {t: i for i, t in enumerate(tasks)}
+        vorder = {v: i for i, v in enumerate(variants)}
+        for r in sorted(
+            detail, key=lambda r: (order.get(r["task"], 1e9), vorder.get(r["variant"], 1e9))
+        ):
+            bests = ", ".join("—" if b is None else f"{b:.3g}" for b in r["bests"])
+            steps = ", ".join(f"{s:,}" for s in r.get("seed_steps", []))
+            stopped = ", ".join(r.get("stopped", []))
+            lines.append(
+                f"| {r['task']} | {r['variant']} | {bests} | {steps} | {stopped} "
+                f"| {r.get('wall_time', 0):.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def _names(value: str) -> list[str]:
+    return [v.strip() for v in value.replace(" ", ",").split(",") if v.strip()]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--tasks", type=_names, help="comma-separated tasks (default: every paper task)")
+    p.add_argument(
+        "--variants",
+        type=_names,
+        default=list(VARIANTS),
+        help=f"comma-separated columns to run (default: all: {','.join(VARIANTS)})",
+    )
+    p.add_argument("--backend", default="jax", help="backend (default jax; numpy for tests)")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument(
+        "--steps", type=int, default=DEFAULTS["steps"], help="steps per seed, gymnax tasks"
+    )
+    p.add_argument(
+        "--host-steps",
+        type=int,
+        default=DEFAULTS["host_steps"],
+        help="steps per seed, host-loop tasks (popgym, gymnasium; ~1000 steps/s)",
+    )
+    p.add_argument(
+        "--eval-every", type=int, default=DEFAULTS["eval_every"], help="epochs (paper 100)"
+    )
+    p.add_argument("--host-eval-every", type=int, default=DEFAULTS["host_eval_every"])
+    p.add_argument("--patience", type=int, default=DEFAULTS["patience"], help="paper: 20")
+    p.add_argument("--epoch-steps", type=int, default=1000, help="agent steps per epoch")
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--results", help="JSON lines file (default: named after the budget)")
+    p.add_argument("--md", default=str(TABLE), help="rendered table")
+    p.add_argument("--runs", default=str(RUNS), help="folder of the run folders")
+    p.add_argument("--render-only", action="store_true", help="render, train nothing")
+    p.add_argument("--progress", action="store_true", help="a progress bar per cell")
+    p.add_argument("--verbose", action="store_true", help="print a failed cell's traceback")
+    args = p.parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    tasks = args.tasks or list(PAPER_TASKS)
+    path = results_path(args)
+    md = Path(args.md)
+    shown = str(path.relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+    command = "python benchmarks/reproduce.py " + " ".join(
+        sys.argv[1:] if argv is None else list(argv)
+    )
+
+    def write_table() -> None:
+        records = read_results(path)
+        # Rows: the tasks asked for and those run earlier into the same file, paper order.
+        rows = list(dict.fromkeys([*tasks, *(r["task"] for r in records)]))
+        rank = {t: i for i, t in enumerate(PAPER_TASKS)}
+        rows.sort(key=lambda t: rank.get(t, len(rank)))
+        md.parent.mkdir(parents=True, exist_ok=True)
+        md.write_text(render(records, rows, list(VARIANTS), shown))
+
+    if args.render_only:
+        write_table()
+        print(md.read_text())
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs = Path(args.runs) / path.stem
+    finished = {k for k, r in latest(read_results(path)).items() if r["status"] == "ok"}
+    for task in tasks:
+        for variant in args.variants:
+            if (task, variant) in finished:
+                print(f"{task} / {variant}: done earlier, kept")
+                continue
+            print(f"{task} / {variant}: training ...", flush=True)
+            rec = run_cell(task, variant, args, runs, command.strip())
+            with path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            write_table()
+            print(
+                f"{task} / {variant}: {cell_text(rec, PAPER.get((task, variant)))} "
+                f"({rec['wall_time']:.0f} s)",
+                flush=True,
+            )
+    write_table()
+    print(f"table: {md}; results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
