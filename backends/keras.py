@@ -36,6 +36,7 @@ from rtrrl._registry import BackendError, BackendNotInstalledError
 from rtrrl.backends.base import BackendBase, map_tree
 from rtrrl_spec import Config
 from rtrrl_spec.config import structure_of
+from rtrrl_spec.lru import LRU_SENSITIVITIES as _LRU_SENSITIVITIES
 
 _SELECT_HELP = (
     "Keras 3 picks its backend once per process from the KERAS_BACKEND environment variable, "
@@ -166,6 +167,58 @@ def _tanh(z: Any) -> Any:
     return ops.where(z < 0.0, -magnitude, magnitude)
 
 
+# fdlibm's split of π/2 (three 33-bit parts: k·part is exact for |k| < 2^20) and its minimax
+# kernels for sin and cos on |r| <= π/4 (error under one ulp).
+_PIO2 = (1.57079632673412561417e00, 6.07710050630396597660e-11, 2.02226624871116645580e-21)
+_SIN = (
+    -1.66666666666666324348e-01,
+    8.33333333332248946124e-03,
+    -1.98412698298579493134e-04,
+    2.75573137070700676789e-06,
+    -2.50507602534068634195e-08,
+    1.58969099521155010221e-10,
+)
+_COS = (
+    4.16666666666666019037e-02,
+    -1.38888888888741095749e-03,
+    2.48015872894767294178e-05,
+    -2.75573143513906633035e-07,
+    2.08757232129817482790e-09,
+    -1.13596475577881948265e-11,
+)
+
+
+def _horner(z: Any, coefficients: tuple[float, ...]) -> Any:
+    out = coefficients[-1] + 0.0 * z
+    for c in reversed(coefficients[:-1]):
+        out = c + z * out
+    return out
+
+
+def _cos_sin(x: Any) -> tuple[Any, Any]:
+    """``(cos x, sin x)``; float64 stays float64 (``ops.cos``/``ops.sin`` compute it in float32
+    under JAX). Float64 path: Cody-Waite reduction by π/2 and fdlibm's kernels, a few ulp for
+    ``|x| < 2^20``."""
+    if keras.backend.standardize_dtype(x.dtype) != "float64":
+        return ops.cos(x), ops.sin(x)
+    y = x * (2.0 / math.pi)
+    k = ops.cast(ops.where(y < 0.0, y - 0.5, y + 0.5), "int32")  # nearest, ties away from 0
+    kf = ops.cast(k, "float64")
+    r = ((x - kf * _PIO2[0]) - kf * _PIO2[1]) - kf * _PIO2[2]  # |r| <= π/4
+    z = r * r
+    sin_r = r + (z * r) * _horner(z, _SIN)
+    half = 0.5 * z
+    w = 1.0 - half
+    cos_r = w + (((1.0 - w) - half) + (z * z) * _horner(z, _COS))
+    quadrant = ops.bitwise_and(k, 3)  # k mod 4, also for negative k
+    swap = ops.bitwise_and(quadrant, 1) == 1
+    cos_x = ops.where(swap, sin_r, cos_r)
+    sin_x = ops.where(swap, cos_r, sin_r)
+    cos_x = ops.where((quadrant == 1) | (quadrant == 2), -cos_x, cos_x)
+    sin_x = ops.where(quadrant >= 2, -sin_x, sin_x)
+    return cos_x, sin_x
+
+
 def _matmul(a: Any, b: Any) -> Any:
     """``a @ b`` for a ``(B, n)`` and a ``(n, k)`` or ``(n,)``; einsum keeps float64."""
     return ops.einsum("bn,nk->bk" if len(b.shape) == 2 else "bn,n->b", a, b)
@@ -256,26 +309,30 @@ def _policy(s: Config, hp: Mapping[str, Any], out: Any, noise: Any) -> dict[str,
     }
 
 
-def _body(
+def _ctrnn_body(
     s: Config, hp: Mapping[str, Any], agent: Agent, x: Any, done: Any
-) -> tuple[Any, Any, Any, Callable[[Any], tuple[Any, Any]]]:
-    """CT-RNN Euler step and Jacobian trace (``rtrrl_spec.ctrnn``); returns h', J_W', J_τ' and
-    the projection of a hidden-unit signal onto (W, τ) through J'."""
+) -> tuple[Any, Agent, Callable[[Any], Agent] | None]:
+    """CT-RNN Euler step and, when the body learns, its Jacobian trace (``rtrrl_spec.ctrnn``).
+
+    Returns the features ``h'``, the new body state and the projection of a hidden-unit signal
+    onto ``{W, tau}`` through ``J'`` (None for a frozen body)."""
     dt = hp["dt"]
     W, tau = agent["W"], agent["tau"]
     h = _reset(done, agent["h"])
-    J_W, J_tau = _reset(done, agent["J_W"]), _reset(done, agent["J_tau"])
     zeta = ops.concatenate([x, h, ops.ones_like(h[:, :1])], axis=-1)
     phi = _tanh(_matmul(zeta, ops.transpose(W)))
     h_next = h + dt * (phi - h) / tau
+    if not s.trains_body:
+        return h_next, {"h": h_next}, None
+    J_W, J_tau = _reset(done, agent["J_W"]), _reset(done, agent["J_tau"])
     dphi = 1.0 - phi * phi
     if s.jacobian == "rflo":
         rate = dt / tau
         J_W = (1.0 - rate)[:, None] * J_W + rate[:, None] * (dphi[:, :, None] * zeta[:, None, :])
         J_tau = (1.0 - rate) * J_tau + dt * (h - phi) / (tau * tau)
 
-        def project(signal: Any) -> tuple[Any, Any]:
-            return signal[:, :, None] * J_W, signal * J_tau
+        def project(signal: Any) -> Agent:
+            return {"W": signal[:, :, None] * J_W, "tau": signal * J_tau}
 
     else:
         N, n_in = s.n_hidden, s.input_dim
@@ -289,10 +346,73 @@ def _body(
         J_W = ops.einsum("bil,bljk->bijk", M, J_W) + eye[None, :, :, None] * direct_W[:, :, None]
         J_tau = ops.einsum("bil,blj->bij", M, J_tau) + eye[None] * direct_tau[:, :, None]
 
-        def project(signal: Any) -> tuple[Any, Any]:
-            return ops.einsum("bi,bijk->bjk", signal, J_W), ops.einsum("bi,bij->bj", signal, J_tau)
+        def project(signal: Any) -> Agent:
+            return {
+                "W": ops.einsum("bi,bijk->bjk", signal, J_W),
+                "tau": ops.einsum("bi,bij->bj", signal, J_tau),
+            }
 
-    return h_next, J_W, J_tau, project
+    return h_next, {"h": h_next, "J_W": J_W, "J_tau": J_tau}, project
+
+
+def _cmul(a_re: Any, a_im: Any, b_re: Any, b_im: Any) -> tuple[Any, Any]:
+    """``(a_re + i a_im)(b_re + i b_im)`` as a (real, imaginary) pair (``rtrrl_spec.lru``)."""
+    return a_re * b_re - a_im * b_im, a_re * b_im + a_im * b_re
+
+
+def _lru_body(
+    s: Config, agent: Agent, x: Any, done: Any
+) -> tuple[Any, Agent, Callable[[Any], Agent] | None]:
+    """The LRU step and, when the body learns, its exact sensitivities (``rtrrl_spec.lru``:
+    ``lru_step``, ``lru_sensitivity_update``, ``project_lru``), in real arithmetic on
+    (re, im) pairs. Returns the features ``y = Re(C h')``, the new body state and the
+    projection of a feature signal onto the LRU parameters (None for a frozen body)."""
+    p = {k: agent[k] for k in rtrrl_spec.LRU_PARAMS}
+    h_re, h_im = _reset(done, agent["h_re"]), _reset(done, agent["h_im"])
+    # lru_step
+    modulus = ops.exp(-ops.exp(p["log_nu"]))
+    phase = ops.exp(p["log_theta"])
+    cos_phase, sin_phase = _cos_sin(phase)
+    lam_re, lam_im = modulus * cos_phase, modulus * sin_phase
+    norm = ops.exp(p["log_gamma"])
+    u_re, u_im = _matmul(x, ops.transpose(p["B_re"])), _matmul(x, ops.transpose(p["B_im"]))
+    rec_re, rec_im = _cmul(lam_re, lam_im, h_re, h_im)
+    hn_re = rec_re + norm * u_re
+    hn_im = rec_im + norm * u_im
+    y = _matmul(hn_re, ops.transpose(p["C_re"])) - _matmul(hn_im, ops.transpose(p["C_im"]))
+    state = {"h_re": hn_re, "h_im": hn_im}
+    if not s.trains_body:
+        return y, state, None
+    # lru_sensitivity_update, from the sensitivities reset at the boundary.
+    J = {k: _reset(done, agent[k]) for k in _LRU_SENSITIVITIES}
+    lam_re_m, lam_im_m = lam_re[:, None], lam_im[:, None]  # broadcast over the input axis
+    rec_re, rec_im = _cmul(lam_re, lam_im, J["J_lam_re"], J["J_lam_im"])
+    J["J_lam_re"], J["J_lam_im"] = rec_re + h_re, rec_im + h_im
+    rec_re, rec_im = _cmul(lam_re, lam_im, J["J_gam_re"], J["J_gam_im"])
+    J["J_gam_re"], J["J_gam_im"] = rec_re + norm * u_re, rec_im + norm * u_im
+    rec_re, rec_im = _cmul(lam_re_m, lam_im_m, J["J_in_re"], J["J_in_im"])
+    J["J_in_re"] = rec_re + norm[None, :, None] * x[:, None, :]
+    J["J_in_im"] = rec_im
+    state.update(J)
+
+    def project(signal: Any) -> Agent:
+        # project_lru: w = Cᵀ s, then Re / Im of w ⊙ (each sensitivity).
+        w_re, w_im = _matmul(signal, p["C_re"]), _matmul(signal, p["C_im"])
+        a_re, a_im = _cmul(w_re, w_im, J["J_lam_re"], J["J_lam_im"])
+        a_re, a_im = _cmul(a_re, a_im, lam_re, lam_im)
+        g_re, g_im = _cmul(w_re, w_im, J["J_gam_re"], J["J_gam_im"])
+        b_re, b_im = _cmul(w_re[:, :, None], w_im[:, :, None], J["J_in_re"], J["J_in_im"])
+        return {
+            "log_nu": -a_re * ops.exp(p["log_nu"]),
+            "log_theta": -a_im * ops.exp(p["log_theta"]),
+            "log_gamma": g_re,
+            "B_re": b_re,
+            "B_im": -b_im,
+            "C_re": signal[:, :, None] * hn_re[:, None, :],
+            "C_im": -signal[:, :, None] * hn_im[:, None, :],
+        }
+
+    return y, state, project
 
 
 def _apply_update(
@@ -303,8 +423,8 @@ def _apply_update(
     changed: Agent = {}
     info: Agent = {}
     groups = [("td", rtrrl_spec.TD_PARAMS, hp["lr_td"])]
-    if s.has_rnn:
-        groups.append(("rnn", rtrrl_spec.RNN_PARAMS, hp["lr_rnn"]))
+    if s.trains_body:
+        groups.append(("rnn", rtrrl_spec.rnn_params(s), hp["lr_rnn"]))
     for group, names, lr in groups:
         norm = ops.sqrt(sum(ops.sum(direction[k] * direction[k]) for k in names))
         if s.clip_norm is None:
@@ -321,7 +441,7 @@ def _apply_update(
             m = hp["b1"] * agent[f"mu_{k}"] + hp["one_minus_b1"] * d
             v = hp["b2"] * agent[f"nu_{k}"] + hp["one_minus_b2"] * d * d
             p = agent[k] + lr * (m / correction1) / (ops.sqrt(v / correction2) + hp["eps"])
-            if k == "tau":
+            if k == "tau":  # the CT-RNN's time constants only
                 p = _maximum(p, hp["tau_min"])
             changed[k], changed[f"mu_{k}"], changed[f"nu_{k}"] = p, m, v
         changed[f"count_{group}"] = ops.cast(count, "int32")
@@ -361,10 +481,15 @@ def step_core(
     else:
         x = obs
 
-    # 3. Body.
-    if s.has_rnn:
-        features, J_W, J_tau, project = _body(s, hp, agent, x, done)
-        new.update(h=features, J_W=J_W, J_tau=J_tau)
+    # 3. Body: features for the heads, the new body state and, when the body learns, the
+    # projection of a signal on the features into its parameters' gradients (J'ᵀ g).
+    project = None
+    if s.body == "ctrnn":
+        features, body_state, project = _ctrnn_body(s, hp, agent, x, done)
+        new.update(body_state)
+    elif s.body == "lru":
+        features, body_state, project = _lru_body(s, agent, x, done)
+        new.update(body_state)
     else:
         features = x
 
@@ -382,13 +507,13 @@ def step_core(
         "W_A": c[:, :, None] * features[:, :, None] * pol["dlogp"][:, None, :],
     }
     entropy_grad = {"W_A": c[:, :, None] * features[:, :, None] * pol["dent"][:, None, :]}
-    if s.has_rnn:
+    if project is not None:
         B_A = agent["B_A"] if s.feedback_alignment else W_A
         B_C = agent["B_C"] if s.feedback_alignment else W_C
         signal = c * (B_C[:, 0][None, :] + hp["eta_pi"] * _matmul(pol["dlogp"], ops.transpose(B_A)))
         entropy_signal = c * _matmul(pol["dent"], ops.transpose(B_A))
-        grad["W"], grad["tau"] = project(signal)
-        entropy_grad["W"], entropy_grad["tau"] = project(entropy_signal)
+        grad.update(project(signal))
+        entropy_grad.update(project(entropy_signal))
 
     # 6. TD error (rtrrl_spec.agent.td_error).
     not_done = 1.0 - ops.cast(done, dtype)
@@ -411,9 +536,12 @@ def step_core(
         correction = (value_now - agent["v_prev"])[:, None]
         per_env["W_C"] = per_env["W_C"] - correction[:, :, None] * agent["x_W_C"]
         per_env["b_C"] = per_env["b_C"] - correction * agent["x_b_C"]
-    if s.has_rnn:
-        per_env["W"] = d[:, :, None] * agent["e_W"] + eta_h * entropy_grad["W"]
-        per_env["tau"] = d * agent["e_tau"] + eta_h * entropy_grad["tau"]
+    for k in rtrrl_spec.rnn_params(s):
+        trace = agent[f"e_{k}"]
+        per_env[k] = (
+            ops.reshape(delta, (-1,) + (1,) * (len(trace.shape) - 1)) * trace
+            + eta_h * entropy_grad[k]
+        )
     direction = {k: _mean(v, 0) for k, v in per_env.items()}
 
     changed, info = _apply_update(s, hp, agent, direction)
@@ -437,9 +565,8 @@ def step_core(
         new["e_W_C"] = decayed("e_W_C", hp["gl_critic"]) + grad["W_C"]
         new["e_b_C"] = decayed("e_b_C", hp["gl_critic"]) + grad["b_C"]
     new["e_W_A"] = decayed("e_W_A", hp["gl_actor"]) + grad["W_A"]
-    if s.has_rnn:
-        new["e_W"] = decayed("e_W", hp["gl_rnn"]) + grad["W"]
-        new["e_tau"] = decayed("e_tau", hp["gl_rnn"]) + grad["tau"]
+    for k in rtrrl_spec.rnn_params(s):
+        new[f"e_{k}"] = decayed(f"e_{k}", hp["gl_rnn"]) + grad[k]
 
     # 9. Carry.
     new["v_prev"] = value
@@ -638,7 +765,8 @@ class RTRRLAgent(keras.Model):
     """An RTRRL agent as a Keras model: every array of the canonical layout is a variable.
 
     Variables are non-trainable (the update is explicit, not a Keras gradient step) and named
-    by their canonical names (``W``, ``tau``, ``J_W``, ``mu_W_A``, ``count_td``, ...; see
+    by their canonical names (``W``, ``tau``, ``J_W``, ``mu_W_A``, ``count_td``, ...; an LRU
+    agent's are ``log_nu``, ``B_re``, ``h_re``, ``J_lam_re``, ...; see
     ``rtrrl_spec.layout``). :meth:`step` runs the functional :func:`step` on the variables'
     values and assigns the new ones, so the object steps exactly like the function.
 

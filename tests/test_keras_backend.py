@@ -123,6 +123,106 @@ def test_agent_model_steps_like_the_function_and_saves(tmp_path: Path, framework
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_lru_agent_saves_loads_and_steps_like_the_function(tmp_path: Path, framework: str) -> None:
+    """An LRU RTRRLAgent holds the LRU's arrays as its variables, learns its body (the rnn
+    group steps), survives a .keras round trip with every variable intact, and the loaded
+    model's next steps equal the functional step's from the saved state bit for bit."""
+    code = """
+    import numpy as np, keras
+    import rtrrl, rtrrl_spec
+    from rtrrl.backends.keras import RTRRLAgent
+
+    be = rtrrl.use("keras-FRAMEWORK")
+    config = rtrrl_spec.Config(obs_dim=3, n_actions=2, n_hidden=4, body="lru",
+                               lru_r_min=0.5, clip_norm=None)
+    B, dtype = 2, "float32"
+    rng = np.random.default_rng(1)
+    inputs = [(rng.uniform(-1, 1, (B, 3)).astype(dtype), rng.uniform(-1, 1, B).astype(dtype),
+               np.array([t == 0, t == 3]), rng.uniform(0.05, 0.95, (B, 2)).astype(dtype))
+              for t in range(6)]
+
+    model = RTRRLAgent(config, batch_size=B, seed=3, dtype=dtype)
+    names = {v.path.split("/")[-1] for v in model.non_trainable_variables}
+    assert names == set(rtrrl_spec.layout(config, B)), sorted(names)
+    assert {"log_nu", "B_re", "C_im", "h_re", "J_in_im", "e_log_theta", "mu_C_re",
+            "count_rnn"} <= names and "W" not in names and "h" not in names, sorted(names)
+    initial = model.state_numpy()
+    for obs, reward, done, noise in inputs[:3]:
+        model.step(*[be.from_numpy(a) for a in (obs, reward, done, noise)])
+    saved = model.state_numpy()
+    assert int(saved["count_rnn"]) == 3
+    for k in rtrrl_spec.LRU_PARAMS:  # the body learns
+        assert not np.array_equal(saved[k], initial[k]), k
+    rtrrl_spec.validate_agent(config, saved)
+
+    model.save("lru.keras")
+    loaded = keras.saving.load_model("lru.keras")
+    assert type(loaded) is RTRRLAgent and loaded.agent_config == config
+    for k, v in loaded.state_numpy().items():
+        assert v.dtype == saved[k].dtype and np.array_equal(v, saved[k]), k
+
+    # The loaded model and the functional step from the saved state step identically.
+    agent = be.from_numpy(saved)
+    for obs, reward, done, noise in inputs[3:]:
+        args = [be.from_numpy(a) for a in (obs, reward, done, noise)]
+        agent, action_f, info_f = be.step(config, agent, *args)
+        action_m, info_m = loaded.step(*args)
+        assert np.array_equal(be.to_numpy(action_f), be.to_numpy(action_m))
+        assert np.array_equal(be.to_numpy(info_f["features"]), be.to_numpy(info_m["features"]))
+    functional, state = be.to_numpy(agent), loaded.state_numpy()
+    assert sorted(state) == sorted(functional)
+    for k in functional:
+        assert np.array_equal(state[k], functional[k]), k
+    assert not np.array_equal(state["h_re"], saved["h_re"])
+    print("OK")
+    """
+    assert_ok(run_python(code.replace("FRAMEWORK", framework), tmp_path, framework))
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_frozen_body_variables_never_change(tmp_path: Path, framework: str) -> None:
+    """freeze_rnn: a CT-RNN or LRU RTRRLAgent steps its hidden state and trains actor and
+    critic, but its body parameters stay exactly at their initial values, and it carries no
+    sensitivities, body traces or rnn optimizer group."""
+    code = """
+    import numpy as np
+    import rtrrl, rtrrl_spec
+    from rtrrl.backends.keras import RTRRLAgent
+
+    be = rtrrl.use("keras-FRAMEWORK")
+    rng = np.random.default_rng(2)
+    for body, state_name in (("ctrnn", "h"), ("lru", "h_re")):
+        config = rtrrl_spec.Config(obs_dim=3, action_dim=2, n_hidden=4, body=body,
+                                   freeze_rnn=True, lr_td=0.05)
+        B = 3
+        model = RTRRLAgent(config, batch_size=B, seed=5)
+        names = {v.path.split("/")[-1] for v in model.non_trainable_variables}
+        assert names == set(rtrrl_spec.layout(config, B)), sorted(names)
+        body_names = rtrrl_spec.body_params(config)
+        assert body_names and set(body_names) <= names
+        no_training = {f"{p}_{k}" for p in ("e", "mu", "nu") for k in body_names}
+        assert not no_training & names and "count_rnn" not in names, sorted(names)
+        assert not any(n.startswith("J_") for n in names), sorted(names)
+        before = model.state_numpy()
+        for t in range(8):
+            args = (rng.uniform(-1, 1, (B, 3)), rng.uniform(-1, 1, B) + 1.0,
+                    rng.random(B) < 0.25, rng.standard_normal((B, 2)))
+            _, info = model.step(*[be.from_numpy(np.asarray(a, dtype="bool" if a.dtype == bool
+                                                            else "float32")) for a in args])
+            assert not {k.split(".")[-1] for k in info} & set(body_names), sorted(info)
+        after = model.state_numpy()
+        for k in body_names:
+            assert np.array_equal(after[k], before[k]), (body, k)
+        assert not np.array_equal(after["W_A"], before["W_A"]), body  # the heads learn
+        assert not np.array_equal(after["W_C"], before["W_C"]), body
+        assert np.any(after[state_name] != 0), body  # and the hidden state steps
+        assert int(after["count_td"]) == 8
+    print("OK")
+    """
+    assert_ok(run_python(code.replace("FRAMEWORK", framework), tmp_path, framework))
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_wrong_keras_backend_is_a_clear_error(tmp_path: Path, framework: str) -> None:
     other = {"jax": "torch", "torch": "jax"}[framework]
     code = f"""
