@@ -4,6 +4,7 @@
     nox -s "conformance(backend='numpy')" -- -k step   # arguments after -- go to pytest
     nox -s docs                              # just the site (mkdocs build --strict)
     nox -s bench / -t gpu                    # opt-in sessions
+    nox -s results [-- ARGS]                 # the paper's table (benchmarks/reproduce.py)
 
 Environments are plain virtualenvs (not uv), installed into by pip: uv ignores pip's configuration,
 which is where the local CPU wheel of torch is found (pip's find-links). Test tools come
@@ -150,6 +151,34 @@ def bench(session: nox.Session) -> None:
         session.skip("no benchmarks yet (benchmarks/step_speed.py arrives with the backends)")
     _install(session, "all", "test")
     session.run("python", str(script.relative_to(ROOT)), *session.posargs)
+
+
+#: What ``nox -s results`` runs without arguments: a small budget that fits a 2-core CPU in
+#: about half an hour (``nox -s results -- ARGS`` passes ARGS to benchmarks/reproduce.py).
+RESULTS_DEFAULT = [
+    "--tasks",
+    "MemoryChain-4,MemoryChain-8,CartPole-vel,DeepSea-4",
+    "--steps",
+    "100000",
+    "--eval-every",
+    "10",
+    "--patience",
+    "10",
+]
+
+
+@nox.session(default=False)
+def results(session: nox.Session) -> None:
+    """The paper's table at a small budget (benchmarks/reproduce.py), then the site.
+
+    Writes benchmarks/results/reproduce/*.jsonl (a rerun resumes) and
+    benchmarks/results/reproduction.md, which docs/results.md includes; the site is rebuilt
+    with ``mkdocs build --strict`` so that the page shows the new table.
+    """
+    _install(session, "all")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "docs"))
+    session.run("python", "benchmarks/reproduce.py", *(session.posargs or RESULTS_DEFAULT))
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session(default=False, tags=["gpu"])

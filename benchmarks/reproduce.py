@@ -337,7 +337,10 @@ def render(
         tasks = list(dict.fromkeys(r["task"] for r in records))
     done = [r for r in cells.values() if r["status"] == "ok"]
     dates = sorted(r["date"] for r in cells.values())
-    lines = ["## Reproduction of the paper's table", ""]
+    lines = [
+        "<!-- written by benchmarks/reproduce.py from its results file; not edited by hand -->",
+        "",
+    ]
     if not records:
         lines += ["No cell has run yet.", ""]
     budgets: dict[str, set[tuple[Any, ...]]] = {}

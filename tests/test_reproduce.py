@@ -1,0 +1,146 @@
+"""``benchmarks/reproduce.py``: the table it renders, and one real cell on the NumPy backend."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce.py"
+
+
+@pytest.fixture(scope="module")
+def reproduce() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("rtrrl_bench_reproduce", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(task: str, variant: str, **kw: object) -> dict:
+    base = {
+        "task": task,
+        "variant": variant,
+        "command": "python benchmarks/reproduce.py --steps 1000",
+        "machine": "2 cores, test CPU",
+        "date": "2026-01-02 03:04:05 UTC",
+        "engine": "fused",
+        "steps": 1000,
+        "eval_every": 1,
+        "patience": 3,
+        "seeds": 3,
+        "epoch_steps": 1000,
+        "eval_episodes": 10,
+        "wall_time": 60.0,
+    }
+    return {**base, **kw}
+
+
+def test_render_a_fake_results_file(reproduce: ModuleType, tmp_path: Path) -> None:
+    records = [
+        _record("MemoryChain-4", "rflo", status="error", error="RuntimeError: first try"),
+        _record(
+            "MemoryChain-4",
+            "rflo",
+            status="ok",
+            bests=[1.0, 1.0, 0.8],
+            median=1.0,
+            std=0.0943,
+            seed_steps=[1000, 1000, 1000],
+            stopped=["budget"] * 3,
+        ),
+        # An error after a success does not hide the success.
+        _record("MemoryChain-4", "rflo", status="error", error="RuntimeError: later"),
+        _record("MemoryChain-4", "lru", status="error", error="NotImplementedError: no | lru"),
+        _record(
+            "RepeatPrevious",
+            "lru",
+            engine="host",
+            steps=500,
+            status="ok",
+            bests=[0.25, 0.5, None],
+            median=0.375,
+            std=0.125,
+            seed_steps=[500, 500, 0],
+            stopped=["budget", "patience", "running"],
+        ),
+    ]
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n{torn line")
+    read = reproduce.read_results(path)
+    assert len(read) == len(records)
+    md = reproduce.render(read, ["MemoryChain-4", "RepeatPrevious"], list(reproduce.VARIANTS))
+    rows: dict[str, str] = {}  # the main table's row of each task (the first row naming it)
+    for line in md.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0].strip("| "), line)
+    assert rows["MemoryChain-4"] == (
+        "| MemoryChain-4 | fused | 1.00 ± 0.09 (paper 1.00 ± 0.00) | pending | pending | "
+        "pending | error: NotImplementedError: no / lru | pending |"
+    )
+    assert rows["RepeatPrevious"] == (
+        "| RepeatPrevious | host | pending | pending | pending | pending | "
+        "0.38 ± 0.12 (paper 1.00 ± 0.00) | pending |"
+    )
+    assert (
+        "1,000 environment steps per seed, evaluation every 1 epochs of 1000 steps on 10 "
+        "episodes, patience 3 evaluations, 3 seeds" in md
+    )
+    assert "host loop (seeds one after another): 500 environment steps" in md
+    assert "`python benchmarks/reproduce.py --steps 1000`" in md
+    assert "2 of 12 cells finished" in md
+    assert "| RepeatPrevious | lru | 0.25, 0.5, — | 500, 500, 0 | budget, patience, running" in md
+
+
+@pytest.mark.numpy
+def test_one_real_cell_on_numpy(reproduce: ModuleType, tmp_path: Path) -> None:
+    pytest.importorskip("gymnax")
+    pytest.importorskip("matplotlib")
+    results, md = tmp_path / "r.jsonl", tmp_path / "table.md"
+    argv = [
+        "--tasks",
+        "MemoryChain-4",
+        "--variants",
+        "frozen",
+        "--backend",
+        "numpy",
+        "--seeds",
+        "2",
+        "--host-steps",
+        "200",
+        "--epoch-steps",
+        "100",
+        "--host-eval-every",
+        "1",
+        "--eval-episodes",
+        "2",
+        "--set",
+        "n_hidden=4",
+        "--results",
+        str(results),
+        "--md",
+        str(md),
+        "--runs",
+        str(tmp_path / "runs"),
+    ]
+    assert reproduce.main(argv) == 0
+    (rec,) = reproduce.read_results(results)
+    assert rec["status"] == "ok", rec.get("error")
+    assert (rec["task"], rec["variant"], rec["engine"]) == ("MemoryChain-4", "frozen", "host")
+    assert rec["overrides"] == {"n_hidden": 4, "freeze_rnn": True}
+    assert rec["seed_steps"] == [200, 200] and len(rec["bests"]) == 2
+    config = json.loads(
+        (tmp_path / "runs" / "r" / "MemoryChain-4-frozen" / "config.json").read_text()
+    )
+    assert config["agent"]["freeze_rnn"] is True and config["protocol"]["steps"] == 200
+    row = next(line for line in md.read_text().splitlines() if line.startswith("| MemoryChain-4 |"))
+    assert row.endswith(f"| {reproduce.cell_text(rec, None)} |") and "| host |" in row
+    # Running the same command again keeps the finished cell instead of training it again.
+    assert reproduce.main(argv) == 0
+    assert len(reproduce.read_results(results)) == 1
