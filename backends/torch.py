@@ -13,8 +13,9 @@ Design, in short (each point is explained where it happens):
   graph is ever built. The LRU's complex numbers are (re, im) pairs of real tensors, as in
   :mod:`rtrrl_spec.lru`, so a float32 agent stays float32.
 - The step is pure: it never writes into a tensor it was given. Arrays the step does not
-  change (the feedback matrices ``B_A``, ``B_C``) are returned as the same tensor objects, as
-  the reference returns the same NumPy arrays; every other entry is a new tensor.
+  change (the feedback matrices ``B_A``, ``B_C``, a frozen body's parameters) are returned as
+  the same tensor objects, as the reference returns the same NumPy arrays; every other entry
+  is a new tensor.
 - The optimizer is the spec's per-group global-norm clip and Adam
   (:func:`rtrrl_spec.apply_update`) written with tensor ops, not ``torch.optim.Adam`` and
   ``torch.nn.utils.clip_grad_norm_``, which compute something else (see the docs).
@@ -191,7 +192,8 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
         elif is_lru:
             x = torch.cat(x_parts, 1) if meta_rl else obs
             # λ = exp(−exp ν) e^{i exp θ}, norm = exp γ (rtrrl_spec.lru.lru_step).
-            modulus = torch.exp(-torch.exp(agent["log_nu"]))
+            exp_nu = torch.exp(agent["log_nu"])
+            modulus = torch.exp(-exp_nu)
             phase = torch.exp(agent["log_theta"])
             lam_re, lam_im = modulus * torch.cos(phase), modulus * torch.sin(phase)
             norm = torch.exp(agent["log_gamma"])
@@ -334,7 +336,7 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
             b_im = w_re3 * J_in_im + w_im3 * J_in_re
             sig3 = sig[..., None]
             proj = {
-                "log_nu": -a_re * torch.exp(agent["log_nu"]),
+                "log_nu": -a_re * exp_nu,
                 "log_theta": -a_im * phase,
                 "log_gamma": w_re * J_gam_re - w_im * J_gam_im,
                 "B_re": b_re,
@@ -584,8 +586,9 @@ class TorchBackend(BackendBase):
         """One pure step (:func:`rtrrl_spec.step`); the compiled one when ``compile=True``.
 
         ``agent`` is not modified; the returned agent holds new tensors except for arrays the
-        step does not change (``B_A``, ``B_C``), which are the input's own tensors. Inputs may
-        be tensors or NumPy arrays; they are cast to the agent's float dtype and device.
+        step does not change (``B_A``, ``B_C``, a frozen body's parameters), which are the
+        input's own tensors. Inputs may be tensors or NumPy arrays; they are cast to the
+        agent's float dtype and device.
         """
         if self.compile:
             return self.step_compiled(config, agent, obs, reward, done, noise)

@@ -28,7 +28,15 @@ CONFIGS = [
         reward_rate_lr=0.01,
     ),
     rtrrl_spec.Config(obs_dim=3, action_dim=1, body="linear", meta_rl=False),
+    rtrrl_spec.Config(obs_dim=3, n_actions=3, n_hidden=5, body="lru", entropy_rate=0.2),
+    rtrrl_spec.Config(
+        obs_dim=2, action_dim=2, n_hidden=4, body="lru", feedback_alignment=False, trace="dutch"
+    ),
+    rtrrl_spec.Config(obs_dim=3, n_actions=3, n_hidden=5, body="lru", freeze_rnn=True),
+    rtrrl_spec.Config(obs_dim=2, action_dim=1, n_hidden=4, jacobian="rtrl", freeze_rnn=True),
 ]
+FROZEN = [c for c in CONFIGS if c.freeze_rnn]
+LRU = CONFIGS[4]
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -112,6 +120,65 @@ def test_to_device_keeps_dtypes_and_values(be: TorchBackend, dtype: str) -> None
     assert all(torch.equal(back[k], agent[k]) for k in agent)
 
 
+@pytest.mark.parametrize("config", FROZEN + [CONFIGS[0]])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_frozen_body_parameters_never_change(be: TorchBackend, config, dtype: str) -> None:
+    """A frozen body steps h but is never updated; the heads still learn. (The trained CT-RNN
+    case checks the test itself: its body parameters do move.)"""
+    agent = be.init(config, 3, seed=2, dtype=dtype)
+    body = rtrrl_spec.body_params(config)
+    start = {k: agent[k].clone() for k in body}
+    h_name = "h" if config.body == "ctrnn" else "h_re"
+    h_moved = False
+    for t in range(6):
+        obs, reward, done, noise = _inputs(be, config, 3, dtype, seed=t)
+        new, _, info = be.step(config, agent, obs, reward, done, noise)
+        h_moved |= not torch.equal(new[h_name], agent[h_name])
+        agent = new
+    changed = [k for k in body if not torch.equal(agent[k], start[k])]
+    assert h_moved
+    assert not torch.equal(agent["W_A"], be.init(config, 3, seed=2, dtype=dtype)["W_A"])
+    if config.freeze_rnn:
+        assert changed == []
+        assert not any(k.startswith(("J_", "count_rnn")) for k in agent)
+        assert "grad_norm_rnn" not in info
+        assert set(agent) == set(rtrrl_spec.layout(config, 3))
+    else:
+        assert changed == list(body)
+
+
+def _lru_agent_on_device_and_back(device: str, dtype: str) -> None:
+    """A warm LRU agent from the reference, onto ``device`` and back to NumPy: bit-exact."""
+    config = LRU
+    agent = rtrrl_spec.init(config, 3, seed=4, dtype=dtype)
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # non-zero state, sensitivities, traces and moments
+        obs = rng.uniform(-1, 1, (3, config.obs_dim))
+        noise = rtrrl_spec.draw_noise(config, 3, rng, dtype)
+        agent, _, _ = rtrrl_spec.step(config, agent, obs, rng.uniform(-1, 1, 3), [0, 1, 0], noise)
+    assert all(np.any(agent[k] != 0) for k in ("h_re", "J_in_im", "e_C_im", "mu_log_nu"))
+    be = TorchBackend(device)
+    on_device = be.from_numpy(agent)
+    assert all(t.device.type == torch.device(device).type for t in on_device.values())
+    back = be.to_numpy(TorchBackend.to_device(on_device, "cpu"))
+    assert list(back) == list(agent)
+    for name, array in agent.items():
+        assert back[name].dtype == array.dtype, name
+        np.testing.assert_array_equal(back[name], array, err_msg=name)
+    rtrrl_spec.validate_agent(config, back)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_lru_agent_round_trip_cpu_bit_exact(dtype: str) -> None:
+    _lru_agent_on_device_and_back("cpu", dtype)
+
+
+@CUDA
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_lru_agent_round_trip_cuda_bit_exact(dtype: str) -> None:
+    _lru_agent_on_device_and_back("cuda", dtype)
+
+
 @CUDA
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_cuda_round_trip_bit_exact(dtype: str) -> None:
@@ -131,9 +198,14 @@ def test_outputs_carry_no_autograd_graph(be: TorchBackend, config) -> None:
     # Even parameters that ask for gradients produce no graph: the step's gradients are formulas.
     agent = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in agent.items()}
     new, action, info = be.step(config, agent, *_inputs(be, config, 3, "float32"))
+    # Returned as given, unchanged: the feedback matrices and a frozen body's parameters.
+    unchanged = {"B_A", "B_C"}
+    if config.freeze_rnn:
+        unchanged |= set(rtrrl_spec.body_params(config))
     for tree in (new, info, {"action": action}):
         for name, tensor in tree.items():
-            if name in ("B_A", "B_C"):  # returned as given, unchanged
+            if name in unchanged:
+                assert tensor is agent[name], name
                 continue
             assert not tensor.requires_grad, name
             assert tensor.grad_fn is None, name
@@ -288,6 +360,7 @@ COMPILED_CASES = [
         ),
         "float64",
     ),
+    (LRU.replace(lr_td=0.05, lr_rnn=0.02, clip_norm=0.5), "float32"),
 ]
 
 
