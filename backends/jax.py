@@ -1,8 +1,9 @@
 r"""The ``jax`` backend: the RTRRL step as pure, jitted, vmapped JAX functions.
 
 Installed as ``rtrrl.backends.jax``; select it with ``rtrrl.use("jax")``. The math is the
-reference's (:mod:`rtrrl_spec.agent`, :mod:`rtrrl_spec.ctrnn`, :mod:`rtrrl_spec.heads`,
-:mod:`rtrrl_spec.optim`); this module only says how it is laid out in JAX:
+reference's (:mod:`rtrrl_spec.agent`, :mod:`rtrrl_spec.ctrnn`, :mod:`rtrrl_spec.lru`,
+:mod:`rtrrl_spec.heads`, :mod:`rtrrl_spec.optim`); this module only says how it is laid out in
+JAX:
 
 - An agent is a flat ``dict[str, jax.Array]`` in the canonical layout (``rtrrl_spec.layout``),
   which is a pytree, so it passes through ``jit``, ``vmap`` and ``lax.scan`` as is.
@@ -41,6 +42,7 @@ import rtrrl_spec
 from rtrrl.backends.base import BackendBase, map_tree
 from rtrrl_spec import Config
 from rtrrl_spec.config import structure_of
+from rtrrl_spec.lru import LRU_SENSITIVITIES
 
 __all__ = [
     "Float64DisabledError",
@@ -212,6 +214,86 @@ def _policy(s: Config, hp: HyperParams, out: jax.Array, noise: jax.Array) -> dic
     }
 
 
+def _cmul(
+    a_re: jax.Array, a_im: jax.Array, b_re: jax.Array, b_im: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``(a_re + i a_im)(b_re + i b_im)`` as a (real, imaginary) pair (``rtrrl_spec.lru``)."""
+    return a_re * b_re - a_im * b_im, a_re * b_im + a_im * b_re
+
+
+def _project_ctrnn(
+    jacobian: str, J_W: jax.Array, J_tau: jax.Array, signal: jax.Array
+) -> dict[str, jax.Array]:
+    """``J'ᵀ g`` for the CT-RNN (``rtrrl_spec.ctrnn.project_rflo`` / ``project_rtrl``)."""
+    if jacobian == "rflo":
+        return {"W": signal[:, None] * J_W, "tau": signal * J_tau}
+    return {"W": jnp.einsum("i,ijk->jk", signal, J_W), "tau": signal @ J_tau}
+
+
+def _lru_body(
+    s: Config,
+    shared: Mapping[str, jax.Array],
+    env: Mapping[str, jax.Array],
+    x: jax.Array,
+    done: jax.Array,
+) -> tuple[jax.Array, Agent, Callable[[jax.Array], Agent] | None]:
+    """The LRU step for ONE environment (``rtrrl_spec.lru``), in real arithmetic on
+    (re, im) pairs so that the agent's float dtype is kept.
+
+    Returns the features ``y = Re(C h')``, the new body state (``h_re``, ``h_im`` and, when the
+    body learns, the sensitivities ``J_*``) and the projection ``signal -> {param: gradient}``
+    (``None`` for a frozen body).
+    """
+    zero = jnp.zeros((), shared["W_A"].dtype)
+    log_nu, log_theta = shared["log_nu"], shared["log_theta"]
+    C_re, C_im = shared["C_re"], shared["C_im"]
+    h_re = jnp.where(done, zero, env["h_re"])
+    h_im = jnp.where(done, zero, env["h_im"])
+    # lru_step: h' = λ ⊙ h + exp(γ) ⊙ (B x), y = Re(C h').
+    modulus = jnp.exp(-jnp.exp(log_nu))
+    phase = jnp.exp(log_theta)
+    lam_re, lam_im = modulus * jnp.cos(phase), modulus * jnp.sin(phase)
+    norm = jnp.exp(shared["log_gamma"])
+    u_re, u_im = shared["B_re"] @ x, shared["B_im"] @ x
+    rec_re, rec_im = _cmul(lam_re, lam_im, h_re, h_im)
+    h_next_re = rec_re + norm * u_re
+    h_next_im = rec_im + norm * u_im
+    y = C_re @ h_next_re - C_im @ h_next_im
+    state: Agent = {"h_re": h_next_re, "h_im": h_next_im}
+    if not s.trains_body:
+        return y, state, None
+
+    # lru_sensitivity_update, from the sensitivities at h (after the episode reset).
+    J = {k: jnp.where(done, zero, env[k]) for k in LRU_SENSITIVITIES}
+    rec_re, rec_im = _cmul(lam_re, lam_im, J["J_lam_re"], J["J_lam_im"])
+    J["J_lam_re"], J["J_lam_im"] = rec_re + h_re, rec_im + h_im
+    rec_re, rec_im = _cmul(lam_re, lam_im, J["J_gam_re"], J["J_gam_im"])
+    J["J_gam_re"], J["J_gam_im"] = rec_re + norm * u_re, rec_im + norm * u_im
+    rec_re, rec_im = _cmul(lam_re[:, None], lam_im[:, None], J["J_in_re"], J["J_in_im"])
+    J["J_in_re"] = rec_re + norm[:, None] * x[None, :]
+    J["J_in_im"] = rec_im
+    state.update(J)
+
+    def project(signal: jax.Array) -> Agent:
+        # project_lru: s · Re(C z) = Re(Σ_k w_k z_k) with w = Cᵀ s.
+        w_re, w_im = signal @ C_re, signal @ C_im
+        a_re, a_im = _cmul(w_re, w_im, J["J_lam_re"], J["J_lam_im"])
+        a_re, a_im = _cmul(a_re, a_im, lam_re, lam_im)
+        g_re, _ = _cmul(w_re, w_im, J["J_gam_re"], J["J_gam_im"])
+        b_re, b_im = _cmul(w_re[:, None], w_im[:, None], J["J_in_re"], J["J_in_im"])
+        return {
+            "log_nu": -a_re * jnp.exp(log_nu),
+            "log_theta": -a_im * jnp.exp(log_theta),
+            "log_gamma": g_re,
+            "B_re": b_re,
+            "B_im": -b_im,
+            "C_re": signal[:, None] * h_next_re[None, :],
+            "C_im": -signal[:, None] * h_next_im[None, :],
+        }
+
+    return y, state, project
+
+
 def env_step(
     s: Config,
     hp: HyperParams,
@@ -228,8 +310,8 @@ def env_step(
         s: the config's structure (:func:`split_config`), static.
         hp: its numbers (:func:`hyperparams`).
         shared: parameters and feedback matrices (as before this step's update).
-        env: this environment's state (``h``, ``J_*``, ``e_*``, ``x_*``, ``v_prev``,
-            ``a_prev``), each without its leading ``B`` axis.
+        env: this environment's state (``h`` or ``h_re``/``h_im``, ``J_*``, ``e_*``, ``x_*``,
+            ``v_prev``, ``a_prev``), each without its leading ``B`` axis.
         obs, reward, done, noise: this environment's inputs, ``(obs_dim,)``, ``()``, ``()``,
             ``(K,)`` or ``(D,)``.
 
@@ -254,16 +336,27 @@ def env_step(
     else:
         x = obs
 
-    # 3. Body: CT-RNN Euler step and Jacobian trace (rtrrl_spec.ctrnn).
-    if s.has_rnn:
+    # 3. Body: features for the heads, the new body state and, when the body learns, how a
+    # signal on the features projects into its parameters' gradients (J'ᵀ g). A frozen body
+    # (freeze_rnn) only steps h.
+    project: Callable[[jax.Array], Agent] | None = None
+    if s.body == "ctrnn":
+        # CT-RNN Euler step and Jacobian trace (rtrrl_spec.ctrnn).
         W, tau, dt = shared["W"], shared["tau"], hp["dt"]
         h = jnp.where(done, zero, env["h"])
-        J_W = jnp.where(done, zero, env["J_W"])
-        J_tau = jnp.where(done, zero, env["J_tau"])
         zeta = jnp.concatenate([x, h, jnp.ones((1,), dtype)])
         phi = jnp.tanh(W @ zeta)
         dphi = 1.0 - phi * phi
         h_next = h + dt * (phi - h) / tau
+        new["h"] = f = h_next
+    elif s.body == "lru":
+        f, body_state, project = _lru_body(s, shared, env, x, done)
+        new.update(body_state)
+    else:
+        f = x
+    if s.body == "ctrnn" and s.trains_body:
+        J_W = jnp.where(done, zero, env["J_W"])
+        J_tau = jnp.where(done, zero, env["J_tau"])
         if s.jacobian == "rflo":
             # Local trace: one row per neuron, never the (N, N, Z) RTRL tensor.
             rate = dt / tau
@@ -277,10 +370,8 @@ def env_step(
             J_W = jnp.einsum("il,ljk->ijk", M, J_W)
             J_W = J_W.at[idx, idx, :].add(dt * dphi[:, None] * zeta[None, :] / tau[:, None])
             J_tau = (M @ J_tau).at[idx, idx].add(dt * (h - phi) / (tau * tau))
-        new.update(h=h_next, J_W=J_W, J_tau=J_tau)
-        f = h_next
-    else:
-        f = x
+        new.update(J_W=J_W, J_tau=J_tau)
+        project = functools.partial(_project_ctrnn, s.jacobian, J_W, J_tau)
 
     # 4. Heads, with the parameters as they were before this step's update.
     W_A, W_C, b_C = shared["W_A"], shared["W_C"], shared["b_C"]
@@ -296,18 +387,13 @@ def env_step(
         "W_A": (c * f)[:, None] * pol["dlogp"][None, :],
     }
     ent_grad = {"W_A": (c * f)[:, None] * pol["dent"][None, :]}
-    if s.has_rnn:
+    if project is not None:
         B_A = shared["B_A"] if s.feedback_alignment else W_A
         B_C = shared["B_C"] if s.feedback_alignment else W_C
         signal = c * (B_C[:, 0] + hp["eta_pi"] * (B_A @ pol["dlogp"]))
         ent_signal = c * (B_A @ pol["dent"])
-        if s.jacobian == "rflo":
-            grad["W"], grad["tau"] = signal[:, None] * J_W, signal * J_tau
-            ent_grad["W"], ent_grad["tau"] = ent_signal[:, None] * J_W, ent_signal * J_tau
-        else:
-            grad["W"], grad["tau"] = jnp.einsum("i,ijk->jk", signal, J_W), signal @ J_tau
-            ent_grad["W"] = jnp.einsum("i,ijk->jk", ent_signal, J_W)
-            ent_grad["tau"] = ent_signal @ J_tau
+        grad.update(project(signal))
+        ent_grad.update(project(ent_signal))
 
     # 6. TD error (rtrrl_spec.agent.td_error).
     reward_rate = shared["reward_rate"] if s.reward_rate_lr is not None else 0.0
@@ -326,9 +412,8 @@ def env_step(
         correction = value_now - env["v_prev"]
         direction["W_C"] = direction["W_C"] - correction * env["x_W_C"]
         direction["b_C"] = direction["b_C"] - correction * env["x_b_C"]
-    if s.has_rnn:
-        direction["W"] = delta * env["e_W"] + eta_h * ent_grad["W"]
-        direction["tau"] = delta * env["e_tau"] + eta_h * ent_grad["tau"]
+    for k in rtrrl_spec.rnn_params(s):
+        direction[k] = delta * env[f"e_{k}"] + eta_h * ent_grad[k]
 
     # 8. Traces: reset at the boundary, then decay and add this step's gradients.
     def decayed(name: str, gamma_lambda: jax.Array) -> jax.Array:
@@ -346,9 +431,8 @@ def env_step(
         new["e_W_C"] = decayed("e_W_C", hp["gl_critic"]) + grad["W_C"]
         new["e_b_C"] = decayed("e_b_C", hp["gl_critic"]) + grad["b_C"]
     new["e_W_A"] = decayed("e_W_A", hp["gl_actor"]) + grad["W_A"]
-    if s.has_rnn:
-        new["e_W"] = decayed("e_W", hp["gl_rnn"]) + grad["W"]
-        new["e_tau"] = decayed("e_tau", hp["gl_rnn"]) + grad["tau"]
+    for k in rtrrl_spec.rnn_params(s):
+        new[f"e_{k}"] = decayed(f"e_{k}", hp["gl_rnn"]) + grad[k]
 
     # 9. Carry.
     new["v_prev"] = value
@@ -386,8 +470,8 @@ def apply_update(
     changed: Agent = {}
     info: Agent = {}
     groups = [("td", rtrrl_spec.TD_PARAMS, hp["lr_td"])]
-    if s.has_rnn:
-        groups.append(("rnn", rtrrl_spec.RNN_PARAMS, hp["lr_rnn"]))
+    if s.trains_body:
+        groups.append(("rnn", rtrrl_spec.rnn_params(s), hp["lr_rnn"]))
     for group, names, lr in groups:
         grads = {k: direction[k] for k in names}
         norm = jnp.sqrt(sum(jnp.sum(g * g) for g in grads.values()))
@@ -403,7 +487,7 @@ def apply_update(
             v = hp["b2"] * agent[f"nu_{k}"] + hp["omb2"] * g * g
             changed[k] = agent[k] + lr * (m / bc1) / (jnp.sqrt(v / bc2) + hp["eps"])
             changed[f"mu_{k}"], changed[f"nu_{k}"] = m, v
-        if group == "rnn":
+        if "tau" in grads:  # the CT-RNN's time constants only
             changed["tau"] = jnp.maximum(changed["tau"], hp["tau_min"])
         changed[f"count_{group}"] = count
         info[f"grad_norm_{group}"] = norm

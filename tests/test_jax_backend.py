@@ -37,6 +37,11 @@ CONFIGS = {
         obs_dim=2, action_dim=1, n_hidden=3, trace="dutch", reward_rate_lr=0.05, dt=0.5
     ),
     "linear": rtrrl_spec.Config(obs_dim=4, n_actions=2, body="linear", clip_norm=None),
+    "lru-meta": rtrrl_spec.Config(obs_dim=3, n_actions=3, n_hidden=4, body="lru", meta_rl=True),
+    "lru-frozen-dutch": rtrrl_spec.Config(
+        obs_dim=2, action_dim=1, n_hidden=4, body="lru", freeze_rnn=True, trace="dutch"
+    ),
+    "ctrnn-frozen": rtrrl_spec.Config(obs_dim=3, n_actions=2, n_hidden=4, freeze_rnn=True),
 }
 
 
@@ -212,7 +217,9 @@ def _run_alone(be, config, seed, B, inputs):
     return be.to_numpy(agent), np.asarray(action)
 
 
-@pytest.mark.parametrize("name", ["discrete-rflo", "bounded-rtrl-nofa", "unbounded-dutch-avg"])
+@pytest.mark.parametrize(
+    "name", ["discrete-rflo", "bounded-rtrl-nofa", "unbounded-dutch-avg", "lru-meta"]
+)
 def test_population_member_equals_agent_alone(be: JaxBackend, name: str) -> None:
     config = CONFIGS[name]
     seeds, B, T = [0, 5, 11], 2, 5
@@ -314,3 +321,40 @@ def test_adam_bias_correction_is_exact_in_float32() -> None:
         # |step| = lr at t = 1: the error is float32 rounding of the parameter, not 1e-5 lr.
         np.testing.assert_allclose(step_got, step_ref, rtol=0, atol=2e-7 + 1e-6 * 0.05, err_msg=k)
     assert int(got["count_td"]) == 1 and got["count_td"].dtype == np.int32
+
+
+@pytest.mark.parametrize("name", ["lru-frozen-dutch", "ctrnn-frozen"])
+def test_frozen_body_never_changes_under_jit(be: JaxBackend, name: str) -> None:
+    # Only the actor and critic learn: the body's parameters stay bit-identical, while h
+    # moves and the heads learn (so the step really ran).
+    config = CONFIGS[name]
+    body = rtrrl_spec.body_params(config)
+    assert body and not rtrrl_spec.rnn_params(config)
+    B, T = 2, 6
+    rng = np.random.default_rng(6)
+    step = jax.jit(jax_backend.make_step(config))
+    start = be.init(config, B, 0)
+    agent = start
+    for t in range(T):
+        agent, _, info = step(agent, *(jnp.asarray(a) for a in _inputs(config, B, rng, t == 0)))
+        assert "grad_norm_rnn" not in info
+        assert not any(k.split(".", 1)[-1] in body for k in info if "." in k)
+    for k in body:
+        np.testing.assert_array_equal(np.asarray(agent[k]), np.asarray(start[k]), err_msg=k)
+    state = "h" if config.body == "ctrnn" else "h_re"
+    assert not np.allclose(np.asarray(agent[state]), np.asarray(start[state]))
+    assert not np.allclose(np.asarray(agent["W_A"]), np.asarray(start["W_A"]))
+
+
+def test_trained_lru_body_learns(be: JaxBackend) -> None:
+    # The counterpart of the frozen test: with the same loop, a trained LRU body moves.
+    config = CONFIGS["lru-meta"]
+    B = 2
+    rng = np.random.default_rng(6)
+    step = jax.jit(jax_backend.make_step(config))
+    start = be.init(config, B, 0)
+    agent = start
+    for t in range(6):
+        agent, _, _ = step(agent, *(jnp.asarray(a) for a in _inputs(config, B, rng, t == 0)))
+    for k in rtrrl_spec.LRU_PARAMS:
+        assert not np.array_equal(np.asarray(agent[k]), np.asarray(start[k])), k
