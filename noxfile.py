@@ -155,16 +155,7 @@ def bench(session: nox.Session) -> None:
 
 #: What ``nox -s results`` runs without arguments: a small budget that fits a 2-core CPU in
 #: about half an hour (``nox -s results -- ARGS`` passes ARGS to benchmarks/reproduce.py).
-RESULTS_DEFAULT = [
-    "--tasks",
-    "MemoryChain-4,MemoryChain-8,CartPole-vel,DeepSea-4",
-    "--steps",
-    "100000",
-    "--eval-every",
-    "10",
-    "--patience",
-    "10",
-]
+RESULTS_DEFAULT = ["--tasks", "MemoryChain-4,MemoryChain-8,CartPole-vel,DeepSea-4"]
 
 
 @nox.session(default=False)
