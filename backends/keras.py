@@ -152,10 +152,10 @@ def hyperparams(config: Config, dtype: str = "float32") -> dict[str, Any]:
 
 # Keras's dtype promotion (keras.backend.result_type) maps float64 to float32 on every backend
 # but TensorFlow, "aligned with JAX's default". Ops that promote through it therefore compute a
-# float64 input in float32 without a word (Keras 3.15: ``tanh`` under JAX; ``matmul``,
-# ``maximum``, ``minimum``, ``logaddexp`` under PyTorch), and some keep the dtype but accumulate
-# in float32 (``mean`` on both, ``clip`` under PyTorch). The helpers below use only ops that
-# compute float64 in float64 on both backends; the float64 conformance run guards this.
+# float64 input in float32 without a word (Keras 3.15: ``tanh``, ``cos``, ``sin`` under JAX;
+# ``matmul``, ``maximum``, ``minimum``, ``logaddexp`` under PyTorch), and some keep the dtype but
+# accumulate in float32 (``mean`` on both, ``clip`` under PyTorch). The helpers below use only
+# ops that compute float64 in float64 on both backends; the float64 conformance run guards this.
 
 
 def _tanh(z: Any) -> Any:
