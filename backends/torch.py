@@ -26,6 +26,7 @@ Design, in short (each point is explained where it happens):
 from __future__ import annotations
 
 import os
+import threading
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -95,6 +96,8 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
     total = sum(sizes)
     groups = 2 if trains else 1
     flat_1d = {k: len(shapes[k]) == 1 for k in params}  # these need no view to/from flat
+    opt_keys = {k: (f"mu_{k}", f"nu_{k}", f"update.{k}", f"direction.{k}") for k in params}
+    flat_keys = tuple(params) + tuple(f"mu_{k}" for k in params) + tuple(f"nu_{k}" for k in params)
 
     def const(values: Any, dt_: torch.dtype = dtype) -> torch.Tensor:
         return torch.as_tensor(np.asarray(values), dtype=dt_, device=device)
@@ -139,7 +142,6 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
     }
     gl_consts = {v: _c(v) for v in gl_values.values()}
     eye_a = const(np.eye(config.action_size)) if discrete and meta_rl else None
-    eye_k = const(np.eye(K)) if discrete else None
     eye_n = const(np.eye(N)) if is_ctrnn and trains and rtrl else None
     if not discrete and config.bounded:
         lo, hi = const(config.action_low), const(config.action_high)
@@ -158,9 +160,16 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
         reward: torch.Tensor,
         done: torch.Tensor,
         noise: torch.Tensor,
+        rtrl_out: torch.Tensor | None = None,
+        flat_memo: list[Any] | None = None,
     ) -> tuple[Agent, torch.Tensor, Agent]:
+        # rtrl_out: where the RTRL product over J_W goes (shape rtrl_out_shape(B), see
+        # _run); None allocates it. Never a tensor the caller can still see.
+        # flat_memo (eager only): a one-slot memo [(stacked, handed_out)] of the previous step's
+        # flat optimizer rows, see step 7.
         B = obs.shape[0]
         new: Agent = dict(agent)
+        ones_b1 = one.expand(B, 1)  # a view of the constant 1, only ever read
         # Resets as multiplications by 0/1 (exact for finite values) rather than `where`.
         keep = one - done.to(dtype)  # (B,)
         keep_col = keep[:, None]
@@ -179,8 +188,8 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
         if is_ctrnn:
             W, tau = agent["W"], agent["tau"]
             h = agent["h"] * keep_col
-            zeta = torch.cat([*x_parts, h, keep_col.new_ones((B, 1))], 1)  # [x, h, 1]
-            phi = torch.tanh(F.linear(zeta, W))
+            zeta = torch.cat([*x_parts, h, ones_b1], 1)  # [x, h, 1]
+            phi = torch.tanh(torch.mm(zeta, W.t()))
             rate = one / tau if dt == 1.0 else dt_c / tau
             # h' = h + dt (φ − h) / τ and ∂h'/∂τ (local) = dt (h − φ) / τ², sharing (h − φ) dt/τ.
             h_rate = (h - phi) * rate
@@ -229,14 +238,15 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
         # 4. Heads (rtrrl_spec.heads), parameters as before this step's update.
         W_A, W_C, b_C = agent["W_A"], agent["W_C"], agent["b_C"]
         value = torch.addmm(b_C, features, W_C)[:, 0]
-        out = features @ W_A
+        out = torch.mm(features, W_A)
         if discrete:
             log_p = torch.log_softmax(out, -1)
             p = log_p.exp()
             idx = torch.argmax(out - torch.log(-torch.log(noise)), -1)
             action = idx.to(torch.int32)
             sample = action
-            dlogp = eye_k.index_select(0, idx) - p
+            # one-hot − p as −p with 1 added at the sample: 1 − p there, −p elsewhere, exactly.
+            dlogp = torch.neg(p).scatter_add_(1, idx[:, None], ones_b1)
             log_prob = log_p.gather(1, idx[:, None])[:, 0]
             # −H = Σ p ln p; ∂H/∂ℓ = −p (ln p + H) = p (−H − ln p), the same floats.
             neg_ent = (p * log_p).sum(-1, keepdim=True)
@@ -273,11 +283,11 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
         if trains:
             B_A = agent["B_A"] if config.feedback_alignment else W_A
             B_C = agent["B_C"] if config.feedback_alignment else W_C
-            signal = torch.addmm(B_C[:, 0], dlogp, B_A.T, alpha=config.eta_pi)
+            signal = torch.addmm(B_C[:, 0], dlogp, B_A.t(), alpha=config.eta_pi)
             if c_col is not None:
                 signal = c_col * signal
             if use_entropy:
-                ent_signal = F.linear(dent, B_A)
+                ent_signal = torch.mm(dent, B_A.t())
                 if c_col is not None:
                     ent_signal = c_col * ent_signal
         if trains and is_ctrnn:
@@ -295,7 +305,7 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
                 sig = torch.stack([signal, ent_signal], 1) if use_entropy else signal[:, None]
                 Mx = torch.cat([M, torch.bmm(sig, M)], 1)  # (B, N + S, N)
                 Z = zeta.shape[1]
-                out_W = torch.bmm(Mx, J_W_old.reshape(B, N, N * Z))
+                out_W = torch.bmm(Mx, J_W_old.reshape(B, N, N * Z), out=rtrl_out)
                 out_tau = torch.bmm(Mx, J_tau_old)
                 J_W = out_W[:, :N].view(B, N, N, Z)
                 J_tau = out_tau[:, :N]
@@ -320,7 +330,7 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
                 J_tau = torch.addcmul(dtau_term, coef, J_tau_old)
                 if use_entropy:
                     # Σ_b gH_bi J[b, i, :] as a batched (1, B) @ (B, Z) product per neuron.
-                    ent_W = torch.bmm(ent_signal.T[:, None, :], J_W.transpose(0, 1))
+                    ent_W = torch.bmm(ent_signal.t()[:, None, :], J_W.transpose(0, 1))
                     ent_tau = (ent_signal * J_tau).sum(0)
             new["J_W"], new["J_tau"] = J_W, J_tau
         if trains and is_lru:
@@ -367,7 +377,8 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
         pieces: dict[str, torch.Tensor] = {}
         dir_W_A = dmean(agent["e_W_A"])
         if use_entropy:
-            dir_W_A = torch.addcmul(dir_W_A, (cf.T @ dent).view(1, -1), one, value=ent_alpha)
+            ent_W_A = torch.mm(cf.t(), dent).view(1, -1)
+            dir_W_A = torch.addcmul(dir_W_A, ent_W_A, one, value=ent_alpha)
         pieces["W_A"] = dir_W_A
         if dutch:
             # True-online correction with v̂_prev under the current critic (spec, step 7).
@@ -401,7 +412,15 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
                 [agent[prefix + k] if flat_1d[k] else agent[prefix + k].view(-1) for k in params]
             )
 
-        p_flat, mu_flat, nu_flat = flat(""), flat("mu_"), flat("nu_")
+        # The parameters and moments this step returned are views into one (5, total) tensor:
+        # when the agent still holds exactly those tensor objects (the usual loop), its rows
+        # are the flat vectors already, and the three concatenations are skipped. Views share
+        # storage, so an in-place change to a handed-out tensor is seen here too.
+        memo = flat_memo[0] if flat_memo is not None else None
+        if memo is not None and all(agent[k] is t for k, t in zip(flat_keys, memo[1], strict=True)):
+            p_flat, mu_flat, nu_flat = memo[0][:3].unbind(0)
+        else:
+            p_flat, mu_flat, nu_flat = flat(""), flat("mu_"), flat("nu_")
         norms = torch.mv(group_ind, d_flat * d_flat).sqrt()  # (groups,)
         if trains:
             counts = torch.stack([agent["count_td"], agent["count_rnn"]]) + one_i
@@ -414,7 +433,7 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
             d_c = d_flat
         # Bias corrections 1 − β^t in float64, rounded to the agent's dtype once, as the
         # reference's Python-float corrections are when they meet a float32 array.
-        bc = (one64 - torch.pow(betas, counts.to(torch.float64))).to(dtype)  # (2, groups)
+        bc = (one64 - torch.pow(betas, counts)).to(dtype)  # (2, groups)
         bc1, bc2 = (torch.mm(bc, group_ind) if trains else bc).unbind(0)
         mu_new = torch.add(b1_c * mu_flat, d_c, alpha=1.0 - b1)
         nu_new = torch.addcmul(b2_c * nu_flat, d_c, d_c, value=1.0 - b2)
@@ -434,9 +453,11 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
             p_k, mu_k, nu_k, u_k, d_k = (
                 part.unbind(0) if flat_1d[k] else part.view(5, *shapes[k]).unbind(0)
             )
-            new[k], new[f"mu_{k}"], new[f"nu_{k}"] = p_k, mu_k, nu_k
-            info[f"update.{k}"] = u_k
-            info[f"direction.{k}"] = d_k
+            k_mu, k_nu, k_upd, k_dir = opt_keys[k]
+            new[k], new[k_mu], new[k_nu] = p_k, mu_k, nu_k
+            info[k_upd], info[k_dir] = u_k, d_k
+        if flat_memo is not None:
+            flat_memo[0] = (stacked, tuple(new[k] for k in flat_keys))
         if trains:
             new["count_td"], new["count_rnn"] = counts.unbind(0)
             info["grad_norm_td"], info["grad_norm_rnn"] = norms.unbind(0)
@@ -492,6 +513,10 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
         info["features"] = features
         return new, action, info
 
+    if is_ctrnn and trains and rtrl:
+        Z = n_in + N + 1
+        S = 2 if use_entropy else 1
+        step.rtrl_out_shape = lambda B: (B, N + S, N * Z)  # type: ignore[attr-defined]
     return step
 
 
@@ -506,6 +531,10 @@ def _fresh_code(fn: Callable[..., Any]) -> Callable[..., Any]:
     if code is fn.__code__:  # replace() without changes may return the same object
         code = fn.__code__.replace(co_name=fn.__code__.co_name + "_")
     return types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+#: The use count of a tensor storage (private PyTorch API; without it, no buffer reuse).
+_use_count: Callable[[int], int] | None = getattr(torch._C, "_storage_Use_Count", None)
 
 
 def _tensor(x: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -537,6 +566,12 @@ class TorchBackend(BackendBase):
         self.compile = compile
         self._eager: dict[tuple[Config, torch.dtype, torch.device], StepImpl] = {}
         self._compiled: dict[tuple[Config, torch.dtype, torch.device], StepImpl] = {}
+        # Output buffers of the eager CPU RTRL product over J_W, per (config, dtype, device):
+        # see _rtrl_buffer.
+        self._rtrl_pool: dict[tuple[Config, torch.dtype, torch.device], list[torch.Tensor]] = {}
+        self._rtrl_lock = threading.Lock()
+        # The eager step's memo of its last flat optimizer rows, per key (see _make_step).
+        self._flat_memo: dict[tuple[Config, torch.dtype, torch.device], list[Any]] = {}
 
     # --- protocol --------------------------------------------------------------------------
 
@@ -674,13 +709,54 @@ class TorchBackend(BackendBase):
                 fn = torch.compile(_fresh_code(fn), dynamic=False, fullgraph=True)
             cache[key] = fn
         with torch.inference_mode():
-            return fn(
+            obs = _tensor(obs, dtype, device)
+            args = (
                 agent,
-                _tensor(obs, dtype, device),
+                obs,
                 _tensor(reward, dtype, device),
                 _tensor(done, torch.bool, device),
                 _tensor(noise, dtype, device),
             )
+            if compiled:
+                return fn(*args)
+            memo = self._flat_memo.get(key)
+            if memo is None:
+                memo = self._flat_memo[key] = [None]
+            shape_of = getattr(fn, "rtrl_out_shape", None)
+            if shape_of is None or device.type != "cpu" or _use_count is None:
+                return fn(*args, None, memo)
+            return fn(*args, self._rtrl_buffer(key, shape_of(obs.shape[0]), dtype, device), memo)
+
+    def _rtrl_buffer(
+        self,
+        key: tuple[Config, torch.dtype, torch.device],
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """A (B, N + S, N·Z) buffer for the eager RTRL product that nothing else references.
+
+        The new J_W is a view into this product, so the buffer of the J_W handed out two steps
+        ago becomes free as soon as the caller drops that agent (the usual ``agent = step(...)``
+        loop). Reusing it instead of allocating afresh matters on the CPU: a fresh 170 MB
+        tensor (B = 1024, N = 32) is page-faulted in on first touch and unmapped on release,
+        which costs about as much as the product itself. A buffer is reused only when no
+        tensor but the pool's own shares its storage (the storage's use count), so an agent
+        the caller keeps is never written into; otherwise a new one is allocated. The pool
+        keeps at most two buffers per config (the live J_W and the one being written).
+        """
+        assert _use_count is not None
+        with self._rtrl_lock:  # check and claim at once (the claim is the returned view)
+            pool = self._rtrl_pool.setdefault(key, [])
+            for buf in pool:
+                # 2 = the pool's tensor + the temporary storage object of this call.
+                if buf.shape == shape and _use_count(buf.untyped_storage()._cdata) == 2:
+                    return buf.view(shape)
+            buf = torch.empty(shape, dtype=dtype, device=device)
+            pool.append(buf)
+            if len(pool) > 2:
+                del pool[0]
+            return buf.view(shape)
 
     # --- devices ---------------------------------------------------------------------------
 

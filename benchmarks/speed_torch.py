@@ -37,6 +37,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _chunk(steps: int, batch_size: int) -> int:
+    """Calls per timed chunk: the same rule as the driver's NumPy rows."""
+    return max(5, steps // 10) if batch_size <= 64 else 2
+
+
 def measure(
     config: rtrrl_spec.Config,
     batch_size: int,
@@ -79,14 +84,12 @@ def measure(
         for _ in range(warmup):
             agent, _, _ = step(config, agent, obs, reward, done, noise)
         _sync(dev)
-        # Chunks of at most `steps` calls (fewer where one call is slow: RTRL at large B), the
-        # best chunk counting, for at least 1 s and at most ~10 s: load from other processes
-        # only ever adds time. The NumPy reference is timed the same way by step_speed.py.
-        t0 = time.perf_counter()
-        agent, _, _ = step(config, agent, obs, reward, done, noise)
-        _sync(dev)
-        one = time.perf_counter() - t0
-        chunk = max(1, min(steps, int(0.5 / max(one, 1e-9))))
+        # Chunks of calls, the best chunk counting, for at least 1 s and at most ~10 s: load
+        # from other processes only ever adds time. The chunk length is the driver's for its
+        # NumPy rows (step_speed.py: max(5, steps // 10) calls at B <= 64, else 2), so both
+        # sides of a ratio get the same chance of a chunk that no other process interrupted
+        # (200-call chunks here against 20 there made the torch rows look slower under load).
+        chunk = _chunk(steps, B)
         best, begin = float("inf"), time.perf_counter()
         while best == float("inf") or time.perf_counter() - begin < 1.0:
             t0 = time.perf_counter()

@@ -376,3 +376,53 @@ def test_compiled_variant_conforms_on_fixed_cases(config, dtype: str) -> None:
     case = Case(config=config, batch_size=3, seed=7, warmup=2, steps=4, dtype=dtype)
     check_teacher_forced(be, case, "compiled", kind="teacher_forced")
     check_free_running(be, case, "compiled")
+
+
+def _same_agent(a, b) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_rtrl_buffer_reuse_never_writes_into_a_kept_agent() -> None:
+    """The eager CPU RTRL step reuses the J_W buffer of an agent the caller dropped, and only
+    that: agents still held keep their values, and the results equal a fresh backend's."""
+    config = CONFIGS[1]  # rtrl
+    be, fresh = TorchBackend(), TorchBackend()
+    inputs = _inputs(be, config, 3, "float64", seed=4)
+    agent = _warm_agent(be, config, 3, "float64")
+    kept = [agent]
+    for _ in range(4):  # every agent kept: no buffer may be reused
+        agent, _, _ = be.step_eager(config, agent, *inputs)
+        kept.append(agent)
+    copies = [{k: v.clone() for k, v in a.items()} for a in kept]
+    for _ in range(4):  # the usual loop: old agents dropped, buffers reused
+        agent, _, _ = be.step_eager(config, agent, *inputs)
+        for a, c in zip(kept, copies, strict=True):
+            _same_agent(a, c)
+    ref = kept[-1]
+    for _ in range(4):
+        ref, _, _ = fresh.step_eager(config, ref, *inputs)
+    _same_agent(agent, ref)
+    pools = list(be._rtrl_pool.values())
+    assert len(pools) == 1 and len(pools[0]) <= 2
+
+
+@pytest.mark.parametrize("config", CONFIGS[:2])
+def test_flat_memo_follows_replaced_and_modified_tensors(config) -> None:
+    """The eager step's memo of its flat optimizer rows is used only for the very tensors it
+    handed out; a replaced parameter or an in-place change is seen."""
+    be = TorchBackend()
+    inputs = _inputs(be, config, 2, "float64", seed=3)
+    agent = _warm_agent(be, config, 2, "float64")
+    agent, _, _ = be.step_eager(config, agent, *inputs)
+    replaced = dict(agent, W_A=agent["W_A"] * 2.0)
+    with torch.inference_mode():
+        modified = dict(agent)
+        modified["mu_W_A"].add_(0.5)  # in place on a handed-out view
+    for variant in (replaced, modified):
+        new, _, _ = be.step_eager(config, variant, *inputs)
+        ref, _, _ = TorchBackend().step_eager(
+            config, {k: v.clone() for k, v in variant.items()}, *inputs
+        )
+        _same_agent(new, ref)
