@@ -256,11 +256,6 @@ class Config:
         and the ``rnn`` optimizer group (a recurrent body that is not frozen)."""
         return self.recurrent and not self.freeze_rnn
 
-    @property
-    def has_rnn(self) -> bool:
-        """Deprecated: a trained CT-RNN. Use :attr:`recurrent` / :attr:`trains_body`."""
-        return self.body == "ctrnn" and not self.freeze_rnn
-
     def replace(self, **changes: object) -> Config:
         """A copy with some fields changed (validated again)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -24,7 +24,6 @@ __all__ = [
     "ArraySpec",
     "FLOAT_DTYPES",
     "TD_PARAMS",
-    "RNN_PARAMS",
     "CTRNN_PARAMS",
     "LRU_PARAMS",
     "body_params",
@@ -38,7 +37,6 @@ __all__ = [
 FLOAT_DTYPES = ("float32", "float64")
 TD_PARAMS = ("W_A", "W_C", "b_C")
 CTRNN_PARAMS = ("W", "tau")
-RNN_PARAMS = CTRNN_PARAMS  # the default body's; use rnn_params(config) for any config
 
 Group = Literal["param", "feedback", "env", "optimizer"]
 
