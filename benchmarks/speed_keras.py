@@ -4,8 +4,9 @@ Discovered by ``benchmarks/step_speed.py`` (which measures the NumPy reference a
 ``jax`` / ``torch`` backends in the same run). Keras picks its backend once per process, so
 :func:`measure` runs one subprocess per Keras backend (``KERAS_BACKEND`` set, ``KERAS_HOME`` in
 a temporary folder) and collects its rows; a Keras backend whose framework is missing is
-skipped. Timing as in the other ``speed_*`` modules: a first call (compilation, reported as
-``compile_s``), a warm-up, then the best of timed chunks of up to ``steps`` calls.
+skipped. Timing: a first call (compilation, reported as ``compile_s``), a warm-up, then the
+best of timed chunks of up to ``steps`` calls (``step_speed.best_chunk``). These rows are
+timed apart from the driver's NumPy rows, never interleaved with them (another process).
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def _measure_here(
 ) -> list[dict[str, Any]]:
     import rtrrl
 
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import step_speed  # the shared timing loop, next to this file
+
     backend = rtrrl.use(name)
     from keras import ops
 
@@ -94,15 +98,12 @@ def _measure_here(
         sync(agent)
         one = time.perf_counter() - t0
         chunk = max(1, min(steps, int(0.5 / max(one, 1e-9))))
-        best, begin = float("inf"), time.perf_counter()
-        while best == float("inf") or time.perf_counter() - begin < 1.0:
-            t0 = time.perf_counter()
-            for _ in range(chunk):
-                agent, _, _ = step(config, agent, obs, reward, done, noise)
-            sync(agent)
-            best = min(best, (time.perf_counter() - t0) / chunk)
-            if time.perf_counter() - begin > 10.0:
-                break
+        state = [agent]
+
+        def call(step: Any = step, state: list[Any] = state) -> None:
+            state[0] = step(config, state[0], obs, reward, done, noise)[0]
+
+        best = step_speed.best_chunk(call, chunk, sync=lambda state=state: sync(state[0]))
         rows.append(
             {
                 "backend": name,
