@@ -5,6 +5,9 @@ Rows (one run, same machine, same moment):
 - ``env alone``: the gymnax environment in the same ``lax.scan`` structure as an epoch of the
   fused path, with random actions (the ceiling the fused path can approach);
 - ``fused B=1``: :func:`rtrrl.fused.make_train`'s epoch (RFLO, N = 32), one agent;
+- ``env alone, default options`` / ``fused B=1, default options``: the same two rows jitted
+  with ``jax.jit``'s default XLA options instead of :func:`rtrrl.fused.compiler_options`
+  (shown when those differ, i.e. on the CPU);
 - ``fused population-64``: :func:`rtrrl.fused.make_population`, 64 seeds in one ``vmap``
   (steps counted over all seeds);
 - ``host <backend>``: the host loop of :mod:`rtrrl.train` (``HostEngine``) per installed
@@ -116,35 +119,50 @@ def fused_rows(task: str, epoch_steps: int, repeats: int, population: int) -> li
         "ep_return": jnp.zeros(1),
         "key": jax.random.key_data(jax.random.key(1)),
     }
-    env_fn = jax.jit(env_epoch)
-    holder = {"c": env_carry}
-
-    def run_env():
-        holder["c"], out = env_fn(holder["c"])
-        jax.block_until_ready(out)
-
-    env_rate = best_rate(run_env, epoch_steps, repeats)
-    note = "gymnax step in the fused epoch's scan structure"
-    rows.append(("env alone (random actions)", 1, env_rate, note))
-
     init, epoch, _ = fused.make_train(config, env, epoch_steps=epoch_steps)
     agent = {k: jnp.asarray(v) for k, v in rtrrl_spec.init(config, 1, 0).items()}
     carry = jax.jit(init)(agent, jax.random.key_data(jax.random.key(0)))
-    epoch_fn = jax.jit(epoch)
-    holder["a"] = carry
 
-    def run_fused():
-        holder["a"], m = epoch_fn(holder["a"])
-        jax.block_until_ready(m)
+    def rates(options):
+        # Both rows compiled alike: with the options rtrrl.fused jits its epoch with
+        # (fused.compiler_options()), or with jax.jit's defaults (options None).
+        holder = {
+            "env": [jax.jit(env_epoch, compiler_options=options), env_carry],
+            "fused": [jax.jit(epoch, compiler_options=options), carry],
+        }
 
-    rate = best_rate(run_fused, epoch_steps, repeats)
+        def runner(name):
+            def run():
+                fn, c = holder[name]
+                holder[name][1], out = fn(c)
+                jax.block_until_ready(out)
+
+            return run
+
+        return (
+            best_rate(runner("env"), epoch_steps, repeats),
+            best_rate(runner("fused"), epoch_steps, repeats),
+        )
+
+    options = fused.compiler_options()
+    env_rate, rate = rates(options)
+    note = "gymnax step in the fused epoch's scan structure"
+    rows.append(("env alone (random actions)", 1, env_rate, note))
     rows.append(("fused B=1", 1, rate, f"{rate / env_rate:.2f} × env alone (target ≥ 0.33)"))
+    if options is not None:
+        # The same two rows compiled with jax.jit's default options, for comparison.
+        env_plain, plain = rates(None)
+        note = "as above, jax.jit's default XLA options"
+        rows.append(("env alone, default options", 1, env_plain, note))
+        rows.append(
+            ("fused B=1, default options", 1, plain, f"{plain / env_plain:.2f} × env alone")
+        )
 
     p_init, p_epoch, _ = fused.make_population(config, env, epoch_steps=epoch_steps)
     seeds = list(range(population))
     agents = jaxbe.init_population(config, seeds)
     keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
-    holder["p"] = p_init(agents, keys)
+    holder = {"p": p_init(agents, keys)}
     active = jnp.ones(population, bool)
 
     def run_pop():
