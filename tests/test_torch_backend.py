@@ -384,11 +384,14 @@ def _same_agent(a, b) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-def test_rtrl_buffer_reuse_never_writes_into_a_kept_agent() -> None:
-    """The eager CPU RTRL step reuses the J_W buffer of an agent the caller dropped, and only
-    that: agents still held keep their values, and the results equal a fresh backend's."""
-    config = CONFIGS[1]  # rtrl
+@pytest.mark.parametrize("config", CONFIGS[:2], ids=["rflo", "rtrl"])
+def test_buffer_reuse_never_writes_into_a_kept_agent(config) -> None:
+    """The eager CPU CT-RNN step reuses the J_W (RTRL: product) and, with RFLO, e_W buffers
+    of an agent the caller dropped, and only those: agents still held keep their values, and
+    the results equal a fresh backend's."""
+    assert config.body == "ctrnn" and config.trains_body
     be, fresh = TorchBackend(), TorchBackend()
+    be.buffer_min_batch = 1  # buffers at any batch size
     inputs = _inputs(be, config, 3, "float64", seed=4)
     agent = _warm_agent(be, config, 3, "float64")
     kept = [agent]
@@ -396,16 +399,21 @@ def test_rtrl_buffer_reuse_never_writes_into_a_kept_agent() -> None:
         agent, _, _ = be.step_eager(config, agent, *inputs)
         kept.append(agent)
     copies = [{k: v.clone() for k, v in a.items()} for a in kept]
+    ptrs = []
     for _ in range(4):  # the usual loop: old agents dropped, buffers reused
         agent, _, _ = be.step_eager(config, agent, *inputs)
+        ptrs.append(agent["J_W"].untyped_storage().data_ptr())
         for a, c in zip(kept, copies, strict=True):
             _same_agent(a, c)
     ref = kept[-1]
     for _ in range(4):
         ref, _, _ = fresh.step_eager(config, ref, *inputs)
     _same_agent(agent, ref)
-    pools = list(be._rtrl_pool.values())
-    assert len(pools) == 1 and len(pools[0]) <= 2
+    names = {"rflo": {"J_W", "e_W"}, "rtrl": {"rtrl"}}[config.jacobian]
+    assert {name for _, name in be._buffer_pool} == names
+    assert all(len(pool) <= 2 for pool in be._buffer_pool.values())
+    # The loop above did reuse: from its second step on, two buffers take turns.
+    assert ptrs[3] == ptrs[1] != ptrs[2]
 
 
 @pytest.mark.parametrize("config", CONFIGS[:2])
