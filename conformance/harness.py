@@ -15,6 +15,7 @@ followed by a snippet that replays the case.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -300,10 +301,25 @@ def _compare_step(
         _compare(ctx, t, "reward_rate", new["reward_rate"], expected_rate, None, opt_tol)
 
 
+def release_compiled_code() -> None:
+    """Drop JAX's compiled executables (JAX and Keras-on-JAX backends) before a new example.
+
+    Nearly every drawn example has a config structure of its own, so XLA compiles new
+    executables for it and keeps them; each holds memory mappings of its own, and a ``ci``
+    profile run (thousands of examples in one process) passes Linux's default
+    ``vm.max_map_count`` of 65,530, after which XLA's compiler segfaults. An example almost
+    never reuses another's executable, so little is lost.
+    """
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        jax.clear_caches()
+
+
 def check_teacher_forced(
     backend: Any, case: Case, variant: str = "step", kind: str = "teacher_forced"
 ) -> None:
     """Each step starts from the float64 reference's state, cast to the case's dtype."""
+    release_compiled_code()
     step_fn = step_variants(backend)[variant]
     ctx = _Context(backend, variant, kind, case)
     config, dtype = case.config, case.dtype
@@ -325,6 +341,7 @@ def check_teacher_forced(
 
 def check_free_running(backend: Any, case: Case, variant: str = "step") -> None:
     """The backend carries its own state; compared with the float64 reference at every step."""
+    release_compiled_code()
     step_fn = step_variants(backend)[variant]
     ctx = _Context(backend, variant, "free_running", case)
     config, dtype = case.config, case.dtype

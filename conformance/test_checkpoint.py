@@ -8,11 +8,13 @@ from hypothesis import strategies as st
 
 import rtrrl_spec
 from rtrrl.conformance.cases import cases, configs
+from rtrrl.conformance.harness import release_compiled_code
 
 
 @given(config=configs(), batch_size=st.integers(1, 3), seed=st.integers(0, 2**31 - 1))
 def test_init_layout(backend, dtype, config, batch_size, seed):
     """``init`` returns every array of the layout with its shape and dtype, finite."""
+    release_compiled_code()
     agent = backend.to_numpy(backend.init(config, batch_size, seed, dtype))
     expected = rtrrl_spec.layout(config, batch_size)
     assert sorted(agent) == sorted(expected), (sorted(agent), sorted(expected))
@@ -27,6 +29,7 @@ def test_init_layout(backend, dtype, config, batch_size, seed):
 @given(data=st.data())
 def test_checkpoint_round_trip(backend, dtype, variant, data):
     """NumPy -> backend -> NumPy is bit-exact, and a restored agent steps like the original."""
+    release_compiled_code()
     case = data.draw(cases(dtype), label="case")
     agent = case.initial_agent()
     restored = backend.to_numpy(backend.from_numpy(agent))
