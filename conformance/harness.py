@@ -301,17 +301,32 @@ def _compare_step(
         _compare(ctx, t, "reward_rate", new["reward_rate"], expected_rate, None, opt_tol)
 
 
+# Half of Linux's default vm.max_map_count (65,530): past this many memory mappings the
+# compiled executables are dropped (see release_compiled_code).
+MAPPINGS_BUDGET = 32_768
+
+
+def _memory_mappings() -> int:
+    """How many memory mappings this process holds (Linux; 0 where /proc is missing)."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            return sum(1 for _ in maps)
+    except OSError:
+        return 0
+
+
 def release_compiled_code() -> None:
-    """Drop JAX's compiled executables (JAX and Keras-on-JAX backends) before a new example.
+    """Drop JAX's compiled executables (JAX and Keras-on-JAX backends) when they pile up.
 
     Nearly every drawn example has a config structure of its own, so XLA compiles new
     executables for it and keeps them; each holds memory mappings of its own, and a ``ci``
     profile run (thousands of examples in one process) passes Linux's default
-    ``vm.max_map_count`` of 65,530, after which XLA's compiler segfaults. An example almost
-    never reuses another's executable, so little is lost.
+    ``vm.max_map_count``, after which XLA's compiler segfaults. Called before each example;
+    it clears JAX's caches only past :data:`MAPPINGS_BUDGET` mappings, so that the op-by-op
+    (eager) variants keep reusing the primitives compiled for earlier examples' shapes.
     """
     jax = sys.modules.get("jax")
-    if jax is not None:
+    if jax is not None and _memory_mappings() > MAPPINGS_BUDGET:
         jax.clear_caches()
 
 
