@@ -39,6 +39,9 @@ def test_sigint_saves_a_consistent_checkpoint(tmp_path: Path) -> None:
         "2",
         "--eval-episodes",
         "2",
+        # Never stop early: the run must still be going when the signal arrives.
+        "--patience",
+        "1000000",
         "--out",
         str(run),
         "--no-progress",
