@@ -20,10 +20,13 @@ pytestmark = [pytest.mark.numpy, pytest.mark.slow]
 
 def test_sigint_saves_a_consistent_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
+    # A child inherits an ignored SIGINT (a runner started in the background has one), and
+    # Python then installs no KeyboardInterrupt handler: the child puts the default one back.
     cmd = [
         sys.executable,
-        "-m",
-        "rtrrl.cli",
+        "-c",
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from rtrrl.cli import main; sys.exit(main(sys.argv[1:]))",
         "train",
         "--task",
         "MemoryChain-4",
