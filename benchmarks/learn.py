@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_speed import machine  # noqa: E402
+from machine import describe as machine  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "learning.md"
 PAPER = {"MemoryChain-8": "1.00 ± 0.00", "CartPole-vel": "500 ± 0"}

@@ -43,15 +43,16 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe as machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results" / "reproduce"
@@ -136,24 +137,6 @@ DEFAULTS = {
 
 
 # --- running --------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    """Cores, CPU model, GPU or not, Python: what the table's figures were measured on."""
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = "no GPU"
-    if shutil.which("nvidia-smi"):
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
-        if out.returncode == 0 and out.stdout.strip():
-            gpu = out.stdout.strip().splitlines()[0]
-    return f"{os.cpu_count()} cores, {model}, {gpu}; Python {platform.python_version()}"
 
 
 def engine_of(task: str, backend: str) -> str:

@@ -38,9 +38,7 @@ import argparse
 import importlib.util
 import math
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -52,6 +50,9 @@ import numpy as np
 import rtrrl_spec
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from machine import describe as machine  # noqa: E402
+
 RESULTS = HERE / "results" / "step_speed.md"
 BATCHES = (1, 64, 1024)
 QUICK_BATCHES = (1, 64)
@@ -206,29 +207,6 @@ def load(name: str, path: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def machine(load_start: float | None = None) -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or cpu
-    try:
-        gpu = subprocess.run(
-            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30
-        ).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        gpu = ""
-    load = f"load average {os.getloadavg()[0]:.1f} at the end"
-    if load_start is not None:
-        load = f"load average {load_start:.1f} at the start, {load}"
-    load += " (other work on the machine)"
-    python = platform.python_version()
-    return f"{os.cpu_count()} cores, {cpu}, {gpu or 'no GPU'}, {load}; Python {python}"
 
 
 def _fmt(value: float, digits: int = 0) -> str:

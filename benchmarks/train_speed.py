@@ -20,8 +20,6 @@ Usage: ``python benchmarks/train_speed.py [--task CartPole-v1] [--backends numpy
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -30,24 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import describe as machine  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results" / "train_speed.md"
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()
-    return (
-        f"{os.cpu_count()} cores (nproc), {model}, no GPU; Python {platform.python_version()}; "
-        f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the start "
-        "(the machine is shared: other work slows every row)"
-    )
 
 
 def best_rate(fn, steps_per_call: int, repeats: int) -> float:
