@@ -644,7 +644,9 @@ def _to_jax(x: Any) -> jax.Array:
         raise Float64DisabledError(
             f"from_numpy got a {array.dtype} array of shape {array.shape}. {_X64_HELP}"
         )
-    return jnp.array(array, copy=True)
+    # device_put, not jnp.array: jnp.array compiles a copy kernel per new shape (≈ 10 ms on
+    # CPU). On CPU device_put aliases the NumPy buffer, so it gets a private copy.
+    return jax.device_put(np.array(array, copy=True))
 
 
 def _to_numpy(x: Any) -> np.ndarray:
