@@ -465,7 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tasks = args.tasks or list(PAPER_TASKS)
     path = results_path(args)
     md = Path(args.md)
-    shown = str(path.relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+    path = path.resolve()  # a relative --results is relative to the working directory
+    shown = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
     command = "python benchmarks/reproduce.py " + " ".join(
         sys.argv[1:] if argv is None else list(argv)
     )
