@@ -2,6 +2,7 @@
 
     python benchmarks/step_speed.py                     # every backend found, N = 32
     python benchmarks/step_speed.py --backends jax --quick
+    python benchmarks/step_speed.py --n-hidden 8,16,32,64,128 --batches 1  # RFLO vs RTRL cost
 
 The driver always measures the NumPy reference: ``rtrrl_spec.step_unchecked`` on inputs that
 were validated once (the fair baseline, no boundary checks: row ``numpy / unchecked``) and the
@@ -29,7 +30,9 @@ Keras backend) returns finished rows with ``agent_steps_per_s`` and ``step_laten
 are timed separately from the baseline. The table gives each row's ratio to the reference's
 ``B = 1`` figure and to its figure at the same ``B``, plus the paired ratios where
 interleaved; it is printed and appended to ``benchmarks/results/step_speed.md`` with the
-command, the date and the machine.
+command, the date and the machine. With several sizes (``--n-hidden 8,16,32,64,128``) a second
+table follows: per backend, variant and ``B``, the RTRL step's latency over the RFLO step's as
+``N`` grows (RFLO's work grows as N², RTRL's as N⁴).
 """
 
 from __future__ import annotations
@@ -231,7 +234,7 @@ def table(rows: list[Row]) -> str:
     the quartiles over rounds in parentheses.
     """
     base = {
-        (r["jacobian"], r["B"]): r["agent_steps_per_s"]
+        (r["jacobian"], r["N"], r["B"]): r["agent_steps_per_s"]
         for r in rows
         if r["backend"] == "numpy" and r["variant"] == "unchecked"
     }
@@ -243,8 +246,8 @@ def table(rows: list[Row]) -> str:
     ]
     for r in rows:
         speed = r["agent_steps_per_s"]
-        b1 = base.get((r["jacobian"], 1))
-        same = base.get((r["jacobian"], r["B"]))
+        b1 = base.get((r["jacobian"], r["N"], 1))
+        same = base.get((r["jacobian"], r["N"], r["B"]))
         lines.append(
             f"| {r['backend']} | {r['variant']} | {r['jacobian']} | {r['N']} | {r['B']} "
             f"| {_fmt(speed)} | {_fmt(r['step_latency_us'], 1)} "
@@ -257,11 +260,51 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def jacobian_cost_table(rows: list[Row]) -> str:
+    """RTRL against RFLO as N grows: per (backend, variant, B), both latencies and their ratio.
+
+    Empty unless the rows hold both Jacobians at two or more sizes.
+    """
+    latency = {
+        (r["backend"], r["variant"], r["B"], r["N"], r["jacobian"]): r["step_latency_us"]
+        for r in rows
+    }
+    sizes = sorted({r["N"] for r in rows})
+    groups = list(dict.fromkeys((r["backend"], r["variant"], r["B"]) for r in rows))
+    lines = []
+    for backend, variant, B in groups:
+        for N in sizes:
+            rflo = latency.get((backend, variant, B, N, "rflo"))
+            rtrl = latency.get((backend, variant, B, N, "rtrl"))
+            if rflo is None or rtrl is None:
+                continue
+            lines.append(
+                f"| {backend} | {variant} | {B} | {N} | {_fmt(rflo, 1)} | {_fmt(rtrl, 1)} "
+                f"| {_fmt(rtrl / rflo, 1)} |"
+            )
+    if len(sizes) < 2 or not lines:
+        return ""
+    head = [
+        "| backend | variant | B | N | RFLO latency (µs) | RTRL latency (µs) | RTRL ÷ RFLO |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    return "\n".join(head + lines)
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default=None, help="comma-separated; default: all found")
     parser.add_argument("--quick", action="store_true", help="B in (1, 64), fewer steps")
-    parser.add_argument("--n-hidden", type=int, default=32)
+    parser.add_argument(
+        "--n-hidden", type=_int_list, default=[32], help="comma-separated sizes (default 32)"
+    )
+    parser.add_argument(
+        "--batches", type=_int_list, default=None, help="comma-separated B (default 1,64,1024)"
+    )
     parser.add_argument("--jacobians", default="rflo,rtrl")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--steps", type=int, default=None, help="steps per timed call")
@@ -282,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [b for b in wanted if b not in found]
     if unknown:
         parser.error(f"no benchmarks/speed_<name>.py for {unknown}; found {sorted(found)}")
-    batches = QUICK_BATCHES if args.quick else BATCHES
+    batches = args.batches or (QUICK_BATCHES if args.quick else BATCHES)
     steps = args.steps or (50 if args.quick else 200)
     paired = {int(b) for b in args.interleave_b.split(",") if b}
     load_start = os.getloadavg()[0]
@@ -295,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping {name}: {err}", file=sys.stderr)
     stepping = [n for n, m in modules.items() if hasattr(m, "steppers")]
     by: dict[str, list[Row]] = {"numpy": [], **{n: [] for n in modules}}
-    for jacobian in args.jacobians.split(","):
-        config = bench_config(jacobian, args.n_hidden)
+    for n_hidden, jacobian in [(n, j) for n in args.n_hidden for j in args.jacobians.split(",")]:
+        config = bench_config(jacobian, n_hidden)
         for B in batches:
             chunk = chunk_calls(steps, B)
             if B in paired:
@@ -324,15 +367,19 @@ def main(argv: list[str] | None = None) -> int:
                     for template, call in made:
                         by[name].append(timed_row(template, best_chunk(call, chunk)))
                     del made
-            print(f"numpy+{','.join(stepping) or '-'} {jacobian} B={B} done", file=sys.stderr)
+            print(
+                f"numpy+{','.join(stepping) or '-'} {jacobian} N={n_hidden} B={B} done",
+                file=sys.stderr,
+            )
     for name, module in modules.items():
         if name in stepping:
             continue
-        for jacobian in args.jacobians.split(","):
-            config = bench_config(jacobian, args.n_hidden)
-            for B in batches:
-                by[name] += module.measure(config, B, steps, args.dtype)
-                print(f"{name} {jacobian} B={B} done", file=sys.stderr)
+        for n_hidden in args.n_hidden:
+            for jacobian in args.jacobians.split(","):
+                config = bench_config(jacobian, n_hidden)
+                for B in batches:
+                    by[name] += module.measure(config, B, steps, args.dtype)
+                    print(f"{name} {jacobian} N={n_hidden} B={B} done", file=sys.stderr)
     rows = [row for group in by.values() for row in group]
     interleave_note = (
         f"Timing: at B in {sorted(paired)} the rows of numpy and of "
@@ -350,10 +397,17 @@ def main(argv: list[str] | None = None) -> int:
     words = [shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]]
     command = " ".join([*env, "python", *words])
     date = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    sizes = ", ".join(str(n) for n in args.n_hidden)
     report = (
         f"## {date}\n\n`{command}`\n\nMachine: {machine(load_start)}. dtype {args.dtype}, "
-        f"N = {args.n_hidden}, obs 4, 2 actions.\n\n{table(rows)}\n\n{interleave_note}\n"
+        f"N = {sizes}, obs 4, 2 actions.\n\n{table(rows)}\n\n{interleave_note}\n"
     )
+    cost = jacobian_cost_table(rows)
+    if cost:
+        report += (
+            "\nRTRL against RFLO as N grows (latencies from the table above; RFLO's work per "
+            f"step grows as N², RTRL's as N⁴):\n\n{cost}\n"
+        )
     print(report)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
