@@ -5,7 +5,8 @@
 ``vmap``), writes the run folder under ``runs/learn-TASK-TIME`` and, with ``--record``,
 appends the command, date, machine, steps, wall time and the per-seed table to
 ``benchmarks/results/learning.md``. Paper targets (best evaluation reward, median ± std of 5
-runs): MemoryChain-8 1.00 ± 0.00, CartPole-vel 500 ± 0.
+runs) are those of ``reproduce.PAPER``. The learning curve is kept as
+``benchmarks/results/curves/learn-TASK-TIME.png`` and shown with the record.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import describe as machine  # noqa: E402
+from reproduce import PAPER, keep_curve  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "learning.md"
-PAPER = {"MemoryChain-8": "1.00 ± 0.00", "CartPole-vel": "500 ± 0"}
 
 
 def main() -> None:
@@ -53,11 +54,14 @@ def main() -> None:
         **parse_overrides(args.set),
     )
     md = (out / "summary.md").read_text().split("\n", 2)[2]
+    name = out.name if out.name.startswith("learn-") else f"learn-{out.name}"
+    curve = keep_curve(out, RESULTS, name) if args.record else None
+    shown = f"\n\n![{args.task}: evaluation reward]({curve})" if curve else ""
     text = (
         f"## {args.task} — {date}\n\n`python {' '.join(sys.argv)}`\n\nMachine: {header}.\n\n"
-        f"Paper: {PAPER.get(args.task, '—')}. Budget {args.steps:,} steps per seed, evaluation "
-        f"every {args.eval_every} epochs of 1000 steps on 10 episodes, patience "
-        f"{args.patience}; engine {summary['engine']}. Curve: `{out}/curve.png`.\n\n{md}"
+        f"Paper: {PAPER.get((args.task, 'rflo'), '—')}. Budget {args.steps:,} steps per seed, "
+        f"evaluation every {args.eval_every} epochs of 1000 steps on 10 episodes, patience "
+        f"{args.patience}; engine {summary['engine']}. Run folder: `{out}`.{shown}\n\n{md}"
     )
     print(text)
     if args.record:

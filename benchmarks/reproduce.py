@@ -290,6 +290,35 @@ def run_cell(
     return record
 
 
+# --- curves ---------------------------------------------------------------------------------
+
+
+def keep_curve(run: Path, table: Path, name: str) -> str | None:
+    """Copy ``run/curve.png`` to ``curves/<name>.png`` beside the markdown file ``table``
+    (once: a run folder may be deleted later); the link from ``table``, or None if there is no
+    curve. The docs site serves ``benchmarks/results/curves/`` at the same relative path."""
+    source, kept = run / "curve.png", table.parent / "curves" / f"{name}.png"
+    if not kept.exists():
+        if not source.exists():
+            return None
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, kept)
+    return kept.relative_to(table.parent).as_posix()
+
+
+def keep_curves(
+    records: Sequence[dict[str, Any]], table: Path, stem: str
+) -> dict[tuple[str, str], str]:
+    """The kept curve of every finished cell (see :func:`keep_curve`), by (task, variant)."""
+    curves = {}
+    for (task, variant), rec in latest(records).items():
+        if rec["status"] == "ok" and rec.get("run"):
+            kept = keep_curve(ROOT / rec["run"], table, f"{stem}/{task}-{variant}")
+            if kept:
+                curves[(task, variant)] = kept
+    return curves
+
+
 # --- rendering ------------------------------------------------------------------------------
 
 
@@ -315,6 +344,7 @@ def render(
     tasks: Sequence[str] | None = None,
     variants: Sequence[str] = tuple(VARIANTS),
     source: str = "",
+    curves: dict[tuple[str, str], str] | None = None,
 ) -> str:
     """The markdown table of a sweep: budget, command, date and machine above it."""
     cells = latest(records)
@@ -407,7 +437,19 @@ def render(
                 f"| {r['task']} | {r['variant']} | {bests} | {steps} | {stopped} "
                 f"| {r.get('wall_time', 0):.0f} |"
             )
-    return "\n".join(lines) + "\n"
+    shown = [(t, v) for t in tasks for v in variants if (t, v) in (curves or {})]
+    if shown:
+        lines += [
+            "",
+            "Learning curves (evaluation reward against environment steps: median and spread "
+            "over the seeds; written by `rtrrl.train` into each cell's run folder):",
+            "",
+        ]
+        for task, variant in shown:
+            title = f"{task}, {VARIANT_TITLES.get(variant, variant)}"
+            lines.append(f"![{title}]({curves[(task, variant)]})")
+            lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 # --- command line ---------------------------------------------------------------------------
@@ -478,7 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rank = {t: i for i, t in enumerate(PAPER_TASKS)}
         rows.sort(key=lambda t: rank.get(t, len(rank)))
         md.parent.mkdir(parents=True, exist_ok=True)
-        md.write_text(render(records, rows, list(VARIANTS), shown))
+        curves = keep_curves(records, md, path.stem)
+        md.write_text(render(records, rows, list(VARIANTS), shown, curves))
 
     if args.render_only:
         write_table()

@@ -144,3 +144,6 @@ def test_one_real_cell_on_numpy(reproduce: ModuleType, tmp_path: Path) -> None:
     # Running the same command again keeps the finished cell instead of training it again.
     assert reproduce.main(argv) == 0
     assert len(reproduce.read_results(results)) == 1
+    # The cell's learning curve is kept beside the table, which shows it.
+    assert (tmp_path / "curves" / "r" / "MemoryChain-4-frozen.png").stat().st_size > 1000
+    assert "](curves/r/MemoryChain-4-frozen.png)" in md.read_text()
