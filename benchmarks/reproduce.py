@@ -54,6 +54,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe as machine  # noqa: E402
 
+from rtrrl import envs  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results" / "reproduce"
 TABLE = ROOT / "benchmarks" / "results" / "reproduction.md"
@@ -77,37 +79,9 @@ VARIANT_TITLES = {
     "frozen": "frozen CT-RNN",
 }
 
-#: The paper's tasks (Lemmel & Grosu, AAAI 2025): the registry's fixed names, the memory
-#: chain and deep sea sizes it reports, and the popgym tasks (Easy).
-PAPER_TASKS: tuple[str, ...] = (
-    "CartPole-vel",
-    "CartPole-pos",
-    "MountainCarContinuous-vel",
-    "MountainCarContinuous-pos",
-    "MemoryChain-4",
-    "MemoryChain-8",
-    "MemoryChain-16",
-    "MemoryChain-32",
-    "MemoryChain-64",
-    "DeepSea-4",
-    "DeepSea-8",
-    "DeepSea-16",
-    "UmbrellaChain",
-    "DiscountingChain",
-    "BernoulliBandit",
-    "GaussianBandit",
-    "MetaMaze",
-    "PointRobot",
-    "Reacher",
-    "Catch",
-    "Swimmer",
-    "StatelessCartPole",
-    "NoisyStatelessCartPole",
-    "RepeatFirst",
-    "RepeatPrevious",
-    "Minesweeper",
-    "MultiArmedBandit",
-)
+#: The paper's tasks (Lemmel & Grosu, AAAI 2025), as the registry lists them: the fixed names,
+#: the memory chain and deep sea sizes it reports, and the popgym tasks (Easy).
+PAPER_TASKS: tuple[str, ...] = tuple(envs.paper_tasks())
 
 #: The paper's figures (best evaluation reward, median ± std over 5 runs) where it gives them.
 PAPER: dict[tuple[str, str], str] = {
@@ -143,8 +117,6 @@ def engine_of(task: str, backend: str) -> str:
     """``"fused"`` for a gymnax task on the JAX backend, else ``"host"`` (as rtrrl.train picks)."""
     if backend != "jax":
         return "host"
-    from rtrrl import envs
-
     try:
         envs.make_jax(task)
     except envs.UnknownTaskError:

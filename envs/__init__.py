@@ -14,7 +14,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rtrrl.envs._core import EnvSpec, HostEnv, UnknownTaskError, flat_to_multi_discrete
-from rtrrl.envs._registry import Task, describe_tasks, make_host, make_jax, task_names
+from rtrrl.envs._registry import (
+    Task,
+    describe_tasks,
+    make_host,
+    make_jax,
+    paper_tasks,
+    task_names,
+)
 
 if TYPE_CHECKING:
     from rtrrl.envs._gymnasium import GymnasiumHostEnv
@@ -33,6 +40,7 @@ __all__ = [
     "flat_to_multi_discrete",
     "make_host",
     "make_jax",
+    "paper_tasks",
     "task_names",
 ]
 

@@ -194,6 +194,23 @@ def task_names() -> list[str]:
     return names
 
 
+#: The memory-chain lengths and deep-sea sizes the paper reports results for.
+PAPER_MEMORY_LENGTHS = (4, 8, 16, 32, 64)
+PAPER_DEEP_SEA_SIZES = (4, 8, 16)
+
+
+def paper_tasks() -> list[str]:
+    """The paper's tasks as concrete names: every fixed entry, the memory chains and deep seas
+    it reports, and the popgym tasks at their default level (Easy).
+
+    The list ``benchmarks/reproduce.py`` sweeps by default.
+    """
+    names = [t.name for t in _FIXED]
+    names += [f"MemoryChain-{k}" for k in PAPER_MEMORY_LENGTHS]
+    names += [f"DeepSea-{k}" for k in PAPER_DEEP_SEA_SIZES]
+    return names + list(_POPGYM)
+
+
 def _make_gymnax(task: Task) -> Any:
     try:
         import gymnax

@@ -42,6 +42,11 @@ def _record(task: str, variant: str, **kw: object) -> dict:
     return {**base, **kw}
 
 
+def test_paper_figures_name_paper_tasks_and_variants(reproduce: ModuleType) -> None:
+    for task, variant in reproduce.PAPER:
+        assert task in reproduce.PAPER_TASKS and variant in reproduce.VARIANTS
+
+
 def test_render_a_fake_results_file(reproduce: ModuleType, tmp_path: Path) -> None:
     records = [
         _record("MemoryChain-4", "rflo", status="error", error="RuntimeError: first try"),

@@ -46,6 +46,14 @@ def test_task_names_cover_the_paper() -> None:
     assert len(names) == len(set(names))
 
 
+def test_paper_tasks_are_concrete_registered_names() -> None:
+    tasks = envs.paper_tasks()
+    assert set(PAPER_NAMES) <= set(tasks) and len(tasks) == len(set(tasks))
+    assert {"MemoryChain-4", "MemoryChain-64", "DeepSea-4", "DeepSea-16"} <= set(tasks)
+    for name in tasks:  # resolves without building (no framework needed)
+        assert envs._registry._resolve(name).name == name
+
+
 @pytest.mark.parametrize("name", envs.task_names())
 def test_every_task_builds_and_steps(name: str) -> None:
     pytest.importorskip(_needs(name))
