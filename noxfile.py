@@ -44,10 +44,17 @@ CONFORMANCE_BACKENDS: dict[str, str | None] = {
 # `dev` profile. The full run is `HYPOTHESIS_PROFILE=ci nox -s "conformance(backend='jax')"`.
 CI_QUICK: dict[str, str] = {"jax": "not eager", "keras-jax": "not eager"}
 # Backends that place arrays on a CUDA device; conformance_gpu and bench_gpu run these.
-GPU_BACKENDS: list[str] = ["torch"]
+GPU_BACKENDS: list[str] = ["torch", "jax"]
 # What conformance_gpu passes as --backend, where the plain name would run on the CPU: the
 # CUDA torch backend also turns TF32 off (the spec is IEEE float32 arithmetic).
 GPU_BACKEND_TARGETS: dict[str, str] = {"torch": "rtrrl.backends.torch:CudaTorchBackend"}
+# What a GPU session installs beyond the backend's extra (the extra's jax is the CPU build).
+GPU_INSTALL: dict[str, list[str]] = {"jax": ["jax[cuda12]"]}
+# The environment of a GPU run: JAX must find CUDA (no silent fall back to the CPU) and
+# computes float32 matmuls in full precision (TF32 off).
+GPU_ENV: dict[str, dict[str, str]] = {
+    "jax": {"JAX_PLATFORMS": "cuda", "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
+}
 
 # Always the CPU wheel on these machines (pip finds it in its configured find-links);
 # spelled out as well as pinned by the extra, so that no resolver can pick a CUDA build.
@@ -80,6 +87,15 @@ def _conformance_args(backend: str, posargs: list[str]) -> tuple[dict[str, str],
     if quick:
         return {"HYPOTHESIS_PROFILE": "dev"}, ["-k", CI_QUICK[backend], *posargs]
     return env, list(posargs)
+
+
+def _x64_passes(backend: str) -> list[dict[str, str]]:
+    """jax runs twice: float32 with x64 off, as users get it by default, whatever the caller's
+    shell says; then float32 and float64 with x64 on (JAX holds float64 only with x64 enabled,
+    which the backend never switches on by itself). Other backends run once."""
+    if backend == "jax":
+        return [{"JAX_ENABLE_X64": "0"}, {"JAX_ENABLE_X64": "1"}]
+    return [{}]
 
 
 def _has_cuda() -> bool:
@@ -126,14 +142,8 @@ def conformance(session: nox.Session, backend: str) -> None:
     _install(session, CONFORMANCE_BACKENDS[backend], "test")
     profile_env, args = _conformance_args(backend, session.posargs)
     suite = ["pytest", "--pyargs", "rtrrl.conformance", "--backend", backend, *args]
-    # jax: the first pass is JAX's default (float32 only), whatever the caller's shell says.
-    x64_off = {"JAX_ENABLE_X64": "0"} if backend == "jax" else {}
-    session.run(*suite, env={**profile_env, **x64_off, **_keras_env(session, backend)})
-    if backend == "jax":
-        # JAX holds float64 only with x64 enabled, which the backend never switches on by
-        # itself: the first pass ran float32 as users get it by default, this one runs
-        # float32 and float64 with x64 on.
-        session.run(*suite, env={**profile_env, "JAX_ENABLE_X64": "1"})
+    for x64 in _x64_passes(backend):
+        session.run(*suite, env={**profile_env, **x64, **_keras_env(session, backend)})
 
 
 @nox.session
@@ -181,15 +191,13 @@ def conformance_gpu(session: nox.Session) -> None:
         session.skip("no GPU-capable backend yet")
     for backend in GPU_BACKENDS:
         _install(session, CONFORMANCE_BACKENDS[backend], "test")
-        session.run(
-            "pytest",
-            "--pyargs",
-            "rtrrl.conformance",
-            "--backend",
-            GPU_BACKEND_TARGETS.get(backend, backend),
-            *session.posargs,
-            env=_hypothesis_env(),
-        )
+        if GPU_INSTALL.get(backend):
+            session.install(*GPU_INSTALL[backend])
+        target = GPU_BACKEND_TARGETS.get(backend, backend)
+        suite = ["pytest", "--pyargs", "rtrrl.conformance", "--backend", target]
+        for x64 in _x64_passes(backend):
+            env = {**_hypothesis_env(), **GPU_ENV.get(backend, {}), **x64}
+            session.run(*suite, *session.posargs, env=env)
 
 
 @nox.session(default=False, tags=["gpu"])
@@ -201,7 +209,13 @@ def bench_gpu(session: nox.Session) -> None:
     if not GPU_BACKENDS or not script.exists():
         session.skip("no GPU benchmarks yet")
     _install(session, "all", "test")
-    session.run("python", str(script.relative_to(ROOT)), "--gpu", *session.posargs)
+    session.install(*[pkg for backend in GPU_BACKENDS for pkg in GPU_INSTALL.get(backend, [])])
+    # Large B for every backend and a JAX population of 4096 (issue: GPU throughput).
+    args = session.posargs or ["--batches", "1,1024,8192", "--population", "256,4096"]
+    env = {
+        key: value for backend in GPU_BACKENDS for key, value in GPU_ENV.get(backend, {}).items()
+    }
+    session.run("python", str(script.relative_to(ROOT)), "--gpu", *args, env=env)
 
 
 @nox.session

@@ -9,8 +9,9 @@ Variants (one row each):
   loop fused with a JAX environment runs); compiled by a warm-up call first, timed with
   ``block_until_ready``.
 - ``call``: the jitted step called from a Python loop (one dispatch per step).
-- ``population-256`` (only at ``B = 1``): 256 independent agents (seeds 0..255) under one
-  ``jax.vmap`` of the step, scanned; agent-steps count every member.
+- ``population-P`` (only at ``B = 1``, one row per size in :data:`POPULATIONS`, default 256;
+  ``step_speed.py --population 256,4096`` sets it): P independent agents (seeds 0..P-1) under
+  one ``jax.vmap`` of the step, scanned; agent-steps count every member.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import numpy as np
 import rtrrl_spec
 from rtrrl.backends import jax as jb
 
-__all__ = ["measure", "POPULATION"]
+__all__ = ["measure", "POPULATIONS"]
 
-POPULATION = 256
+POPULATIONS: tuple[int, ...] = (256,)
 # Skip what would not fit comfortably in memory (the RTRL trace is B * N * N * Z floats).
 MAX_STATE_BYTES = 4 * 2**30
 MIN_SECONDS = 0.3  # repeat the timed call until this much time has passed
@@ -79,7 +80,7 @@ def _state_bytes(config: rtrrl_spec.Config, B: int, dtype: str) -> int:
 def measure(
     config: rtrrl_spec.Config, batch_size: int, steps: int, dtype: str
 ) -> list[dict[str, Any]]:
-    """Rows ``scan`` and ``call`` (and ``population-256`` at ``B = 1``); see module docstring."""
+    """Rows ``scan`` and ``call`` (and ``population-P`` at ``B = 1``); see module docstring."""
     be = jb.JaxBackend()
     B = batch_size
     rows: list[dict[str, Any]] = []
@@ -116,20 +117,24 @@ def measure(
     per_call, _ = _time(host_loop, agent)
     rows.append(_row("call", config, B, B * n / per_call, per_call / n))
 
-    if B == 1:
-        agents = jb.init_population(config, range(POPULATION), 1, dtype)
-        p_obs, p_reward, p_done, p_noise = _inputs(config, 1, dtype, lead=(POPULATION,))
-        pop_step = jb.make_population_step(config, dtype, jit=False)
-
-        @jax.jit
-        def run_population(agents):
-            def body(agents, _):
-                agents, _, _ = pop_step(agents, p_obs, p_reward, p_done, p_noise)
-                return agents, None
-
-            return jax.lax.scan(body, agents, None, length=steps)[0]
-
-        per_call, _ = _time(run_population, agents)
-        speed = POPULATION * steps / per_call
-        rows.append(_row(f"population-{POPULATION}", config, 1, speed, per_call / steps))
+    for size in POPULATIONS if B == 1 else ():
+        rows.append(_population_row(config, size, steps, dtype))
     return rows
+
+
+def _population_row(config: rtrrl_spec.Config, size: int, steps: int, dtype: str) -> dict:
+    """``size`` agents of one config (seeds 0..size-1), one vmapped step scanned ``steps`` times."""
+    agents = jb.init_population(config, range(size), 1, dtype)
+    p_obs, p_reward, p_done, p_noise = _inputs(config, 1, dtype, lead=(size,))
+    pop_step = jb.make_population_step(config, dtype, jit=False)
+
+    @jax.jit
+    def run_population(agents):
+        def body(agents, _):
+            agents, _, _ = pop_step(agents, p_obs, p_reward, p_done, p_noise)
+            return agents, None
+
+        return jax.lax.scan(body, agents, None, length=steps)[0]
+
+    per_call, _ = _time(run_population, agents)
+    return _row(f"population-{size}", config, 1, size * steps / per_call, per_call / steps)

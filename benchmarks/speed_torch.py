@@ -9,6 +9,7 @@ times them on their own (best of timed chunks, ``step_speed.best_chunk``)::
 
 Fixed inputs (drawn once), the first call (which compiles for the compiled variant, reported
 as ``compile_s``) and a warm-up happen when the steppers are made.
+The device is ``RTRRL_TORCH_DEVICE`` (default ``cpu``; ``step_speed.py --gpu`` sets ``cuda``).
 Threads are left at PyTorch's default unless ``RTRRL_TORCH_BENCH_THREADS`` is set; every row's
 note states the thread count. On a machine whose cores are busy with other processes,
 PyTorch's intra-op thread pool waits for descheduled threads at every parallel op, and one
@@ -48,7 +49,7 @@ def steppers(
     config: rtrrl_spec.Config,
     batch_size: int,
     dtype: str,
-    device: str = "cpu",
+    device: str | None = None,
     variants: tuple[str, ...] = VARIANTS,
     warmup: int = 3,
 ) -> list[tuple[dict[str, Any], Callable[[], None]]]:
@@ -62,6 +63,7 @@ def steppers(
     if threads:
         torch.set_num_threads(int(threads))
     note = f"{torch.get_num_threads()} thread(s)"
+    device = device or os.environ.get("RTRRL_TORCH_DEVICE", "cpu")
     backend = TorchBackend(device=device, compile=True)
     dev = torch.device(backend.device())
     B = batch_size
@@ -111,7 +113,7 @@ def measure(
     batch_size: int,
     steps: int,
     dtype: str,
-    device: str = "cpu",
+    device: str | None = None,
     variants: tuple[str, ...] = VARIANTS,
 ) -> list[dict[str, Any]]:
     """One row per variant, timed on its own: the best chunk of calls (chunks as long as the

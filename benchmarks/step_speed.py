@@ -305,10 +305,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batches", type=_int_list, default=None, help="comma-separated B (default 1,64,1024)"
     )
+    parser.add_argument(
+        "--population",
+        type=_int_list,
+        default=None,
+        help="JAX population sizes at B = 1 (default 256; bench_gpu adds 4096)",
+    )
     parser.add_argument("--jacobians", default="rflo,rtrl")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--steps", type=int, default=None, help="steps per timed call")
-    parser.add_argument("--gpu", action="store_true", help="note that a GPU run was asked for")
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="run torch on CUDA (RTRRL_TORCH_DEVICE=cuda unless set); JAX uses its default device",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument(
         "--interleave-b",
@@ -320,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    if args.gpu:
+        os.environ.setdefault("RTRRL_TORCH_DEVICE", "cuda")
     found = discover()
     wanted = args.backends.split(",") if args.backends else list(found)
     unknown = [b for b in wanted if b not in found]
@@ -336,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
             modules[name] = load(name, found[name])
         except ImportError as err:
             print(f"skipping {name}: {err}", file=sys.stderr)
+    if args.population and "jax" in modules:
+        modules["jax"].POPULATIONS = tuple(args.population)
     stepping = [n for n, m in modules.items() if hasattr(m, "steppers")]
     by: dict[str, list[Row]] = {"numpy": [], **{n: [] for n in modules}}
     for n_hidden, jacobian in [(n, j) for n in args.n_hidden for j in args.jacobians.split(",")]:
