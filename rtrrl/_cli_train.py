@@ -23,15 +23,19 @@ QUICKSTART = {"task": "MemoryChain-4", "steps": 30_000, "eval_every": 2, "patien
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["lr_td=3e-3", "meta_rl=false"]`` → ``{"lr_td": 0.003, "meta_rl": False}``.
 
-    Values are read as JSON (numbers, ``true``/``false``, ``null``, lists), else as strings.
+    Values are read as JSON (numbers, ``true``/``false``, ``null``, lists), else as strings;
+    ``none`` (any case) is ``None`` too, as Python spells it (``clip_norm=None``).
     """
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects KEY=VALUE (an agent Config field), got {item!r}")
+        word = raw.strip().lower()
         try:
-            value = json.loads(raw.lower() if raw.lower() in ("true", "false", "null") else raw)
+            value = json.loads(
+                "null" if word == "none" else word if word in ("true", "false", "null") else raw
+            )
         except json.JSONDecodeError:
             value = raw
         out[key.strip()] = value

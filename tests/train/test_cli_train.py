@@ -98,6 +98,10 @@ def test_parse_overrides() -> None:
         "clip_norm": None,
         "body": "linear",
     }
+    assert parse_overrides(["clip_norm=None", "reward_rate_lr=none"]) == {
+        "clip_norm": None,
+        "reward_rate_lr": None,
+    }
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_overrides(["lr_td"])
     assert QUICKSTART["steps"] > 0
