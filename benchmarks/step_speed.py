@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             modules[name] = load(name, found[name])
         except ImportError as err:
             print(f"skipping {name}: {err}", file=sys.stderr)
-    if args.population and "jax" in modules:
+    if args.population is not None and "jax" in modules:  # "" (empty): no population rows
         modules["jax"].POPULATIONS = tuple(args.population)
     stepping = [n for n, m in modules.items() if hasattr(m, "steppers")]
     by: dict[str, list[Row]] = {"numpy": [], **{n: [] for n in modules}}
