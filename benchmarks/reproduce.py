@@ -45,6 +45,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -301,6 +302,8 @@ def keep_curves(
 
 # --- rendering ------------------------------------------------------------------------------
 
+_LOAD = re.compile(r",? load average [^;]*")  # benchmarks/machine.py's load clause
+
 
 def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}"
@@ -368,9 +371,13 @@ def render(
     if dates:
         span = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
         lines.append(f"- Date: {span}.")
-    machines = list(dict.fromkeys(r["machine"] for r in records if r.get("machine")))
+    # One line per machine: the load average (part of each record's machine line) varies
+    # from cell to cell, so it is given as a range of the cells' starting loads instead.
+    machines = list(dict.fromkeys(_LOAD.sub("", r["machine"]) for r in records if r.get("machine")))
+    loads = [r["load"][0] for r in cells.values() if r.get("load")]
+    load = f", load average {min(loads):.1f}–{max(loads):.1f} at the cells' starts" if loads else ""
     for m in machines:
-        lines.append(f"- Machine: {m} (shared: other work slows every cell).")
+        lines.append(f"- Machine: {m}{load} (shared: other work slows every cell).")
     wall = sum(r.get("wall_time", 0.0) for r in cells.values())
     lines.append(
         f"- {len(done)} of {len(tasks) * len(variants)} cells finished, "
