@@ -40,8 +40,9 @@ CONFORMANCE_BACKENDS: dict[str, str | None] = {
     "keras-torch": "keras,torch",
 }
 # Backends that compile every new shape (XLA) take about a second per drawn example on a 2-core
-# machine, and their eager variants several: under CI they run the compiled variant with the
-# `dev` profile. The full run is `HYPOTHESIS_PROFILE=ci nox -s "conformance(backend='jax')"`.
+# machine, and their eager variants more: under CI they run the compiled variant with the
+# `dev` profile. The full run is `HYPOTHESIS_PROFILE=ci nox -s "conformance(backend='jax')"`
+# (measured here: 25-35 min per pass, three passes' worth; docs/backends/jax.md).
 CI_QUICK: dict[str, str] = {"jax": "not eager", "keras-jax": "not eager"}
 # Backends that place arrays on a CUDA device; conformance_gpu and bench_gpu run these.
 GPU_BACKENDS: list[str] = ["torch", "jax"]
