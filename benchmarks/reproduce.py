@@ -375,7 +375,8 @@ def render(
     # from cell to cell, so it is given as a range of the cells' starting loads instead.
     machines = list(dict.fromkeys(_LOAD.sub("", r["machine"]) for r in records if r.get("machine")))
     loads = [r["load"][0] for r in cells.values() if r.get("load")]
-    load = f", load average {min(loads):.1f}–{max(loads):.1f} at the cells' starts" if loads else ""
+    span = f"{min(loads):.1f}–{max(loads):.1f}" if loads and min(loads) != max(loads) else ""
+    load = f", load average {span or f'{loads[0]:.1f}'} at the cells' starts" if loads else ""
     for m in machines:
         lines.append(f"- Machine: {m}{load} (shared: other work slows every cell).")
     wall = sum(r.get("wall_time", 0.0) for r in cells.values())
