@@ -20,6 +20,10 @@ __all__ = ["BODIES", "QUICKSTART", "add_commands", "agent_overrides", "parse_ove
 QUICKSTART = {"task": "MemoryChain-4", "steps": 30_000, "eval_every": 2, "patience": 20}
 
 
+#: Values of ``--set`` read as Python constants whatever their case (JSON's and Python's names).
+_CONSTANTS: dict[str, Any] = {"true": True, "false": False, "null": None, "none": None}
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["lr_td=3e-3", "meta_rl=false"]`` → ``{"lr_td": 0.003, "meta_rl": False}``.
 
@@ -32,12 +36,13 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ValueError(f"--set expects KEY=VALUE (an agent Config field), got {item!r}")
         word = raw.strip().lower()
-        try:
-            value = json.loads(
-                "null" if word == "none" else word if word in ("true", "false", "null") else raw
-            )
-        except json.JSONDecodeError:
-            value = raw
+        if word in _CONSTANTS:
+            value = _CONSTANTS[word]
+        else:
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
         out[key.strip()] = value
     return out
 
