@@ -94,14 +94,7 @@ def measure(
     step = jb.make_step(config, dtype)
     obs, reward, done, noise = _inputs(config, B, dtype)
 
-    @jax.jit
-    def run(agent):
-        def body(agent, _):
-            agent, action, _info = step(agent, obs, reward, done, noise)
-            return agent, None
-
-        return jax.lax.scan(body, agent, None, length=steps)[0]
-
+    run = _scanned(step, (obs, reward, done, noise), steps)
     agent = be.init(config, B, 0, dtype)
     per_call, _ = _time(run, agent)
     rows.append(_row("scan", config, B, B * steps / per_call, per_call / steps))
@@ -122,19 +115,24 @@ def measure(
     return rows
 
 
+def _scanned(step: Any, inputs: tuple, steps: int) -> Any:
+    """A jitted function running ``steps`` calls of ``step(agent, *inputs)`` in one scan."""
+
+    @jax.jit
+    def run(agent):
+        def body(agent, _):
+            return step(agent, *inputs)[0], None
+
+        return jax.lax.scan(body, agent, None, length=steps)[0]
+
+    return run
+
+
 def _population_row(config: rtrrl_spec.Config, size: int, steps: int, dtype: str) -> dict:
     """``size`` agents of one config (seeds 0..size-1), one vmapped step scanned ``steps`` times."""
     agents = jb.init_population(config, range(size), 1, dtype)
     p_obs, p_reward, p_done, p_noise = _inputs(config, 1, dtype, lead=(size,))
     pop_step = jb.make_population_step(config, dtype, jit=False)
-
-    @jax.jit
-    def run_population(agents):
-        def body(agents, _):
-            agents, _, _ = pop_step(agents, p_obs, p_reward, p_done, p_noise)
-            return agents, None
-
-        return jax.lax.scan(body, agents, None, length=steps)[0]
-
+    run_population = _scanned(pop_step, (p_obs, p_reward, p_done, p_noise), steps)
     per_call, _ = _time(run_population, agents)
     return _row(f"population-{size}", config, 1, size * steps / per_call, per_call / steps)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import math
 import os
 import shlex
@@ -352,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         modules["jax"].POPULATIONS = tuple(args.population)
     stepping = [n for n, m in modules.items() if hasattr(m, "steppers")]
     by: dict[str, list[Row]] = {"numpy": [], **{n: [] for n in modules}}
-    for n_hidden, jacobian in [(n, j) for n in args.n_hidden for j in args.jacobians.split(",")]:
+    sizes_and_jacobians = list(itertools.product(args.n_hidden, args.jacobians.split(",")))
+    for n_hidden, jacobian in sizes_and_jacobians:
         config = bench_config(jacobian, n_hidden)
         for B in batches:
             chunk = chunk_calls(steps, B)
@@ -388,12 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, module in modules.items():
         if name in stepping:
             continue
-        for n_hidden in args.n_hidden:
-            for jacobian in args.jacobians.split(","):
-                config = bench_config(jacobian, n_hidden)
-                for B in batches:
-                    by[name] += module.measure(config, B, steps, args.dtype)
-                    print(f"{name} {jacobian} N={n_hidden} B={B} done", file=sys.stderr)
+        for n_hidden, jacobian in sizes_and_jacobians:
+            config = bench_config(jacobian, n_hidden)
+            for B in batches:
+                by[name] += module.measure(config, B, steps, args.dtype)
+                print(f"{name} {jacobian} N={n_hidden} B={B} done", file=sys.stderr)
     rows = [row for group in by.values() for row in group]
     interleave_note = (
         f"Timing: at B in {sorted(paired)} the rows of numpy and of "
