@@ -374,9 +374,11 @@ def render(
     # One line per machine: the load average (part of each record's machine line) varies
     # from cell to cell, so it is given as a range of the cells' starting loads instead.
     machines = list(dict.fromkeys(_LOAD.sub("", r["machine"]) for r in records if r.get("machine")))
-    loads = [r["load"][0] for r in cells.values() if r.get("load")]
-    span = f"{min(loads):.1f}–{max(loads):.1f}" if loads and min(loads) != max(loads) else ""
-    load = f", load average {span or f'{loads[0]:.1f}'} at the cells' starts" if loads else ""
+    loads = sorted(r["load"][0] for r in cells.values() if r.get("load"))
+    load = ""
+    if loads:
+        span = f"{loads[0]:.1f}" if loads[0] == loads[-1] else f"{loads[0]:.1f}–{loads[-1]:.1f}"
+        load = f", load average {span} at the cells' starts"
     for m in machines:
         lines.append(f"- Machine: {m}{load} (shared: other work slows every cell).")
     wall = sum(r.get("wall_time", 0.0) for r in cells.values())
