@@ -101,7 +101,7 @@ class UnknownTaskError(KeyError):
         self.suggestions = close
         self.message = (
             f"unknown task {name!r}.{hint} `rtrrl tasks` lists them all; any gymnax id "
-            "(e.g. 'Acrobot-v1') and 'gymnasium:<id>' work too."
+            "(e.g. 'Acrobot-v1'), 'gymnasium:<id>' and 'popgym:<class>' work too."
         )
         super().__init__(self.message)
 

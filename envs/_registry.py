@@ -2,7 +2,11 @@
 
 A name resolves, in order, to: a fixed registry entry, a parametrised family
 (``MemoryChain-<k>``, ``DeepSea-<k>``, popgym ``<Task>-Easy|-Medium|-Hard``), any gymnax id,
-or ``gymnasium:<id>``.
+``gymnasium:<id>`` or ``popgym:<class>`` (popgym's own NumPy environment, on the host).
+
+Four popgym tasks (StatelessCartPole, NoisyStatelessCartPole, RepeatFirst, RepeatPrevious)
+resolve to our pure-JAX ports of them (:mod:`rtrrl.envs._popgym_jax`, source ``"jax-port"``),
+which train on the fused path as gymnax tasks do; the other two stay popgym on the host.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ class Task:
 
     Attributes:
         name: registry name (for families, the template, e.g. ``"MemoryChain-<k>"``).
-        source: ``"gymnax"``, ``"gymnasium"``, ``"popgym"`` or ``"brax"``.
+        source: ``"gymnax"``, ``"jax-port"`` (our JAX port of a popgym class), ``"gymnasium"``,
+            ``"popgym"`` or ``"brax"``.
         target: the underlying id (gymnax id, gymnasium id or popgym class name).
         description: one line for ``rtrrl tasks``.
         obs_indices: observed entries of the flattened observation, ``None`` for all.
@@ -135,12 +140,18 @@ _POPGYM: dict[str, tuple[str, str]] = {
 }
 
 
+# popgym classes with a pure-JAX port in rtrrl.envs._popgym_jax (imported only when built).
+_PORTED = ("PositionOnlyCartPole", "NoisyPositionOnlyCartPole", "RepeatFirst", "RepeatPrevious")
+
+
 def _popgym_task(name: str) -> Task | None:
     base, _, level = name.partition("-")
     if base not in _POPGYM or (level and level not in _POPGYM_LEVELS):
         return None
     cls, desc = _POPGYM[base]
     level = level or "Easy"
+    if cls in _PORTED:
+        return Task(name, "jax-port", cls + level, f"{desc} ({level}; JAX port)")
     return Task(name, "popgym", cls + level, f"{desc} ({level})")
 
 
@@ -173,6 +184,8 @@ def _resolve(name: str) -> Task:
         return popgym_task
     if name.startswith("gymnasium:"):
         return Task(name, "gymnasium", name.removeprefix("gymnasium:"), "gymnasium environment")
+    if name.startswith("popgym:"):
+        return Task(name, "popgym", name.removeprefix("popgym:"), "popgym environment")
     if name in _gymnax_ids():
         return Task(name, "gymnax", name, "gymnax environment")
     raise UnknownTaskError(name, _all_candidates())
@@ -185,7 +198,8 @@ def _all_candidates() -> list[str]:
 def task_names() -> list[str]:
     """Every registered name, families represented by one example (``MemoryChain-4``...).
 
-    Any ``MemoryChain-<k>`` / ``DeepSea-<k>``, gymnax id and ``gymnasium:<id>`` also works.
+    Any ``MemoryChain-<k>`` / ``DeepSea-<k>``, gymnax id, ``gymnasium:<id>`` and
+    ``popgym:<class>`` also works.
     """
     names = [t.name for t in _FIXED]
     names += [f.example for _, f in _FAMILIES if f.example]
@@ -212,6 +226,7 @@ def paper_tasks() -> list[str]:
 
 
 def _make_gymnax(task: Task) -> Any:
+    """The :class:`JaxEnv` of a gymnax task or of a JAX port (``source == "jax-port"``)."""
     try:
         import gymnax
     except ImportError as exc:
@@ -220,6 +235,11 @@ def _make_gymnax(task: Task) -> Any:
         ) from exc
     from rtrrl.envs._gymnax import JaxEnv
 
+    if task.source == "jax-port":
+        from rtrrl.envs._popgym_jax import make_port
+
+        env, params = make_port(task.target)
+        return JaxEnv(task.name, env, params, task.obs_indices)
     env, params = gymnax.make(task.target, **task.env_kwargs)
     if task.params:
         params = params.replace(**task.params)
@@ -238,7 +258,11 @@ def _gymnasium_factory(task: Task) -> Any:
             raise ImportError(
                 f"{task.name} is a popgym task: pip install popgym (see docs/tasks.md)"
             ) from exc
-        return getattr(popgym_envs, task.target)
+        cls = getattr(popgym_envs, task.target, None)
+        if not isinstance(cls, type):
+            known = sorted(n for n in dir(popgym_envs) if n[:1].isupper())
+            raise UnknownTaskError(task.name, [f"popgym:{n}" for n in known])
+        return cls
 
     def make_one() -> Any:
         try:
@@ -253,13 +277,17 @@ def _gymnasium_factory(task: Task) -> Any:
     return make_one
 
 
+_JAX_SOURCES = ("gymnax", "jax-port")
+
+
 def make_jax(task: str) -> Any:
     """The pure-JAX :class:`~rtrrl.envs.JaxEnv` of a gymnax-backed task."""
     resolved = _resolve(task)
-    if resolved.source != "gymnax":
+    if resolved.source not in _JAX_SOURCES:
         raise ValueError(
             f"task {task!r} is backed by {resolved.source} ({resolved.target}); only "
-            "gymnax-backed tasks have a pure-JAX form. Use make_host() for it."
+            "gymnax-backed tasks (and our JAX ports of popgym tasks) have a pure-JAX form. "
+            "Use make_host() for it."
         )
     return _make_gymnax(resolved)
 
@@ -267,7 +295,7 @@ def make_jax(task: str) -> Any:
 def make_host(task: str, num_envs: int = 1) -> HostEnv:
     """A batch of ``num_envs`` auto-resetting environments with NumPy in and out."""
     resolved = _resolve(task)
-    if resolved.source == "gymnax":
+    if resolved.source in _JAX_SOURCES:
         from rtrrl.envs._gymnax import GymnaxHostEnv
 
         return GymnaxHostEnv(_make_gymnax(resolved), num_envs)
@@ -291,7 +319,12 @@ def _space_str(spec: Any) -> tuple[str, str]:
 
 def _available(task: Task) -> str | None:
     """Why a task's package is missing, or ``None`` when it can be built here."""
-    needs = {"gymnax": "gymnax", "gymnasium": "gymnasium", "popgym": "popgym"}[task.source]
+    needs = {
+        "gymnax": "gymnax",
+        "jax-port": "gymnax",
+        "gymnasium": "gymnasium",
+        "popgym": "popgym",
+    }[task.source]
     if importlib.util.find_spec(needs) is None:
         return f"needs {needs}"
     if task.name == "Swimmer" and importlib.util.find_spec("mujoco") is None:
@@ -343,7 +376,7 @@ def describe_tasks() -> list[dict[str, Any]]:
 
 def _spec_of(name: str) -> Any:
     task = _resolve(name)
-    if task.source == "gymnax":
+    if task.source in _JAX_SOURCES:
         return _make_gymnax(task).spec
     env = make_host(name, 1)
     try:

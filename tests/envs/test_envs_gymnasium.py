@@ -92,7 +92,7 @@ def test_minesweeper_multi_discrete_actions_reach_the_env() -> None:
 
 def test_popgym_stateless_cartpole_observes_positions() -> None:
     pytest.importorskip("popgym")
-    env = envs.make_host("StatelessCartPole", num_envs=1)
+    env = envs.make_host("popgym:PositionOnlyCartPoleEasy", num_envs=1)
     assert env.spec.obs_dim == 2 and env.spec.max_episode_steps == 200
     obs = env.reset(seed=0)
     assert obs.shape == (1, 2)

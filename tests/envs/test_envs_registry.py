@@ -37,7 +37,7 @@ def _needs(name: str) -> str:
     source = envs._registry._resolve(name).source
     if source == "gymnasium" and name == "Swimmer":
         return "mujoco"
-    return source
+    return "gymnax" if source == "jax-port" else source
 
 
 def test_task_names_cover_the_paper() -> None:

@@ -1,0 +1,214 @@
+"""Pure-JAX ports of four popgym tasks, as gymnax environments, so they train on the fused path.
+
+popgym (Morad et al., ICLR 2023) is written in NumPy and runs on the host at about 1,000 steps
+a second here; the paper's authors trained on JAX ports of it (their code loads ``popjym``).
+These ports follow popgym's own code (version 1.0.x), step for step: ``tests/envs/
+test_popgym_ports.py`` drives each port and the popgym original with the same deck or the same
+CartPole state and compares every observation, reward and termination.
+
+Where popgym's code and the JAX ports the paper used (popjaxrl, popjym) differ, we follow
+popgym's code, and say so:
+
+- **RepeatPrevious.** At popgym step ``s`` (the agent has seen cards ``c_1 .. c_s``) the target
+  is ``c_{s-k+1}``, the card ``k - 1`` steps before the newest one, and an episode is 51 steps
+  (one deck). popjaxrl rewards ``c_{s-k}`` and runs 52 steps.
+- **Noisy CartPole.** popgym adds the noise to the first observation of an episode as well.
+
+The ports:
+
+- :class:`CardRecall` (``RepeatFirst``, ``RepeatPrevious``): a shuffled deck of ``52 n`` cards is
+  dealt one per step; the observation is the suit of the newest card (``Discrete(4)``, one-hot
+  in :class:`~rtrrl.envs.JaxEnv`), the action a suit. ``RepeatFirst`` rewards naming the first
+  card's suit (±1 / (52 n − 1) a step), ``RepeatPrevious`` the suit ``k - 1`` cards before the
+  newest (±1 / (52 n − k), from the step where ``k`` cards have been seen). The episode ends
+  (terminated) when the deck is dealt: ``52 n - 1`` steps. Returns lie in [−1, 1].
+- :class:`PositionOnlyCartPole` (``PositionOnlyCartPole``, ``NoisyPositionOnlyCartPole``): gymnax's
+  CartPole-v1 dynamics, observing (x, θ) only, reward ``1 / L`` a step, truncated after ``L``
+  steps (200, 400, 600 for Easy, Medium, Hard), so a perfect episode returns 1. The noisy
+  version adds N(0, σ²) to both observed entries and clips them to ±(2 · 2.4, 2 · 12°).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from gymnax.environments import environment, spaces
+from gymnax.environments.classic_control.cartpole import CartPole
+
+_SUITS = 4
+_DECK = 52
+
+
+@struct.dataclass
+class CardState:
+    """A dealt deck: ``cards[j]`` is the suit of the ``j``-th card dealt (0-based)."""
+
+    cards: jax.Array  # (52 n,) int32
+    time: jax.Array  # steps taken; the newest card is cards[time]
+
+
+class CardRecall(environment.Environment[CardState, environment.EnvParams]):
+    """popgym's ``RepeatFirst`` (``mode="first"``) and ``RepeatPrevious`` (``mode="previous"``).
+
+    Args:
+        mode: ``"first"`` or ``"previous"``.
+        num_decks: decks shuffled together; an episode is ``52 num_decks - 1`` steps.
+        k: for ``"previous"``, the card to name is the ``k``-th newest one seen (``k = 1``
+            is the newest, as in popgym's code).
+    """
+
+    def __init__(self, mode: str, num_decks: int, k: int = 1) -> None:
+        super().__init__()
+        if mode not in ("first", "previous"):
+            raise ValueError(f"mode must be 'first' or 'previous', not {mode!r}")
+        self.mode = mode
+        self.num_cards = _DECK * num_decks
+        if mode == "previous" and not 1 <= k < self.num_cards:
+            raise ValueError(f"k must be in [1, {self.num_cards}), not {k}")
+        self.k = k
+        if mode == "first":
+            self.reward_scale = 1.0 / (self.num_cards - 1)
+        else:
+            self.reward_scale = 1.0 / (self.num_cards - k)
+
+    @property
+    def default_params(self) -> environment.EnvParams:
+        return environment.EnvParams(max_steps_in_episode=self.num_cards - 1)
+
+    def reset_env(
+        self, key: jax.Array, params: environment.EnvParams
+    ) -> tuple[jax.Array, CardState]:
+        suits = jnp.arange(self.num_cards, dtype=jnp.int32) % _SUITS
+        state = CardState(jax.random.permutation(key, suits), jnp.zeros((), jnp.int32))
+        return state.cards[0], state
+
+    def step_env(
+        self,
+        key: jax.Array,
+        state: CardState,
+        action: jax.Array,
+        params: environment.EnvParams,
+    ) -> tuple[jax.Array, CardState, jax.Array, jax.Array, dict[str, Any]]:
+        del key  # deterministic once the deck is shuffled
+        seen = state.time + 1  # cards seen before this step's action
+        scale = jnp.float32(self.reward_scale)
+        if self.mode == "first":
+            target = state.cards[0]
+            rewarded = jnp.bool_(True)
+        else:
+            target = state.cards[jnp.maximum(seen - self.k, 0)]
+            rewarded = seen >= self.k
+        hit = jnp.where(action == target, scale, -scale)
+        reward = jnp.where(rewarded, hit, jnp.float32(0.0))
+        new_state = CardState(state.cards, seen)
+        terminated = seen == self.num_cards - 1
+        # On the terminating step the deck is dealt; cards[seen] is its last card.
+        return new_state.cards[seen], new_state, reward, terminated, {}
+
+    def action_space(self, params: environment.EnvParams | None = None) -> spaces.Discrete:
+        return spaces.Discrete(_SUITS)
+
+    def observation_space(self, params: environment.EnvParams) -> spaces.Discrete:
+        return spaces.Discrete(_SUITS)
+
+    @property
+    def num_actions(self) -> int:
+        return _SUITS
+
+    @property
+    def name(self) -> str:
+        return "RepeatFirst" if self.mode == "first" else "RepeatPrevious"
+
+
+class PositionOnlyCartPole(environment.Environment[Any, Any]):
+    """popgym's ``PositionOnlyCartPole`` and, with ``noise_sigma > 0``, its noisy version.
+
+    Args:
+        max_episode_length: ``L``: the time limit and the reward scale (``1 / L`` a step).
+        noise_sigma: standard deviation of the observation noise (0: none, no clipping).
+    """
+
+    def __init__(self, max_episode_length: int = 200, noise_sigma: float = 0.0) -> None:
+        super().__init__()
+        self.cartpole = CartPole()
+        self.max_episode_length = int(max_episode_length)
+        self.noise_sigma = float(noise_sigma)
+
+    @property
+    def default_params(self) -> Any:
+        return self.cartpole.default_params.replace(max_steps_in_episode=self.max_episode_length)
+
+    def _high(self, params: Any) -> jax.Array:
+        return jnp.array(
+            [2.0 * params.x_threshold, 2.0 * params.theta_threshold_radians], jnp.float32
+        )
+
+    def _observe(self, key: jax.Array, state: Any, params: Any) -> jax.Array:
+        obs = jnp.stack([state.x, state.theta]).astype(jnp.float32)
+        if self.noise_sigma > 0.0:
+            noise = self.noise_sigma * jax.random.normal(key, (2,), jnp.float32)
+            high = self._high(params)
+            obs = jnp.clip(obs + noise, -high, high)
+        return obs
+
+    def reset_env(self, key: jax.Array, params: Any) -> tuple[jax.Array, Any]:
+        key_state, key_noise = jax.random.split(key)
+        _, state = self.cartpole.reset_env(key_state, params)
+        return self._observe(key_noise, state, params), state
+
+    def step_env(
+        self, key: jax.Array, state: Any, action: jax.Array, params: Any
+    ) -> tuple[jax.Array, Any, jax.Array, jax.Array, dict[str, Any]]:
+        _, state, _, terminated, _ = self.cartpole.step_env(key, state, action, params)
+        # popgym maps CartPole's reward 1 to 1 / L (and 0 to −1); gymnasium's CartPole gives 1
+        # on every step up to and including the terminating one, and an episode never steps
+        # past its end here (auto-reset), so the reward is always 1 / L.
+        reward = jnp.float32(1.0 / self.max_episode_length)
+        return self._observe(key, state, params), state, reward, terminated, {}
+
+    def action_space(self, params: Any = None) -> spaces.Discrete:
+        return spaces.Discrete(2)
+
+    def observation_space(self, params: Any) -> spaces.Box:
+        high = self._high(params)
+        return spaces.Box(-high, high, (2,), jnp.float32)
+
+    @property
+    def num_actions(self) -> int:
+        return 2
+
+    @property
+    def name(self) -> str:
+        return "NoisyPositionOnlyCartPole" if self.noise_sigma > 0 else "PositionOnlyCartPole"
+
+
+#: popgym class name -> the port's constructor (popgym's parameters for each level).
+PORTS: dict[str, Callable[[], environment.Environment[Any, Any]]] = {
+    "RepeatFirstEasy": lambda: CardRecall("first", 1),
+    "RepeatFirstMedium": lambda: CardRecall("first", 8),
+    "RepeatFirstHard": lambda: CardRecall("first", 16),
+    "RepeatPreviousEasy": lambda: CardRecall("previous", 1, k=4),
+    "RepeatPreviousMedium": lambda: CardRecall("previous", 2, k=32),
+    "RepeatPreviousHard": lambda: CardRecall("previous", 3, k=64),
+    "PositionOnlyCartPoleEasy": lambda: PositionOnlyCartPole(200),
+    "PositionOnlyCartPoleMedium": lambda: PositionOnlyCartPole(400),
+    "PositionOnlyCartPoleHard": lambda: PositionOnlyCartPole(600),
+    "NoisyPositionOnlyCartPoleEasy": lambda: PositionOnlyCartPole(200, 0.1),
+    "NoisyPositionOnlyCartPoleMedium": lambda: PositionOnlyCartPole(200, 0.2),
+    "NoisyPositionOnlyCartPoleHard": lambda: PositionOnlyCartPole(200, 0.3),
+}
+
+
+def make_port(popgym_class: str) -> tuple[environment.Environment[Any, Any], Any]:
+    """The port of a popgym class (e.g. ``"RepeatPreviousEasy"``) and its default params."""
+    try:
+        env = PORTS[popgym_class]()
+    except KeyError:
+        raise ValueError(
+            f"no JAX port of popgym's {popgym_class}; ported: {', '.join(sorted(PORTS))}"
+        ) from None
+    return env, env.default_params
