@@ -7,9 +7,9 @@ Every cell (one task, one variant) is one :func:`rtrrl.train` run of ``--seeds``
 the paper's protocol (epochs of 1000 steps, frozen evaluations on 10 episodes, best
 evaluation reward per seed, early stop after ``patience`` evaluations without improvement) on
 the JAX backend: the fused population path (all seeds in one ``vmap``) for gymnax tasks, the
-host loop (seeds one after another, about 1000 steps/s here) for gymnasium tasks and the
-popgym tasks without a JAX port (Minesweeper, MultiArmedBandit), which therefore get their
-own, smaller budget (``--host-steps``, ``--host-eval-every``).
+host loop (seeds one after another, about 1000 steps/s here) for gymnasium tasks (Swimmer),
+which therefore get their own, smaller budget (``--host-steps``, ``--host-eval-every``). The
+popgym tasks run on our JAX ports of them (see docs/tasks.md), on the fused path.
 
 Variants (columns):
 
@@ -470,7 +470,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--host-steps",
         type=int,
         default=DEFAULTS["host_steps"],
-        help="steps per seed, host-loop tasks (gymnasium, unported popgym; ~1000 steps/s)",
+        help="steps per seed, host-loop tasks (gymnasium, popgym:<class>; ~1000 steps/s)",
     )
     p.add_argument(
         "--eval-every", type=int, default=DEFAULTS["eval_every"], help="epochs (paper 100)"

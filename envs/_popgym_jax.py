@@ -1,10 +1,10 @@
-"""Pure-JAX ports of four popgym tasks, as gymnax environments, so they train on the fused path.
+"""Pure-JAX ports of the paper's six popgym tasks, as gymnax environments, for the fused path.
 
 popgym (Morad et al., ICLR 2023) is written in NumPy and runs on the host at about 1,000 steps
 a second here; the paper's authors trained on JAX ports of it (their code loads ``popjym``).
 These ports follow popgym's own code (version 1.0.x), step for step: ``tests/envs/
-test_popgym_ports.py`` drives each port and the popgym original with the same deck or the same
-CartPole state and compares every observation, reward and termination.
+test_popgym_ports.py`` drives each port and the popgym original from the same deck, CartPole
+state, mine field or bandit arms, and compares every observation, reward and termination.
 
 Where popgym's code and the JAX ports the paper used (popjaxrl, popjym) differ, we follow
 popgym's code, and say so:
@@ -26,6 +26,15 @@ The ports:
   CartPole-v1 dynamics, observing (x, θ) only, reward ``1 / L`` a step, truncated after ``L``
   steps (200, 400, 600 for Easy, Medium, Hard), so a perfect episode returns 1. The noisy
   version adds N(0, σ²) to both observed entries and clips them to ±(2 · 2.4, 2 · 12°).
+- :class:`MultiArmedBandit` (``MultiarmedBandit``): ``n`` arms with payout probabilities drawn
+  U(0, 1) per episode; pulling an arm observes whether it paid (``Discrete(2)``) and is
+  rewarded ±1 / L; truncated after ``L`` steps (10 arms and 200 steps for Easy).
+- :class:`MineSweeper` (``MineSweeper``): a hidden R × C field with ``m`` mines; the action is a
+  cell, flattened row-major (popgym's ``MultiDiscrete([R, C])`` as the host adapter flattens
+  it); the observation is the number of mines in the cell's 3 × 3 neighbourhood (the cell
+  included). A new cell is rewarded 1 / L (``L = R C - m``), a cell seen before
+  −0.5 / (L − 2), a mine −0.5 − 1 / L and ends the episode, which also ends when every free
+  cell has been seen, or is truncated after ``L`` steps.
 """
 
 from __future__ import annotations
@@ -186,6 +195,135 @@ class PositionOnlyCartPole(environment.Environment[Any, Any]):
         return "NoisyPositionOnlyCartPole" if self.noise_sigma > 0 else "PositionOnlyCartPole"
 
 
+@struct.dataclass
+class BanditState:
+    """The arms' payout probabilities for this episode."""
+
+    arms: jax.Array  # (n,) float32
+    time: jax.Array
+
+
+class MultiArmedBandit(environment.Environment[BanditState, environment.EnvParams]):
+    """popgym's ``MultiarmedBandit``: ``num_arms`` arms, episodes of ``episode_length`` steps."""
+
+    def __init__(self, num_arms: int = 10, episode_length: int = 200) -> None:
+        super().__init__()
+        self.num_arms = int(num_arms)
+        self.episode_length = int(episode_length)
+
+    @property
+    def default_params(self) -> environment.EnvParams:
+        return environment.EnvParams(max_steps_in_episode=self.episode_length)
+
+    def reset_env(
+        self, key: jax.Array, params: environment.EnvParams
+    ) -> tuple[jax.Array, BanditState]:
+        arms = jax.random.uniform(key, (self.num_arms,), jnp.float32)
+        return jnp.int32(0), BanditState(arms, jnp.zeros((), jnp.int32))
+
+    def step_env(
+        self,
+        key: jax.Array,
+        state: BanditState,
+        action: jax.Array,
+        params: environment.EnvParams,
+    ) -> tuple[jax.Array, BanditState, jax.Array, jax.Array, dict[str, Any]]:
+        paid = jax.random.uniform(key, (), jnp.float32) < state.arms[action]
+        scale = jnp.float32(1.0 / self.episode_length)
+        reward = jnp.where(paid, scale, -scale)
+        new_state = BanditState(state.arms, state.time + 1)
+        # Never terminated; the time limit (truncation) is JaxEnv's, at episode_length steps.
+        return paid.astype(jnp.int32), new_state, reward, jnp.bool_(False), {}
+
+    def action_space(self, params: environment.EnvParams | None = None) -> spaces.Discrete:
+        return spaces.Discrete(self.num_arms)
+
+    def observation_space(self, params: environment.EnvParams) -> spaces.Discrete:
+        return spaces.Discrete(2)
+
+    @property
+    def num_actions(self) -> int:
+        return self.num_arms
+
+
+_CLEAR, _MINE, _VIEWED = 0, 1, 2
+
+
+@struct.dataclass
+class MineState:
+    """The field (0 clear, 1 mine, 2 seen; flat, row-major) and each cell's neighbour count."""
+
+    field: jax.Array  # (R C,) int32
+    neighbours: jax.Array  # (R C,) int32: mines in the 3 x 3 block around the cell
+    time: jax.Array
+
+
+class MineSweeper(environment.Environment[MineState, environment.EnvParams]):
+    """popgym's ``MineSweeper``: a ``rows`` × ``cols`` field with ``mines`` mines."""
+
+    def __init__(self, rows: int = 4, cols: int = 4, mines: int = 2) -> None:
+        super().__init__()
+        self.rows, self.cols, self.mines = int(rows), int(cols), int(mines)
+        self.free_cells = self.rows * self.cols - self.mines
+        self.success_reward = 1.0 / self.free_cells
+        self.fail_reward = -0.5 - self.success_reward
+        self.repeat_reward = -0.5 / (self.free_cells - 2)
+
+    @property
+    def default_params(self) -> environment.EnvParams:
+        return environment.EnvParams(max_steps_in_episode=self.free_cells)
+
+    def neighbour_counts(self, field: jax.Array) -> jax.Array:
+        """Mines in each cell's 3 × 3 block (the cell included), zero outside the field."""
+        mines = (field.reshape(self.rows, self.cols) == _MINE).astype(jnp.int32)
+        padded = jnp.pad(mines, 1)
+        counts = sum(
+            padded[1 + di : 1 + di + self.rows, 1 + dj : 1 + dj + self.cols]
+            for di in (-1, 0, 1)
+            for dj in (-1, 0, 1)
+        )
+        return counts.reshape(-1)
+
+    def reset_env(
+        self, key: jax.Array, params: environment.EnvParams
+    ) -> tuple[jax.Array, MineState]:
+        cells = self.rows * self.cols
+        where = jax.random.choice(key, cells, (self.mines,), replace=False)
+        field = jnp.zeros((cells,), jnp.int32).at[where].set(_MINE)
+        state = MineState(field, self.neighbour_counts(field), jnp.zeros((), jnp.int32))
+        return jnp.int32(0), state
+
+    def step_env(
+        self,
+        key: jax.Array,
+        state: MineState,
+        action: jax.Array,
+        params: environment.EnvParams,
+    ) -> tuple[jax.Array, MineState, jax.Array, jax.Array, dict[str, Any]]:
+        del key
+        cell = state.field[action]
+        mine, seen = cell == _MINE, cell == _VIEWED
+        reward = jnp.where(
+            mine,
+            jnp.float32(self.fail_reward),
+            jnp.where(seen, jnp.float32(self.repeat_reward), jnp.float32(self.success_reward)),
+        )
+        field = jnp.where(mine | seen, state.field, state.field.at[action].set(_VIEWED))
+        terminated = mine | jnp.all(field != _CLEAR)
+        new_state = MineState(field, state.neighbours, state.time + 1)
+        return state.neighbours[action], new_state, reward, terminated, {}
+
+    def action_space(self, params: environment.EnvParams | None = None) -> spaces.Discrete:
+        return spaces.Discrete(self.rows * self.cols)
+
+    def observation_space(self, params: environment.EnvParams) -> spaces.Discrete:
+        return spaces.Discrete(min(self.mines + 1, 10))
+
+    @property
+    def num_actions(self) -> int:
+        return self.rows * self.cols
+
+
 #: popgym class name -> the port's constructor (popgym's parameters for each level).
 PORTS: dict[str, Callable[[], environment.Environment[Any, Any]]] = {
     "RepeatFirstEasy": lambda: CardRecall("first", 1),
@@ -200,6 +338,12 @@ PORTS: dict[str, Callable[[], environment.Environment[Any, Any]]] = {
     "NoisyPositionOnlyCartPoleEasy": lambda: PositionOnlyCartPole(200, 0.1),
     "NoisyPositionOnlyCartPoleMedium": lambda: PositionOnlyCartPole(200, 0.2),
     "NoisyPositionOnlyCartPoleHard": lambda: PositionOnlyCartPole(200, 0.3),
+    "MultiarmedBanditEasy": lambda: MultiArmedBandit(10, 200),
+    "MultiarmedBanditMedium": lambda: MultiArmedBandit(20, 400),
+    "MultiarmedBanditHard": lambda: MultiArmedBandit(30, 600),
+    "MineSweeperEasy": lambda: MineSweeper(4, 4, 2),
+    "MineSweeperMedium": lambda: MineSweeper(6, 6, 6),
+    "MineSweeperHard": lambda: MineSweeper(8, 8, 10),
 }
 
 

@@ -4,9 +4,9 @@ A name resolves, in order, to: a fixed registry entry, a parametrised family
 (``MemoryChain-<k>``, ``DeepSea-<k>``, popgym ``<Task>-Easy|-Medium|-Hard``), any gymnax id,
 ``gymnasium:<id>`` or ``popgym:<class>`` (popgym's own NumPy environment, on the host).
 
-Four popgym tasks (StatelessCartPole, NoisyStatelessCartPole, RepeatFirst, RepeatPrevious)
-resolve to our pure-JAX ports of them (:mod:`rtrrl.envs._popgym_jax`, source ``"jax-port"``),
-which train on the fused path as gymnax tasks do; the other two stay popgym on the host.
+The paper's six popgym tasks resolve to our pure-JAX ports of them
+(:mod:`rtrrl.envs._popgym_jax`, source ``"jax-port"``), which train on the fused path as
+gymnax tasks do; ``popgym:<class>`` still reaches popgym's originals.
 """
 
 from __future__ import annotations
@@ -141,7 +141,14 @@ _POPGYM: dict[str, tuple[str, str]] = {
 
 
 # popgym classes with a pure-JAX port in rtrrl.envs._popgym_jax (imported only when built).
-_PORTED = ("PositionOnlyCartPole", "NoisyPositionOnlyCartPole", "RepeatFirst", "RepeatPrevious")
+_PORTED = (
+    "PositionOnlyCartPole",
+    "NoisyPositionOnlyCartPole",
+    "RepeatFirst",
+    "RepeatPrevious",
+    "MineSweeper",
+    "MultiarmedBandit",
+)
 
 
 def _popgym_task(name: str) -> Task | None:

@@ -18,7 +18,14 @@ import jax.numpy as jnp  # noqa: E402
 
 from rtrrl import envs  # noqa: E402
 from rtrrl.envs._gymnax import EnvState  # noqa: E402
-from rtrrl.envs._popgym_jax import PORTS, CardRecall, CardState, make_port  # noqa: E402
+from rtrrl.envs._popgym_jax import (  # noqa: E402
+    PORTS,
+    BanditState,
+    CardRecall,
+    CardState,
+    MineState,
+    make_port,
+)
 
 CARD_CLASSES = [name for name in PORTS if name.startswith("Repeat")]
 CARTPOLE_CLASSES = [name for name in PORTS if "CartPole" in name]
@@ -138,10 +145,10 @@ def test_noisy_cartpole_noise_is_gaussian_and_clipped() -> None:
 
 
 def test_paper_names_resolve_to_ports_and_popgym_prefix_to_originals() -> None:
-    for name in ("StatelessCartPole", "NoisyStatelessCartPole", "RepeatFirst", "RepeatPrevious"):
+    for name in envs._registry._POPGYM:
         assert envs._registry._resolve(name).source == "jax-port"
         assert envs.make_jax(name).spec.name == name
-    assert envs._registry._resolve("Minesweeper").source == "popgym"
+    assert envs._registry._resolve("popgym:MineSweeperEasy").source == "popgym"
     host = envs.make_host("popgym:PositionOnlyCartPoleEasy", num_envs=1)
     try:
         assert host.spec.obs_dim == 2 and host.spec.max_episode_steps == 200
@@ -149,3 +156,75 @@ def test_paper_names_resolve_to_ports_and_popgym_prefix_to_originals() -> None:
         host.close()
     with pytest.raises(envs.UnknownTaskError, match="popgym:PositionOnlyCartPoleEasy"):
         envs.make_host("popgym:PositionOnlyCartPoleEazy")
+
+
+@pytest.mark.parametrize("cls", ["MineSweeperEasy", "MineSweeperMedium", "MineSweeperHard"])
+def test_minesweeper_port_matches_popgym_step_by_step(cls: str) -> None:
+    original = getattr(popgym_envs, cls)()
+    port, params = make_port(cls)
+    env = envs._gymnax.JaxEnv(cls, port, params)
+    step = jax.jit(env.step)
+    rng = np.random.default_rng(2)
+    n_cells = int(np.prod(original.dims))
+    outcomes = set()
+    for seed in range(12):
+        original.reset(seed=seed)
+        field = jnp.asarray(original.hidden_grid.ravel(), jnp.int32)
+        inner = MineState(field, port.neighbour_counts(field), jnp.zeros((), jnp.int32))
+        np.testing.assert_array_equal(inner.neighbours, original.neighbor_grid.ravel())
+        free = np.flatnonzero(original.hidden_grid.ravel() == 0)
+        t, done = 0, False
+        while not done:
+            # Mostly free cells not seen yet, sometimes any cell (seen ones and mines too).
+            unseen = free[original.hidden_grid.ravel()[free] == 0]
+            flat = int(rng.choice(unseen)) if rng.random() < 0.93 else int(rng.integers(n_cells))
+            row_col = np.array(np.unravel_index(flat, original.dims))
+            obs, reward, terminated, truncated, _ = original.step(row_col)
+            inner, p_obs, p_reward, p_terminated, p_truncated = step(
+                jax.random.key(t), EnvState(inner, jnp.int32(t)), jnp.int32(flat)
+            )
+            inner, t = inner.inner, t + 1
+            done = terminated or truncated
+            assert float(p_reward) == pytest.approx(reward, rel=1e-6), (seed, t)
+            assert (bool(p_terminated), bool(p_truncated)) == (terminated, truncated), (seed, t)
+            if not done:
+                assert int(np.argmax(p_obs)) == obs, (seed, t)
+                np.testing.assert_array_equal(inner.field, original.hidden_grid.ravel())
+            outcomes.add("mine" if reward < -0.5 else "won" if terminated else "truncated"
+                         if truncated else "step")  # fmt: skip
+    assert {"mine", "step"} <= outcomes
+    if cls == "MineSweeperEasy":  # 14 free cells: some episodes clear the field
+        assert "won" in outcomes
+
+
+@pytest.mark.parametrize("cls", ["MultiarmedBanditEasy", "MultiarmedBanditHard"])
+def test_bandit_port_matches_popgym(cls: str) -> None:
+    original = getattr(popgym_envs, cls)()
+    port, params = make_port(cls)
+    assert port.num_arms == original.num_bandits
+    assert port.episode_length == original.max_episode_length == params.max_steps_in_episode
+    env = envs._gymnax.JaxEnv(cls, port, params)
+    step = jax.jit(env.step)
+    # Arms that always or never pay make popgym's draw and ours agree; step a whole episode.
+    original.reset(seed=0)
+    arms = (np.arange(port.num_arms) % 2).astype(np.float32)
+    original.bandits = arms.copy()
+    inner = BanditState(jnp.asarray(arms), jnp.zeros((), jnp.int32))
+    rng = np.random.default_rng(3)
+    for t in range(port.episode_length):
+        action = int(rng.integers(port.num_arms))
+        obs, reward, terminated, truncated, _ = original.step(action)
+        state, p_obs, p_reward, p_terminated, p_truncated = step(
+            jax.random.key(t), EnvState(inner, jnp.int32(t)), jnp.int32(action)
+        )
+        inner = state.inner
+        assert float(p_reward) == pytest.approx(reward, rel=1e-6)
+        assert (bool(p_terminated), bool(p_truncated)) == (terminated, truncated), t
+        if not truncated:
+            assert int(np.argmax(p_obs)) == obs == action % 2
+    assert truncated
+    # Fractional arms pay with their probability.
+    paid = jax.vmap(lambda k: port.step_env(k, inner.replace(arms=jnp.full_like(inner.arms, 0.3)),
+                                            jnp.int32(0), params)[0])(
+        jax.random.split(jax.random.key(4), 4000))  # fmt: skip
+    assert float(np.mean(paid)) == pytest.approx(0.3, abs=0.03)
