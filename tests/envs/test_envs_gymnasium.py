@@ -82,7 +82,7 @@ def test_multi_discrete_actions_unravel_first_component_most_significant() -> No
 
 def test_minesweeper_multi_discrete_actions_reach_the_env() -> None:
     pytest.importorskip("popgym")
-    env = envs.make_host("Minesweeper", num_envs=1)
+    env = envs.make_host("popgym:MineSweeperEasy", num_envs=1)
     assert env.spec.n_actions == 16  # MultiDiscrete([4, 4])
     assert env._env_action(np.array([6])).tolist() == [[1, 2]]
     env.reset(seed=0)
