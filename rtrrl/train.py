@@ -287,7 +287,8 @@ class Session:
                 lambda f: f.write((json.dumps(summary, indent=2) + "\n").encode()),
             )
             _atomic_write(self.out / "summary.md", lambda f: f.write(_summary_md(summary).encode()))
-            _plot_curve(self.rows, self.out / "curve.png", self.protocol.task)
+            title = f"{self.protocol.task}: {agent_label(self.config)}, {self.protocol.backend}"
+            _plot_curve(self.rows, self.out / "curve.png", title)
 
     def summary(self) -> dict[str, Any]:
         """Best evaluation per seed, median and std over seeds, steps, wall time."""
@@ -376,7 +377,23 @@ def _summary_md(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot_curve(rows: list[dict[str, Any]], path: Path, task: str) -> None:
+def agent_label(config: rtrrl_spec.Config) -> str:
+    """A short description of the agent, e.g. ``"CT-RNN, RFLO, no FA, no clip"``."""
+    if config.body == "ctrnn":
+        parts = ["CT-RNN", config.jacobian.upper()]
+    else:
+        parts = {"lru": ["LRU"], "linear": ["linear TD(λ)"]}.get(config.body, [config.body])
+    if config.body != "linear":
+        if config.freeze_rnn:
+            parts.append("frozen body")
+        if not config.feedback_alignment:
+            parts.append("no FA")
+    if config.clip_norm is None:
+        parts.append("no clip")
+    return ", ".join(parts)
+
+
+def _plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Median and min–max spread over seeds of the evaluation reward against steps."""
     import matplotlib
 
@@ -398,7 +415,7 @@ def _plot_curve(rows: list[dict[str, Any]], path: Path, task: str) -> None:
         ax.legend()
     ax.set_xlabel("environment steps (per seed)")
     ax.set_ylabel("evaluation reward")
-    ax.set_title(task)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -105,3 +105,21 @@ def test_resume_restores_the_body(tmp_path: Path, capsys: pytest.CaptureFixture[
     # The body learned across the resume: its parameters moved from the checkpoint's.
     assert not (after["agents"]["log_nu"] == before["agents"]["log_nu"]).all()
     assert set(after["agents"]) == set(before["agents"])
+
+
+@pytest.mark.parametrize(
+    ("changes", "label"),
+    [
+        ({}, "CT-RNN, RFLO"),
+        ({"jacobian": "rtrl", "feedback_alignment": False}, "CT-RNN, RTRL, no FA"),
+        ({"freeze_rnn": True, "clip_norm": None}, "CT-RNN, RFLO, frozen body, no clip"),
+        ({"body": "lru"}, "LRU"),
+        ({"body": "linear", "feedback_alignment": False}, "linear TD(λ)"),
+    ],
+)
+def test_agent_label_names_the_variant(changes: dict, label: str) -> None:
+    """The learning-curve title says which agent it is (a reproduction table links many)."""
+    import rtrrl_spec
+
+    config = rtrrl_spec.Config(obs_dim=3, n_actions=2).replace(**changes)
+    assert training.agent_label(config) == label
