@@ -3,7 +3,9 @@
 Rows (one run, same machine, same moment):
 
 - ``env alone``: the gymnax environment in the same ``lax.scan`` structure as an epoch of the
-  fused path, with random actions (the ceiling the fused path can approach);
+  fused path, with random actions (the ceiling the fused path can approach); it and
+  ``fused B=1`` are timed in alternation (``--rounds``), and their ratio is the median of the
+  same-round ratios;
 - ``fused B=1``: :func:`rtrrl.fused.make_train`'s epoch (RFLO, N = 32), one agent;
 - ``env alone, default options`` / ``fused B=1, default options``: the same two rows jitted
   with ``jax.jit``'s default XLA options instead of :func:`rtrrl.fused.compiler_options`
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +48,40 @@ def best_rate(fn, steps_per_call: int, repeats: int) -> float:
     return steps_per_call / min(times)
 
 
-def fused_rows(task: str, epoch_steps: int, repeats: int, population: int) -> list[tuple]:
+def paired_rates(
+    env_run: Callable[[], None], fused_run: Callable[[], None], steps: int, rounds: int
+) -> tuple[float, float, float, float, float]:
+    """Both rows timed in alternation, one call each per round (order swapped every round).
+
+    Returns the env and fused agent-steps/s (from the median call time of each) and the
+    median, lower and upper quartile over rounds of the same-round ratio fused ÷ env rate,
+    so load that drifts during the run cancels out of the ratio.
+    """
+    env_run()
+    fused_run()
+    env_t, fused_t, ratios = [], [], []
+    for i in range(rounds):
+        times = {}
+        for name, fn in (("env", env_run), ("fused", fused_run))[:: 1 if i % 2 else -1]:
+            t0 = time.perf_counter()
+            fn()
+            times[name] = time.perf_counter() - t0
+        env_t.append(times["env"])
+        fused_t.append(times["fused"])
+        ratios.append(times["env"] / times["fused"])
+    lo, mid, hi = np.percentile(ratios, [25, 50, 75])
+    return (
+        steps / float(np.median(env_t)),
+        steps / float(np.median(fused_t)),
+        float(mid),
+        float(lo),
+        float(hi),
+    )
+
+
+def fused_rows(
+    task: str, epoch_steps: int, repeats: int, population: int, rounds: int
+) -> list[tuple]:
     import jax
     import jax.numpy as jnp
 
@@ -123,24 +159,22 @@ def fused_rows(task: str, epoch_steps: int, repeats: int, population: int) -> li
 
             return run
 
-        return (
-            best_rate(runner("env"), epoch_steps, repeats),
-            best_rate(runner("fused"), epoch_steps, repeats),
-        )
+        return paired_rates(runner("env"), runner("fused"), epoch_steps, rounds)
+
+    def ratio_note(mid: float, lo: float, hi: float) -> str:
+        return f"{mid:.2f} ({lo:.2f}–{hi:.2f}) × env alone, paired over {rounds} rounds"
 
     options = fused.compiler_options()
-    env_rate, rate = rates(options)
+    env_rate, rate, *ratio = rates(options)
     note = "gymnax step in the fused epoch's scan structure"
     rows.append(("env alone (random actions)", 1, env_rate, note))
-    rows.append(("fused B=1", 1, rate, f"{rate / env_rate:.2f} × env alone (target ≥ 0.33)"))
+    rows.append(("fused B=1", 1, rate, ratio_note(*ratio) + " (target ≥ 0.33)"))
     if options is not None:
         # The same two rows compiled with jax.jit's default options, for comparison.
-        env_plain, plain = rates(None)
+        env_plain, plain, *ratio = rates(None)
         note = "as above, jax.jit's default XLA options"
         rows.append(("env alone, default options", 1, env_plain, note))
-        rows.append(
-            ("fused B=1, default options", 1, plain, f"{plain / env_plain:.2f} × env alone")
-        )
+        rows.append(("fused B=1, default options", 1, plain, ratio_note(*ratio)))
 
     p_init, p_epoch, _ = fused.make_population(config, env, epoch_steps=epoch_steps)
     seeds = list(range(population))
@@ -205,7 +239,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="CartPole-v1")
     parser.add_argument("--epoch-steps", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="best-of repeats (other rows)")
+    parser.add_argument(
+        "--rounds", type=int, default=41, help="paired rounds of the env and fused B=1 rows"
+    )
     parser.add_argument("--population", type=int, default=64)
     parser.add_argument("--host-steps", type=int, default=300)
     parser.add_argument("--backends", default="numpy,jax,torch,keras-jax,keras-torch")
@@ -216,7 +253,7 @@ def main() -> None:
 
     header = machine()
     date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
-    rows = fused_rows(args.task, args.epoch_steps, args.repeats, args.population)
+    rows = fused_rows(args.task, args.epoch_steps, args.repeats, args.population, args.rounds)
     installed = _registry.available_backends()
     for name in args.backends.split(","):
         if not installed.get(name):
@@ -234,7 +271,9 @@ def main() -> None:
         f"`python {' '.join(sys.argv)}`",
         "",
         f"Machine: {header}. Task {args.task}, RFLO, N = 32, float32, {args.epoch_steps} "
-        "steps per epoch (one jitted scan per call; best of the repeats).",
+        "steps per epoch (one jitted scan per call). The env-alone and fused B=1 rows are "
+        "timed in alternation, one call each per round: rates from the median call, ratios "
+        "the median (quartiles) of the same-round ratios; other rows best of the repeats.",
         "",
         "| path | B | agent-steps/s | note |",
         "|---|---:|---:|---|",
