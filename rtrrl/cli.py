@@ -49,6 +49,7 @@ def _tasks(args: argparse.Namespace) -> int:
         print(line)
     print(
         "\nAlso: any gymnax id (e.g. Acrobot-v1), gymnasium:<id> (e.g. gymnasium:CartPole-v1), "
+        "popgym:<class> (popgym's own NumPy environment, e.g. popgym:CountRecallEasy), "
         "MemoryChain-<k> / DeepSea-<k> for any k, and -Medium / -Hard for the popgym tasks."
     )
     return 0
