@@ -265,9 +265,13 @@ def _gymnasium_factory(task: Task) -> Any:
             raise ImportError(
                 f"{task.name} is a popgym task: pip install popgym (see docs/tasks.md)"
             ) from exc
+
+        def is_env(obj: Any) -> bool:
+            return isinstance(obj, type) and issubclass(obj, gymnasium.Env)
+
         cls = getattr(popgym_envs, task.target, None)
-        if not isinstance(cls, type):
-            known = sorted(n for n in dir(popgym_envs) if n[:1].isupper())
+        if not is_env(cls):
+            known = sorted(n for n in dir(popgym_envs) if is_env(getattr(popgym_envs, n)))
             raise UnknownTaskError(task.name, [f"popgym:{n}" for n in known])
         return cls
 
