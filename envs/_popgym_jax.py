@@ -40,11 +40,10 @@ The ports:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 from gymnax.environments import environment, spaces
 from gymnax.environments.classic_control.cartpole import CartPole
 
@@ -52,8 +51,7 @@ _SUITS = 4
 _DECK = 52
 
 
-@struct.dataclass
-class CardState:
+class CardState(NamedTuple):
     """A dealt deck: ``cards[j]`` is the suit of the ``j``-th card dealt (0-based)."""
 
     cards: jax.Array  # (52 n,) int32
@@ -195,8 +193,7 @@ class PositionOnlyCartPole(environment.Environment[Any, Any]):
         return "NoisyPositionOnlyCartPole" if self.noise_sigma > 0 else "PositionOnlyCartPole"
 
 
-@struct.dataclass
-class BanditState:
+class BanditState(NamedTuple):
     """The arms' payout probabilities for this episode."""
 
     arms: jax.Array  # (n,) float32
@@ -249,8 +246,7 @@ class MultiArmedBandit(environment.Environment[BanditState, environment.EnvParam
 _CLEAR, _MINE, _VIEWED = 0, 1, 2
 
 
-@struct.dataclass
-class MineState:
+class MineState(NamedTuple):
     """The field (0 clear, 1 mine, 2 seen; flat, row-major) and each cell's neighbour count."""
 
     field: jax.Array  # (R C,) int32

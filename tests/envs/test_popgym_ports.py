@@ -224,7 +224,7 @@ def test_bandit_port_matches_popgym(cls: str) -> None:
             assert int(np.argmax(p_obs)) == obs == action % 2
     assert truncated
     # Fractional arms pay with their probability.
-    paid = jax.vmap(lambda k: port.step_env(k, inner.replace(arms=jnp.full_like(inner.arms, 0.3)),
+    paid = jax.vmap(lambda k: port.step_env(k, inner._replace(arms=jnp.full_like(inner.arms, 0.3)),
                                             jnp.int32(0), params)[0])(
         jax.random.split(jax.random.key(4), 4000))  # fmt: skip
     assert float(np.mean(paid)) == pytest.approx(0.3, abs=0.03)
