@@ -111,3 +111,14 @@ def test_host_loop_on_jax_can_be_forced(tmp_path: Path) -> None:
     )
     assert summary["engine"] == "host"
     assert len(_rows(tmp_path / "r")) == 2
+
+
+def test_popgym_port_trains_fused(tmp_path: Path) -> None:
+    """A popgym task takes the fused path through its JAX port; episodes are popgym's 51 steps."""
+    pytest.importorskip("popgym")
+    summary = rtrrl.train("RepeatPrevious", "jax", seeds=2, out=tmp_path / "r", **TINY)
+    assert summary["engine"] == "fused"
+    rows = _rows(tmp_path / "r")
+    # 200 steps of 51-step episodes end 3 or 4 episodes an epoch; returns lie in [-1, 1].
+    assert {r["episodes"] for r in rows} <= {"3", "4"}
+    assert all(-1.0 <= float(r["mean_return"]) <= 1.0 for r in rows)
