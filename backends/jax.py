@@ -52,10 +52,13 @@ __all__ = [
     "init_population",
     "make_population_step",
     "make_step",
+    "optimizer_groups",
+    "pack_moments",
     "split_config",
     "step",
     "step_core",
     "step_eager",
+    "unpack_moments",
     "x64_enabled",
 ]
 
@@ -462,19 +465,64 @@ def _bias_correction(log_b: jax.Array, t: jax.Array) -> jax.Array:
     return -jnp.expm1(t * log_b)
 
 
+def optimizer_groups(s: Config) -> list[tuple[str, tuple[str, ...]]]:
+    """The optimizer's groups in order: ``("td", heads)`` and, when the body trains,
+    ``("rnn", body parameters)``; each group is clipped by its own global norm."""
+    groups = [("td", tuple(rtrrl_spec.TD_PARAMS))]
+    if s.trains_body:
+        groups.append(("rnn", tuple(rtrrl_spec.rnn_params(s))))
+    return groups
+
+
+def pack_moments(s: Config, agent: Mapping[str, jax.Array]) -> Agent:
+    """The agent with each group's Adam moments as one flat vector: ``mu_<p>`` / ``nu_<p>``
+    for the group's parameters replaced by ``mu.<group>`` / ``nu.<group>`` (concatenated
+    flat, in :func:`optimizer_groups` order). :func:`apply_update` takes either layout.
+
+    For loops that run many steps (the fused training epoch): Adam is then one elementwise
+    pass per group instead of one per parameter, fewer and larger kernels. The arithmetic is
+    the same elementwise operations; only how XLA fuses them may change the last bit.
+    """
+    packed = dict(agent)
+    for group, names in optimizer_groups(s):
+        for moment in ("mu", "nu"):
+            parts = [jnp.reshape(packed.pop(f"{moment}_{k}"), (-1,)) for k in names]
+            packed[f"{moment}.{group}"] = jnp.concatenate(parts)
+    return packed
+
+
+def unpack_moments(s: Config, agent: Mapping[str, jax.Array]) -> Agent:
+    """The inverse of :func:`pack_moments`: the canonical layout again."""
+    unpacked = dict(agent)
+    for group, names in optimizer_groups(s):
+        for moment in ("mu", "nu"):
+            flat, offset = unpacked.pop(f"{moment}.{group}"), 0
+            for k in names:
+                shape = agent[k].shape
+                size = int(np.prod(shape, dtype=np.int64))
+                unpacked[f"{moment}_{k}"] = jnp.reshape(flat[offset : offset + size], shape)
+                offset += size
+    return unpacked
+
+
 def apply_update(
     s: Config, hp: HyperParams, agent: Mapping[str, jax.Array], direction: Mapping[str, jax.Array]
 ) -> tuple[Agent, Agent]:
     """``rtrrl_spec.apply_update``: per group clip by global norm, Adam (ascent), then
-    ``tau ≥ tau_min``; written out rather than taken from optax (``docs/backends/jax.md``)."""
+    ``tau ≥ tau_min``; written out rather than taken from optax (``docs/backends/jax.md``).
+
+    The moments are read and written in the agent's layout: per parameter (canonical) or per
+    group, flat (:func:`pack_moments`)."""
     changed: Agent = {}
     info: Agent = {}
-    groups = [("td", rtrrl_spec.TD_PARAMS, hp["lr_td"])]
-    if s.trains_body:
-        groups.append(("rnn", rtrrl_spec.rnn_params(s), hp["lr_rnn"]))
-    for group, names, lr in groups:
+    lrs = {"td": hp["lr_td"], "rnn": hp["lr_rnn"]}
+    for group, names in optimizer_groups(s):
+        lr = lrs[group]
         grads = {k: direction[k] for k in names}
         norm = jnp.sqrt(sum(jnp.sum(g * g) for g in grads.values()))
+        packed = f"mu.{group}" in agent
+        if packed:
+            grads = {group: jnp.concatenate([jnp.reshape(grads[k], (-1,)) for k in names])}
         if s.clip_norm is not None:
             factor = hp["clip_norm"] / jnp.maximum(norm, hp["clip_norm"])
             grads = {k: g * factor for k, g in grads.items()}
@@ -482,12 +530,22 @@ def apply_update(
         t = count.astype(norm.dtype)
         bc1 = _bias_correction(hp["log_b1"], t)
         bc2 = _bias_correction(hp["log_b2"], t)
+        steps: Agent = {}
+        sep = "." if packed else "_"
         for k, g in grads.items():
-            m = hp["b1"] * agent[f"mu_{k}"] + hp["omb1"] * g
-            v = hp["b2"] * agent[f"nu_{k}"] + hp["omb2"] * g * g
-            changed[k] = agent[k] + lr * (m / bc1) / (jnp.sqrt(v / bc2) + hp["eps"])
-            changed[f"mu_{k}"], changed[f"nu_{k}"] = m, v
-        if "tau" in grads:  # the CT-RNN's time constants only
+            m = hp["b1"] * agent[f"mu{sep}{k}"] + hp["omb1"] * g
+            v = hp["b2"] * agent[f"nu{sep}{k}"] + hp["omb2"] * g * g
+            steps[k] = lr * (m / bc1) / (jnp.sqrt(v / bc2) + hp["eps"])
+            changed[f"mu{sep}{k}"], changed[f"nu{sep}{k}"] = m, v
+        if packed:
+            flat, offset, steps = steps[group], 0, {}
+            for k in names:
+                size = int(np.prod(agent[k].shape, dtype=np.int64))
+                steps[k] = jnp.reshape(flat[offset : offset + size], agent[k].shape)
+                offset += size
+        for k in names:
+            changed[k] = agent[k] + steps[k]
+        if "tau" in names:  # the CT-RNN's time constants only
             changed["tau"] = jnp.maximum(changed["tau"], hp["tau_min"])
         changed[f"count_{group}"] = count
         info[f"grad_norm_{group}"] = norm
