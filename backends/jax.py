@@ -52,7 +52,6 @@ __all__ = [
     "init_population",
     "make_population_step",
     "make_step",
-    "optimizer_groups",
     "pack_moments",
     "split_config",
     "step",
@@ -465,43 +464,44 @@ def _bias_correction(log_b: jax.Array, t: jax.Array) -> jax.Array:
     return -jnp.expm1(t * log_b)
 
 
-def optimizer_groups(s: Config) -> list[tuple[str, tuple[str, ...]]]:
-    """The optimizer's groups in order: ``("td", heads)`` and, when the body trains,
-    ``("rnn", body parameters)``; each group is clipped by its own global norm."""
-    groups = [("td", tuple(rtrrl_spec.TD_PARAMS))]
-    if s.trains_body:
-        groups.append(("rnn", tuple(rtrrl_spec.rnn_params(s))))
-    return groups
+def _flat(arrays: Sequence[jax.Array]) -> jax.Array:
+    """The arrays raveled and concatenated (one group's flat vector)."""
+    return jnp.concatenate([jnp.reshape(a, (-1,)) for a in arrays])
+
+
+def _split(flat: jax.Array, shapes: Sequence[tuple[int, ...]]) -> list[jax.Array]:
+    """The inverse of :func:`_flat`: consecutive slices of ``flat`` in the given shapes."""
+    parts, offset = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape, dtype=np.int64))
+        parts.append(jnp.reshape(flat[offset : offset + size], shape))
+        offset += size
+    return parts
 
 
 def pack_moments(s: Config, agent: Mapping[str, jax.Array]) -> Agent:
     """The agent with each group's Adam moments as one flat vector: ``mu_<p>`` / ``nu_<p>``
     for the group's parameters replaced by ``mu.<group>`` / ``nu.<group>`` (concatenated
-    flat, in :func:`optimizer_groups` order). :func:`apply_update` takes either layout.
+    flat, in ``rtrrl_spec.optimizer_groups`` order). :func:`apply_update` takes either layout.
 
     For loops that run many steps (the fused training epoch): Adam is then one elementwise
     pass per group instead of one per parameter, fewer and larger kernels. The arithmetic is
     the same elementwise operations; only how XLA fuses them may change the last bit.
     """
     packed = dict(agent)
-    for group, names in optimizer_groups(s):
+    for group, names in rtrrl_spec.optimizer_groups(s):
         for moment in ("mu", "nu"):
-            parts = [jnp.reshape(packed.pop(f"{moment}_{k}"), (-1,)) for k in names]
-            packed[f"{moment}.{group}"] = jnp.concatenate(parts)
+            packed[f"{moment}.{group}"] = _flat([packed.pop(f"{moment}_{k}") for k in names])
     return packed
 
 
 def unpack_moments(s: Config, agent: Mapping[str, jax.Array]) -> Agent:
     """The inverse of :func:`pack_moments`: the canonical layout again."""
     unpacked = dict(agent)
-    for group, names in optimizer_groups(s):
+    for group, names in rtrrl_spec.optimizer_groups(s):
         for moment in ("mu", "nu"):
-            flat, offset = unpacked.pop(f"{moment}.{group}"), 0
-            for k in names:
-                shape = agent[k].shape
-                size = int(np.prod(shape, dtype=np.int64))
-                unpacked[f"{moment}_{k}"] = jnp.reshape(flat[offset : offset + size], shape)
-                offset += size
+            parts = _split(unpacked.pop(f"{moment}.{group}"), [agent[k].shape for k in names])
+            unpacked.update({f"{moment}_{k}": p for k, p in zip(names, parts, strict=True)})
     return unpacked
 
 
@@ -516,13 +516,13 @@ def apply_update(
     changed: Agent = {}
     info: Agent = {}
     lrs = {"td": hp["lr_td"], "rnn": hp["lr_rnn"]}
-    for group, names in optimizer_groups(s):
+    for group, names in rtrrl_spec.optimizer_groups(s):
         lr = lrs[group]
         grads = {k: direction[k] for k in names}
         norm = jnp.sqrt(sum(jnp.sum(g * g) for g in grads.values()))
         packed = f"mu.{group}" in agent
         if packed:
-            grads = {group: jnp.concatenate([jnp.reshape(grads[k], (-1,)) for k in names])}
+            grads = {group: _flat([grads[k] for k in names])}
         if s.clip_norm is not None:
             factor = hp["clip_norm"] / jnp.maximum(norm, hp["clip_norm"])
             grads = {k: g * factor for k, g in grads.items()}
@@ -538,11 +538,8 @@ def apply_update(
             steps[k] = lr * (m / bc1) / (jnp.sqrt(v / bc2) + hp["eps"])
             changed[f"mu{sep}{k}"], changed[f"nu{sep}{k}"] = m, v
         if packed:
-            flat, offset, steps = steps[group], 0, {}
-            for k in names:
-                size = int(np.prod(agent[k].shape, dtype=np.int64))
-                steps[k] = jnp.reshape(flat[offset : offset + size], agent[k].shape)
-                offset += size
+            parts = _split(steps[group], [agent[k].shape for k in names])
+            steps = dict(zip(names, parts, strict=True))
         for k in names:
             changed[k] = agent[k] + steps[k]
         if "tau" in names:  # the CT-RNN's time constants only

@@ -422,10 +422,9 @@ def _apply_update(
     dtype = keras.backend.standardize_dtype(agent["W_A"].dtype)
     changed: Agent = {}
     info: Agent = {}
-    groups = [("td", rtrrl_spec.TD_PARAMS, hp["lr_td"])]
-    if s.trains_body:
-        groups.append(("rnn", rtrrl_spec.rnn_params(s), hp["lr_rnn"]))
-    for group, names, lr in groups:
+    lrs = {"td": hp["lr_td"], "rnn": hp["lr_rnn"]}
+    for group, names in rtrrl_spec.optimizer_groups(s):
+        lr = lrs[group]
         norm = ops.sqrt(sum(ops.sum(direction[k] * direction[k]) for k in names))
         if s.clip_norm is None:
             clipped = {k: direction[k] for k in names}

@@ -42,7 +42,7 @@ import numpy as np
 from rtrrl_spec import ctrnn, lru
 from rtrrl_spec.config import Config, SpecError
 from rtrrl_spec.heads import critic_value, policy_step
-from rtrrl_spec.layout import TD_PARAMS, body_params, rnn_params, validate_agent
+from rtrrl_spec.layout import body_params, optimizer_groups, rnn_params, validate_agent
 from rtrrl_spec.optim import adam_step, clip_by_global_norm
 
 __all__ = ["step", "step_unchecked", "check_inputs", "td_error", "decay_trace", "apply_update"]
@@ -162,10 +162,9 @@ def apply_update(
     dtype = agent["W_A"].dtype
     changed: Agent = {}
     info: Agent = {}
-    groups = [("td", TD_PARAMS, config.lr_td)]
-    if config.trains_body:
-        groups.append(("rnn", rnn_params(config), config.lr_rnn))
-    for group, names, lr in groups:
+    lrs = {"td": config.lr_td, "rnn": config.lr_rnn}
+    for group, names in optimizer_groups(config):
+        lr = lrs[group]
         clipped, norm = clip_by_global_norm({k: direction[k] for k in names}, config.clip_norm)
         params, mu, nu, count = adam_step(
             {k: agent[k] for k in names},

@@ -28,6 +28,7 @@ __all__ = [
     "LRU_PARAMS",
     "body_params",
     "rnn_params",
+    "optimizer_groups",
     "layout",
     "params_of",
     "float_dtype_of",
@@ -67,6 +68,15 @@ def body_params(config: Config) -> tuple[str, ...]:
 def rnn_params(config: Config) -> tuple[str, ...]:
     """The ``rnn`` optimizer group: the body's parameters, unless the body is frozen."""
     return body_params(config) if config.trains_body else ()
+
+
+def optimizer_groups(config: Config) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The optimizer's groups in order, each clipped by its own global norm and counted by
+    ``count_<group>``: ``("td", TD_PARAMS)`` and, when the body trains, ``("rnn", rnn_params)``.
+    """
+    if config.trains_body:
+        return (("td", TD_PARAMS), ("rnn", rnn_params(config)))
+    return (("td", TD_PARAMS),)
 
 
 def params_of(config: Config) -> tuple[str, ...]:
