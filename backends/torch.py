@@ -58,7 +58,9 @@ Agent = dict[str, torch.Tensor]
 StepImpl = Callable[..., tuple[Agent, torch.Tensor, Agent]]
 
 
-def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> StepImpl:
+def _make_step(
+    config: Config, dtype: torch.dtype, device: torch.device, compiled: bool = False
+) -> StepImpl:
     """The step for one (config, dtype, device): config-derived constants are closed over.
 
     Branches on the config are resolved here, in Python, once; the returned function runs only
@@ -163,9 +165,10 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
         bufs: Mapping[str, torch.Tensor] | None = None,
         flat_memo: list[Any] | None = None,
     ) -> tuple[Agent, torch.Tensor, Agent]:
-        # bufs (eager CPU only): buffers for the large CT-RNN results, by name and shape as in
-        # step.buffer_shapes(B) (see _run): "rtrl" (the RTRL product over J_W), or RFLO's new
-        # "J_W" and "e_W"; None allocates them. Never a tensor the caller can still see.
+        # bufs (CPU only): buffers for the large CT-RNN results, by name and shape as in
+        # step.buffer_shapes(B) (see _run): "rtrl" (the eager RTRL product over J_W), or
+        # RFLO's new "J_W" and "e_W"; None allocates them. Never a tensor the caller can
+        # still see.
         # flat_memo (eager only): a one-slot memo [(stacked, handed_out)] of the previous step's
         # flat optimizer rows, see step 7.
         B = obs.shape[0]
@@ -328,9 +331,17 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
                 # result instead of two; large fresh allocations page-fault, which dominates
                 # at large B.
                 J_W_out = bufs["J_W"] if bufs is not None else None
-                J_W = torch.mul(coef[:, :, None], J_W_old, out=J_W_out).addcmul_(
-                    (rate * dphi)[:, :, None], zeta[:, None, :]
-                )
+                if compiled:
+                    J_W = torch.addcmul(
+                        (rate * dphi)[:, :, None] * zeta[:, None, :],
+                        coef[:, :, None],
+                        J_W_old,
+                        out=J_W_out,
+                    )
+                else:
+                    J_W = torch.mul(coef[:, :, None], J_W_old, out=J_W_out).addcmul_(
+                        (rate * dphi)[:, :, None], zeta[:, None, :]
+                    )
                 J_tau = torch.addcmul(dtau_term, coef, J_tau_old)
                 if use_entropy:
                     # Σ_b gH_bi J[b, i, :] as a batched (1, B) @ (B, Z) product per neuron.
@@ -498,9 +509,14 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
                 new["e_tau"] = torch.addcmul(grad_tau, dk_rnn, agent["e_tau"])
             else:
                 e_W_out = bufs["e_W"] if bufs is not None else None
-                new["e_W"] = torch.mul(dk_rnn[:, :, None], agent["e_W"], out=e_W_out).addcmul_(
-                    signal[:, :, None], J_W
-                )
+                if compiled:
+                    new["e_W"] = torch.addcmul(
+                        dk_rnn[:, :, None] * agent["e_W"], signal[:, :, None], J_W, out=e_W_out
+                    )
+                else:
+                    new["e_W"] = torch.mul(dk_rnn[:, :, None], agent["e_W"], out=e_W_out).addcmul_(
+                        signal[:, :, None], J_W
+                    )
                 new["e_tau"] = torch.addcmul(dk_rnn * agent["e_tau"], signal, J_tau)
         elif trains:  # the LRU: e ← γλ (1 − done) e + ∇
             dk_rnn = decay[gl_values["rnn"]]
@@ -520,7 +536,11 @@ def _make_step(config: Config, dtype: torch.dtype, device: torch.device) -> Step
         info["features"] = features
         return new, action, info
 
-    if is_ctrnn and trains:
+    # Compiled, RFLO writes its new J_W and e_W straight into the buffers (inductor stores
+    # its fused kernel's results there: no page faults on fresh 5 MB tensors at B = 1024,
+    # benchmarks/results/step_speed.md); the compiled RTRL product is not written in place
+    # (measured: as many page faults with the buffer as without), so it gets none.
+    if is_ctrnn and trains and not (compiled and rtrl):
         Z = n_in + N + 1
         S = 2 if use_entropy else 1
 
@@ -721,9 +741,12 @@ class TorchBackend(BackendBase):
         key = (config, dtype, device)
         fn = cache.get(key)
         if fn is None:
-            fn = _make_step(config, dtype, device)
+            fn = _make_step(config, dtype, device, compiled)
             if compiled:
+                shapes = getattr(fn, "buffer_shapes", None)
                 fn = torch.compile(_fresh_code(fn), dynamic=False, fullgraph=True)
+                if shapes is not None:
+                    fn.buffer_shapes = shapes
             cache[key] = fn
         with torch.inference_mode():
             obs = _tensor(obs, dtype, device)
@@ -734,11 +757,8 @@ class TorchBackend(BackendBase):
                 _tensor(done, torch.bool, device),
                 _tensor(noise, dtype, device),
             )
-            if compiled:
-                return fn(*args)
-            memo = self._flat_memo.get(key)
-            if memo is None:
-                memo = self._flat_memo[key] = [None]
+            # The flat-row memo is Python-side state, which a compiled graph cannot carry.
+            memo = None if compiled else self._flat_memo.setdefault(key, [None])
             shapes_of = getattr(fn, "buffer_shapes", None)
             batch = obs.shape[0]
             no_pool = _use_count is None or device.type != "cpu"
@@ -757,10 +777,11 @@ class TorchBackend(BackendBase):
         dtype: torch.dtype,
         device: torch.device,
     ) -> torch.Tensor:
-        """A buffer for one large eager CT-RNN result that nothing else references.
+        """A buffer for one large CT-RNN result that nothing else references.
 
-        ``pool_key`` is (config key, name): "rtrl" the (B, N + S, N·Z) RTRL product over J_W
-        (the new J_W is a view into it); with RFLO, "J_W" and "e_W" the new (B, N, Z) J_W and
+        ``pool_key`` is (config key, name): "rtrl" the (B, N + S, N·Z) eager RTRL product over
+        J_W (the new J_W is a view into it); with RFLO, eager or compiled, "J_W" and "e_W" the
+        new (B, N, Z) J_W and
         e_W. (RTRL's e_W is left to the allocator: a buffer for it did not measure faster.)
         The buffer handed out two steps ago becomes free as soon as the caller drops that
         agent (the usual ``agent = step(...)`` loop). Reusing it instead of allocating afresh

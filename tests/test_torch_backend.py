@@ -384,31 +384,38 @@ def _same_agent(a, b) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("config", CONFIGS[:2], ids=["rflo", "rtrl"])
-def test_buffer_reuse_never_writes_into_a_kept_agent(config) -> None:
-    """The eager CPU CT-RNN step reuses the J_W (RTRL: product) and, with RFLO, e_W buffers
+@pytest.mark.parametrize(
+    ("config", "variant"),
+    [(CONFIGS[0], "eager"), (CONFIGS[1], "eager"), (CONFIGS[0], "compiled")],
+    ids=["rflo", "rtrl", "rflo-compiled"],
+)
+def test_buffer_reuse_never_writes_into_a_kept_agent(config, variant: str) -> None:
+    """The CPU CT-RNN step reuses the J_W (eager RTRL: product) and, with RFLO, e_W buffers
     of an agent the caller dropped, and only those: agents still held keep their values, and
-    the results equal a fresh backend's."""
+    the results equal a fresh backend's, which allocates every result."""
     assert config.body == "ctrnn" and config.trains_body
-    be, fresh = TorchBackend(), TorchBackend()
+    be, fresh = CompiledTorchBackend(), CompiledTorchBackend()
     be.buffer_min_batch = 1  # buffers at any batch size
+    fresh.buffer_min_batch = 10**9  # never
+    step = getattr(be, f"step_{variant}")
     inputs = _inputs(be, config, 3, "float64", seed=4)
     agent = _warm_agent(be, config, 3, "float64")
     kept = [agent]
     for _ in range(4):  # every agent kept: no buffer may be reused
-        agent, _, _ = be.step_eager(config, agent, *inputs)
+        agent, _, _ = step(config, agent, *inputs)
         kept.append(agent)
     copies = [{k: v.clone() for k, v in a.items()} for a in kept]
     ptrs = []
     for _ in range(4):  # the usual loop: old agents dropped, buffers reused
-        agent, _, _ = be.step_eager(config, agent, *inputs)
+        agent, _, _ = step(config, agent, *inputs)
         ptrs.append(agent["J_W"].untyped_storage().data_ptr())
         for a, c in zip(kept, copies, strict=True):
             _same_agent(a, c)
     ref = kept[-1]
     for _ in range(4):
-        ref, _, _ = fresh.step_eager(config, ref, *inputs)
+        ref, _, _ = getattr(fresh, f"step_{variant}")(config, ref, *inputs)
     _same_agent(agent, ref)
+    assert not fresh._buffer_pool
     names = {"rflo": {"J_W", "e_W"}, "rtrl": {"rtrl"}}[config.jacobian]
     assert {name for _, name in be._buffer_pool} == names
     assert all(len(pool) <= 2 for pool in be._buffer_pool.values())
