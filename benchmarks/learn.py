@@ -1,8 +1,8 @@
 """Learning results: the paper's protocol on the fused population path, recorded.
 
 ``python benchmarks/learn.py --task MemoryChain-8 --seeds 5 [--steps N] [--eval-every E]
-[--record]`` trains with :func:`rtrrl.train` (JAX backend, fused path: all seeds in one
-``vmap``), writes the run folder under ``runs/learn-TASK-TIME`` and, with ``--record``,
+[--eval-steps S] [--record]`` trains with :func:`rtrrl.train` (JAX backend, fused path: all
+seeds in one ``vmap``), writes the run folder under ``runs/learn-TASK-TIME`` and, with ``--record``,
 appends the command, date, machine, steps, wall time and the per-seed table to
 ``benchmarks/results/learning.md``. Paper targets (best evaluation reward, median ± std of 5
 runs) are those of ``reproduce.PAPER``. The learning curve is kept as
@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1_000_000, help="budget per seed")
     parser.add_argument("--eval-every", type=int, default=10, help="epochs (paper: 100)")
     parser.add_argument("--patience", type=int, default=20)
+    parser.add_argument(
+        "--eval-steps", type=int, help="the authors' evaluation score (rtrrl train --help)"
+    )
     parser.add_argument("--out")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--record", action="store_true")
@@ -49,6 +52,7 @@ def main() -> None:
         steps=args.steps,
         out=out,
         eval_every=args.eval_every,
+        eval_steps=args.eval_steps,
         patience=args.patience,
         progress=True,
         **parse_overrides(args.set),
@@ -57,10 +61,17 @@ def main() -> None:
     name = out.name if out.name.startswith("learn-") else f"learn-{out.name}"
     curve = keep_curve(out, RESULTS, name) if args.record else None
     shown = f"\n\n![{args.task}: evaluation reward]({curve})" if curve else ""
+    if args.eval_steps:
+        scored = (
+            f"scored as the authors' code does ({args.eval_steps:,} steps of one environment, "
+            "summed reward / episodes ended)"
+        )
+    else:
+        scored = "on 10 episodes"
     text = (
         f"## {args.task} — {date}\n\n`python {' '.join(sys.argv)}`\n\nMachine: {header}.\n\n"
         f"Paper: {PAPER.get((args.task, 'rflo'), '—')}. Budget {args.steps:,} steps per seed, "
-        f"evaluation every {args.eval_every} epochs of 1000 steps on 10 episodes, patience "
+        f"evaluation every {args.eval_every} epochs of 1000 steps {scored}, patience "
         f"{args.patience}; engine {summary['engine']}. Run folder: `{out}`.{shown}\n\n{md}"
     )
     print(text)

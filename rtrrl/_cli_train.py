@@ -116,6 +116,7 @@ def _train(args: argparse.Namespace) -> int:
             epoch_steps=args.epoch_steps,
             eval_every=eval_every,
             eval_episodes=args.eval_episodes,
+            eval_steps=args.eval_steps,
             patience=patience,
             num_envs=args.num_envs,
             dtype=args.dtype,
@@ -173,6 +174,14 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--epoch-steps", type=int, default=1000, help="agent steps per epoch")
     p.add_argument("--eval-every", type=int, help="evaluate every N epochs (paper: 100)")
     p.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
+    p.add_argument(
+        "--eval-steps",
+        type=int,
+        metavar="S",
+        help="score evaluations as the authors' code does: one environment for S steps (their "
+        "default 10000), summed reward / episodes ended; reads higher than the default mean "
+        "over complete episodes (docs/training.md)",
+    )
     p.add_argument("--patience", type=int, help="evaluations without improvement (paper: 20)")
     p.add_argument("--num-envs", type=int, default=1, help="environments per agent (paper: 1)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
@@ -209,7 +218,12 @@ def add_commands(sub: Any) -> None:
     )
     e.add_argument("run", help="run folder (or its checkpoint.npz)")
     e.add_argument("--backend", help="backend to evaluate on (default: the run's)")
-    e.add_argument("--episodes", type=int, help="episodes (default: the run's eval_episodes)")
+    e.add_argument(
+        "--episodes",
+        type=int,
+        help="score the mean return of this many complete episodes (default: score as the run "
+        "did: its eval_episodes, or its --eval-steps)",
+    )
     e.add_argument("--seed", type=int, default=0, help="environment and noise seed")
     e.add_argument("--json", action="store_true", help="print {seed: reward} as JSON only")
     e.set_defaults(func=_eval)

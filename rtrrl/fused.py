@@ -9,7 +9,9 @@ Modelled on purejaxrl: :func:`make_train` returns pure functions that read top t
   with the episode-return bookkeeping in the carry;
 - ``evaluate(agent, key) -> score``: a frozen copy of the agent (``lr_td = lr_rnn = 0``) on
   ``eval_episodes`` environments run in parallel (``vmap``), a ``lax.scan`` of the task's time
-  limit, each environment counting its first episode;
+  limit, each environment counting its first episode; or, with ``eval_steps`` (the authors'
+  score, :class:`rtrrl.train.Protocol`), one environment for ``eval_steps`` steps, the summed
+  reward divided by the number of episodes that ended;
 
 and a population of seeds is ONE ``jax.vmap`` of those functions over the seed axis
 (:func:`make_population`). :class:`FusedEngine` drives it from Python one epoch per call, so
@@ -45,6 +47,7 @@ def make_train(
     num_envs: int = 1,
     epoch_steps: int = 1000,
     eval_episodes: int = 10,
+    eval_steps: int | None = None,
     dtype: str = "float32",
 ) -> tuple[Callable[..., Carry], Callable[..., Any], Callable[..., Any]]:
     """``(init, epoch, evaluate)`` for one agent on ``env`` (an :class:`rtrrl.envs.JaxEnv`).
@@ -54,13 +57,15 @@ def make_train(
     Random keys are carried as raw key data (``uint32``), so a carry is plain arrays and
     saves to NumPy as it is.
     """
-    B, E = num_envs, eval_episodes
+    B = num_envs
+    # The authors' score runs one environment through episode after episode.
+    E = 1 if eval_steps else eval_episodes
     train_step = jaxbe.make_step(config, dtype)
     # lr 0: Adam moves nothing, so the copy is frozen (its moments change, and are dropped).
     eval_step = jaxbe.make_step(config.replace(lr_td=0.0, lr_rnn=0.0), dtype)
     draw_noise = jaxbe.JaxBackend().draw_noise
     env_names = _env_names(config)
-    eval_len = int(env.spec.max_episode_steps or 10_000)
+    eval_len = eval_steps or int(env.spec.max_episode_steps or 10_000)
 
     def init(agent: dict[str, jax.Array], key_data: jax.Array) -> Carry:
         key, k_reset = jax.random.split(jax.random.wrap_key_data(key_data))
@@ -151,8 +156,12 @@ def make_train(
                 jax.random.split(k_env, E), env_state, action
             )
             done = terminated | truncated
-            total = total + jnp.where(finished, 0.0, reward)
-            finished = finished | done
+            if eval_steps:  # every step's reward; `finished` counts the episodes that ended
+                total = total + reward
+                finished = finished + done
+            else:  # each environment's first episode only
+                total = total + jnp.where(finished, 0.0, reward)
+                finished = finished | done
             return (
                 agent,
                 env_state,
@@ -172,10 +181,13 @@ def make_train(
             jnp.ones(E, bool),
             key,
             jnp.zeros(E, jnp.float32),
-            jnp.zeros(E, bool),
+            jnp.zeros(E, jnp.int32) if eval_steps else jnp.zeros(E, bool),
         )
         c, _ = jax.lax.scan(step, init_c, None, length=eval_len)
-        return jnp.mean(c[6])
+        total, finished = c[6], c[7]
+        if eval_steps:  # the authors' eval_model: Σ reward / max(episodes ended, 1)
+            return jnp.sum(total) / jnp.maximum(jnp.sum(finished), 1)
+        return jnp.mean(total)
 
     return init, epoch, evaluate
 
@@ -191,6 +203,7 @@ def make_population(
     num_envs: int = 1,
     epoch_steps: int = 1000,
     eval_episodes: int = 10,
+    eval_steps: int | None = None,
     dtype: str = "float32",
 ) -> tuple[Callable[..., Carry], Callable[..., Any], Callable[..., Any]]:
     """:func:`make_train` for ``P`` seeds at once: ONE ``vmap`` over a leading seed axis.
@@ -205,6 +218,7 @@ def make_population(
         num_envs=num_envs,
         epoch_steps=epoch_steps,
         eval_episodes=eval_episodes,
+        eval_steps=eval_steps,
         dtype=dtype,
     )
     v_epoch = jax.vmap(epoch)
@@ -263,7 +277,13 @@ class FusedEngine:
         p = session.protocol
         self.train = train
         self.init, self.epoch, self.evaluate = _cached_population(
-            session.config, p.task, p.num_envs, p.epoch_steps, p.eval_episodes, p.dtype
+            session.config,
+            p.task,
+            p.num_envs,
+            p.epoch_steps,
+            p.eval_episodes,
+            p.eval_steps,
+            p.dtype,
         )
         seeds = list(p.seeds)
         agents = jaxbe.init_population(session.config, seeds, p.num_envs, p.dtype)
@@ -331,7 +351,13 @@ class FusedEngine:
 
 @functools.lru_cache(maxsize=8)
 def _cached_population(
-    config: rtrrl_spec.Config, task: str, B: int, epoch_steps: int, E: int, dtype: str
+    config: rtrrl_spec.Config,
+    task: str,
+    B: int,
+    epoch_steps: int,
+    E: int,
+    eval_steps: int | None,
+    dtype: str,
 ) -> tuple[Callable[..., Carry], Callable[..., Any], Callable[..., Any]]:
     # Cached so that a resumed run in the same process reuses the compiled functions.
     from rtrrl import envs
@@ -342,5 +368,6 @@ def _cached_population(
         num_envs=B,
         epoch_steps=epoch_steps,
         eval_episodes=E,
+        eval_steps=eval_steps,
         dtype=dtype,
     )

@@ -15,7 +15,12 @@ The protocol (``docs/training.md`` and the algorithm note's Defaults section):
   are sampled from the policy, as in training;
 - a seed stops after ``patience`` evaluations without improvement, or when its budget of
   ``steps`` environment steps is spent; its score is its best evaluation reward (mean return
-  over the evaluation episodes).
+  over the evaluation episodes);
+- with ``eval_steps`` set, an evaluation scores as the authors' code does instead: one
+  environment runs ``eval_steps`` steps (episodes restarting as in training), and the score is
+  the summed reward divided by the number of episodes that ended in them. The reward of the
+  unfinished last episode counts while the episode does not, so this reads higher than the
+  mean over complete episodes (``docs/training.md``).
 
 Two engines run it: the *fused* JAX path (:mod:`rtrrl.fused`: environment and agent in one
 ``lax.scan``, all seeds in one ``vmap``), used for the ``jax`` backend on gymnax tasks, and the
@@ -114,6 +119,10 @@ class Protocol:
     epoch_steps: int = 1000
     eval_every: int = 100
     eval_episodes: int = 10
+    #: ``None``: the mean return of ``eval_episodes`` complete episodes (the paper's text).
+    #: An int: the authors' code's score over that many steps of one environment (its
+    #: default is 10,000); see the module docstring.
+    eval_steps: int | None = None
     patience: int = 20
     num_envs: int = 1
     dtype: str = "float32"
@@ -126,6 +135,12 @@ class Protocol:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.eval_steps is not None and (
+            isinstance(self.eval_steps, bool)
+            or not isinstance(self.eval_steps, int)
+            or self.eval_steps < 1
+        ):
+            raise ValueError(f"eval_steps must be None or a positive int, got {self.eval_steps!r}")
         if self.num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {self.num_envs!r}")
         if not self.seeds:
@@ -487,6 +502,7 @@ def train(
     epoch_steps: int = 1000,
     eval_every: int = 100,
     eval_episodes: int = 10,
+    eval_steps: int | None = None,
     patience: int = 20,
     num_envs: int = 1,
     dtype: str = "float32",
@@ -504,8 +520,8 @@ def train(
         steps: budget of environment steps per seed.
         out: run folder; must not hold a run already (use :func:`resume`). ``None`` writes
             nothing but still trains.
-        epoch_steps, eval_every, eval_episodes, patience, num_envs: the protocol (see
-            :class:`Protocol`).
+        epoch_steps, eval_every, eval_episodes, eval_steps, patience, num_envs: the
+            protocol (see :class:`Protocol`).
         dtype: ``"float32"`` or ``"float64"``.
         fused: ``None`` uses the fused JAX path when possible; ``False`` forces the host loop.
         progress: show a tqdm progress bar.
@@ -525,6 +541,7 @@ def train(
         epoch_steps=epoch_steps,
         eval_every=eval_every,
         eval_episodes=eval_episodes,
+        eval_steps=eval_steps,
         patience=patience,
         num_envs=num_envs,
         dtype=dtype,
@@ -718,12 +735,15 @@ def evaluate_host(
     task: str,
     episodes: int,
     seed: int,
+    eval_steps: int | None = None,
 ) -> float:
     """Mean return of ``episodes`` episodes of a frozen copy of ``agent`` (NumPy arrays).
 
     The episodes run in parallel, one per environment of a fresh host env reset with
     ``seed``; each environment counts its first episode (bounded by the task's time limit,
-    else :data:`EVAL_MAX_STEPS`). Noise comes from ``np.random.default_rng(seed)`` through
+    else :data:`EVAL_MAX_STEPS`). With ``eval_steps``, the authors' score instead: one
+    environment for ``eval_steps`` steps, the summed reward over the episodes that ended
+    (:class:`Protocol`). Noise comes from ``np.random.default_rng(seed)`` through
     :func:`rtrrl_spec.draw_noise` whatever the backend, so every backend sees the same
     environment and the same noise.
     """
@@ -731,9 +751,11 @@ def evaluate_host(
 
     frozen = config.replace(lr_td=0.0, lr_rnn=0.0)
     dtype = agent["W_A"].dtype.name
+    if eval_steps:
+        episodes = 1
     env = envs.make_host(task, num_envs=episodes)
     try:
-        limit = env.spec.max_episode_steps or EVAL_MAX_STEPS
+        limit = eval_steps or env.spec.max_episode_steps or EVAL_MAX_STEPS
         gen = np.random.default_rng(seed)
         state = backend.from_numpy(eval_agent_numpy(config, agent, episodes))
         obs = env.reset(seed)
@@ -741,6 +763,7 @@ def evaluate_host(
         done = np.ones(episodes, bool)
         total = np.zeros(episodes)
         finished = np.zeros(episodes, bool)
+        ended = 0
         for _ in range(limit):
             noise = backend.from_numpy(rtrrl_spec.draw_noise(frozen, episodes, gen, dtype))
             state, action, _ = backend.step(
@@ -753,10 +776,16 @@ def evaluate_host(
             )
             obs, reward, terminated, truncated = env.step(backend.to_numpy(action))
             done = np.asarray(terminated) | np.asarray(truncated)
+            if eval_steps:
+                total += reward
+                ended += int(done.sum())
+                continue
             total += np.where(finished, 0.0, reward)
             finished |= done
             if finished.all():
                 break
+        if eval_steps:  # the authors' eval_model: Σ reward / max(episodes ended, 1)
+            return float(total.sum() / max(ended, 1))
         return float(total.mean())
     finally:
         env.close()
@@ -896,6 +925,7 @@ class HostEngine:
                             p.task,
                             p.eval_episodes,
                             eval_seed(rec.seed, rec.epoch),
+                            p.eval_steps,
                         )
                         s.record_eval(i, score)
                         s.save(*self.snapshot())
@@ -917,15 +947,20 @@ def evaluate_checkpoint(
 
     Uses the host env reset with ``seed`` and NumPy noise seeded with ``seed`` for every
     backend (see :func:`evaluate_host`), so backends agree up to floating-point rounding.
+    Scores as the run did (its ``eval_steps``), unless ``episodes`` is given: then the mean
+    return of that many complete episodes.
     """
     ckpt = load_checkpoint(run)
     protocol, config = _protocol_and_config(ckpt["run"])
     be = _registry.get_backend(backend or protocol.backend)
+    eval_steps = None if episodes else protocol.eval_steps
     episodes = episodes or protocol.eval_episodes
     results = {}
     for i, agent_seed in enumerate(protocol.seeds):
         agent = {k: v[i] for k, v in ckpt["agents"].items()}
-        results[agent_seed] = evaluate_host(be, config, agent, protocol.task, episodes, seed)
+        results[agent_seed] = evaluate_host(
+            be, config, agent, protocol.task, episodes, seed, eval_steps
+        )
     return results
 
 
