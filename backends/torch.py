@@ -603,9 +603,9 @@ class TorchBackend(BackendBase):
         self.compile = compile
         self._eager: dict[tuple[Config, torch.dtype, torch.device], StepImpl] = {}
         self._compiled: dict[tuple[Config, torch.dtype, torch.device], StepImpl] = {}
-        # Output buffers of the eager CPU CT-RNN step's large results, per
-        # ((config, dtype, device), name): see _buffer.
-        self._buffer_pool: dict[tuple[Any, str], list[torch.Tensor]] = {}
+        # Output buffers of the CPU CT-RNN step's large results, per
+        # ((config, dtype, device), compiled, name): see _buffer.
+        self._buffer_pool: dict[tuple[Any, bool, str], list[torch.Tensor]] = {}
         self._buffer_lock = threading.Lock()
         # The eager step's memo of its last flat optimizer rows, per key (see _make_step).
         self._flat_memo: dict[tuple[Config, torch.dtype, torch.device], list[Any]] = {}
@@ -765,24 +765,25 @@ class TorchBackend(BackendBase):
             if shapes_of is None or batch < self.buffer_min_batch or no_pool:
                 return fn(*args, None, memo)
             bufs = {
-                name: self._buffer((key, name), shape, dtype, device)
+                name: self._buffer((key, compiled, name), shape, dtype, device)
                 for name, shape in shapes_of(batch).items()
             }
             return fn(*args, bufs, memo)
 
     def _buffer(
         self,
-        pool_key: tuple[tuple[Config, torch.dtype, torch.device], str],
+        pool_key: tuple[tuple[Config, torch.dtype, torch.device], bool, str],
         shape: tuple[int, ...],
         dtype: torch.dtype,
         device: torch.device,
     ) -> torch.Tensor:
         """A buffer for one large CT-RNN result that nothing else references.
 
-        ``pool_key`` is (config key, name): "rtrl" the (B, N + S, N·Z) eager RTRL product over
-        J_W (the new J_W is a view into it); with RFLO, eager or compiled, "J_W" and "e_W" the
-        new (B, N, Z) J_W and
-        e_W. (RTRL's e_W is left to the allocator: a buffer for it did not measure faster.)
+        ``pool_key`` is (config key, compiled, name); name "rtrl" the (B, N + S, N·Z) eager
+        RTRL product over J_W (the new J_W is a view into it); with RFLO, eager or compiled,
+        "J_W" and "e_W" the new (B, N, Z) J_W and e_W. (RTRL's e_W is left to the allocator:
+        a buffer for it did not measure faster.) The eager and the compiled step have pools
+        of their own, so that a loop over each, side by side, reuses as one loop does.
         The buffer handed out two steps ago becomes free as soon as the caller drops that
         agent (the usual ``agent = step(...)`` loop). Reusing it instead of allocating afresh
         matters on the CPU: a fresh large tensor (170 MB for the RTRL product at B = 1024,

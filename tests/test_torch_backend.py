@@ -417,10 +417,28 @@ def test_buffer_reuse_never_writes_into_a_kept_agent(config, variant: str) -> No
     _same_agent(agent, ref)
     assert not fresh._buffer_pool
     names = {"rflo": {"J_W", "e_W"}, "rtrl": {"rtrl"}}[config.jacobian]
-    assert {name for _, name in be._buffer_pool} == names
+    assert {name for *_, name in be._buffer_pool} == names
     assert all(len(pool) <= 2 for pool in be._buffer_pool.values())
     # The loop above did reuse: from its second step on, two buffers take turns.
     assert ptrs[3] == ptrs[1] != ptrs[2]
+
+
+def test_eager_and_compiled_loops_side_by_side_each_reuse_their_buffers() -> None:
+    """Two loops on one backend, eager and compiled (as benchmarks/step_speed.py runs them):
+    each keeps reusing its own two buffers instead of taking the other's and allocating."""
+    config = CONFIGS[0]
+    be = CompiledTorchBackend()
+    be.buffer_min_batch = 1
+    inputs = _inputs(be, config, 3, "float64", seed=5)
+    agents = {v: _warm_agent(be, config, 3, "float64") for v in ("eager", "compiled")}
+    ptrs: dict[str, list[int]] = {"eager": [], "compiled": []}
+    for _ in range(4):
+        for variant in agents:
+            agents[variant], _, _ = getattr(be, f"step_{variant}")(config, agents[variant], *inputs)
+            ptrs[variant].append(agents[variant]["e_W"].untyped_storage().data_ptr())
+    for p in ptrs.values():
+        assert p[3] == p[1] != p[2]
+    assert len(be._buffer_pool) == 4  # (eager, compiled) × (J_W, e_W)
 
 
 @pytest.mark.parametrize("config", CONFIGS[:2])
