@@ -28,6 +28,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds FIRST .. FIRST + SEEDS - 1 (default 0)"
+    )
     parser.add_argument("--steps", type=int, default=1_000_000, help="budget per seed")
     parser.add_argument("--eval-every", type=int, default=10, help="epochs (paper: 100)")
     parser.add_argument("--patience", type=int, default=20)
@@ -48,7 +51,7 @@ def main() -> None:
     summary = rtrrl.train(
         args.task,
         backend="jax",
-        seeds=args.seeds,
+        seeds=list(range(args.first_seed, args.first_seed + args.seeds)),
         steps=args.steps,
         out=out,
         eval_every=args.eval_every,
