@@ -133,13 +133,9 @@ class Protocol:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         for name in ("steps", "epoch_steps", "eval_every", "eval_episodes", "patience"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _is_positive_int(value):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.eval_steps is not None and (
-            isinstance(self.eval_steps, bool)
-            or not isinstance(self.eval_steps, int)
-            or self.eval_steps < 1
-        ):
+        if self.eval_steps is not None and not _is_positive_int(self.eval_steps):
             raise ValueError(f"eval_steps must be None or a positive int, got {self.eval_steps!r}")
         if self.num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {self.num_envs!r}")
@@ -156,6 +152,10 @@ class Protocol:
     def eval_due(self, epoch: int) -> bool:
         """Whether to evaluate after completed epoch ``epoch`` (1-based)."""
         return epoch % self.eval_every == 0 or epoch == self.max_epochs
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _seeds(seeds: int | Sequence[int]) -> tuple[int, ...]:
