@@ -59,13 +59,26 @@ StepImpl = Callable[..., tuple[Agent, torch.Tensor, Agent]]
 
 
 def _make_step(
-    config: Config, dtype: torch.dtype, device: torch.device, compiled: bool = False
+    config: Config,
+    dtype: torch.dtype,
+    device: torch.device,
+    compiled: bool = False,
+    row_sums: bool = False,
 ) -> StepImpl:
     """The step for one (config, dtype, device): config-derived constants are closed over.
 
     Branches on the config are resolved here, in Python, once; the returned function runs only
     tensor ops, which keeps eager dispatch short at small batch sizes and gives
     ``torch.compile`` one static graph per config.
+
+    ``row_sums`` (compiled, CPU, one thread only): RFLO's large trace update runs on (B·N, Z)
+    rows, and its two sums over the batch (Σ_b δ_b e_W[b] / B and the entropy projection
+    Σ_b gH_b J_W'[b]) are index_add_ over those rows. Inductor then fuses them into the one
+    loop that writes J_W' and e_W': four passes over the (B, N, Z) traces, in memory order.
+    Written as products or as ``sum(0)``, inductor reduces over the batch column by column
+    (rows 5 KB apart at N = 32) in a loop of its own, which measured 1.7x slower at B = 1024.
+    Parallel, inductor would turn these sums into atomic adds, whose order (and so the last
+    bits) changes from run to run; hence one thread only.
 
     At small B the eager step's cost is the number of ATen calls (about 1-3 µs each), so the
     step is written to make few of them. Measured on the development CPU: an op between a
@@ -155,6 +168,7 @@ def _make_step(
     ent_const_c = _c(0.5 + half_log_2pi)
     four_c, minus_two_c, minus_half_c = _c(4.0), _c(-2.0), _c(-0.5)
     D = K // 2
+    Z_rows = n_in + N + 1  # the width of [x, h, 1]
 
     def step(
         agent: Mapping[str, torch.Tensor],
@@ -333,7 +347,18 @@ def _make_step(
                 J_W_out = bufs["J_W"] if bufs is not None else None
                 # Compiled, one out= op per result: with the in-place chain below, inductor
                 # kept a fresh (B, N, Z) temporary (~200 page faults a step at B = 1024).
-                if compiled:
+                if row_sums:
+                    # (see the docstring) J_W' on (B·N, Z) rows, into a (B·N, Z) buffer.
+                    rows = B * N
+                    J_W_rows = torch.addcmul(
+                        ((rate * dphi)[:, :, None] * zeta[:, None, :]).reshape(rows, Z_rows),
+                        coef.reshape(rows, 1),
+                        J_W_old.reshape(rows, Z_rows),
+                        out=J_W_out,
+                    )
+                    J_W = J_W_rows  # returned as rows too; see row_traces below
+                    neuron_of_row = torch.arange(N, device=device).repeat(B)
+                elif compiled:
                     J_W = torch.addcmul(
                         (rate * dphi)[:, :, None] * zeta[:, None, :],
                         coef[:, :, None],
@@ -346,8 +371,14 @@ def _make_step(
                     )
                 J_tau = torch.addcmul(dtau_term, coef, J_tau_old)
                 if use_entropy:
-                    # Σ_b gH_bi J[b, i, :] as a batched (1, B) @ (B, Z) product per neuron.
-                    ent_W = torch.bmm(ent_signal.t()[:, None, :], J_W.transpose(0, 1))
+                    # Σ_b gH_bi J[b, i, :]: row sums (see the docstring), or a batched
+                    # (1, B) @ (B, Z) product per neuron.
+                    if row_sums:
+                        ent_W = J_W_rows.new_zeros(N, Z_rows).index_add_(
+                            0, neuron_of_row, ent_signal.reshape(rows, 1) * J_W_rows
+                        )
+                    else:
+                        ent_W = torch.bmm(ent_signal.t()[:, None, :], J_W.transpose(0, 1))
                     ent_tau = (ent_signal * J_tau).sum(0)
             new["J_W"], new["J_tau"] = J_W, J_tau
         if trains and is_lru:
@@ -408,7 +439,16 @@ def _make_step(
             pieces["W_C"] = dmean(agent["e_W_C"])
             pieces["b_C"] = dmean(agent["e_b_C"])
         if trains and is_ctrnn:
-            dir_W = dmean(agent["e_W"])
+            if row_sums and not rtrl:
+                d_rows = (delta / B)[:, None].expand(B, N).reshape(rows, 1)
+                e_W_rows = agent["e_W"].reshape(rows, Z_rows)
+                dir_W = (
+                    e_W_rows.new_zeros(N, Z_rows)
+                    .index_add_(0, neuron_of_row, d_rows * e_W_rows)
+                    .view(1, -1)
+                )
+            else:
+                dir_W = dmean(agent["e_W"])
             dir_tau = dmean(agent["e_tau"])
             if use_entropy:
                 dir_W = torch.addcmul(dir_W, ent_W.reshape(1, -1), one, value=ent_alpha)
@@ -511,7 +551,15 @@ def _make_step(
                 new["e_tau"] = torch.addcmul(grad_tau, dk_rnn, agent["e_tau"])
             else:
                 e_W_out = bufs["e_W"] if bufs is not None else None
-                if compiled:
+                if row_sums:
+                    e_W_new = torch.addcmul(
+                        dk_rnn.expand(B, N).reshape(rows, 1) * e_W_rows,
+                        signal.reshape(rows, 1),
+                        J_W_rows,
+                        out=e_W_out,
+                    )
+                    new["e_W"] = e_W_new
+                elif compiled:
                     new["e_W"] = torch.addcmul(
                         dk_rnn[:, :, None] * agent["e_W"], signal[:, :, None], J_W, out=e_W_out
                     )
@@ -543,15 +591,35 @@ def _make_step(
     # benchmarks/results/step_speed.md); the compiled RTRL product is not written in place
     # (measured: as many page faults with the buffer as without), so it gets none.
     if is_ctrnn and trains and not (compiled and rtrl):
-        Z = n_in + N + 1
+        Z = Z_rows
         S = 2 if use_entropy else 1
 
         def buffer_shapes(B: int) -> dict[str, tuple[int, ...]]:
             if rtrl:
                 return {"rtrl": (B, N + S, N * Z)}
+            if row_sums:
+                return {"J_W": (B * N, Z), "e_W": (B * N, Z)}
             return {"J_W": (B, N, Z), "e_W": (B, N, Z)}
 
         step.buffer_shapes = buffer_shapes  # type: ignore[attr-defined]
+    if row_sums and is_ctrnn and trains and not rtrl:
+        # The new J_W and e_W leave the step as (B·N, Z) rows, and the caller views them as
+        # (B, N, Z) (_run). A view taken inside the compiled graph is an output inductor
+        # writes a second time, into a fresh tensor.
+        step.row_traces = ("J_W", "e_W")  # type: ignore[attr-defined]
+    return step
+
+
+def _viewing_rows(fn: StepImpl, names: tuple[str, ...], n_hidden: int) -> StepImpl:
+    """``fn`` with its (B·N, Z) results ``names`` viewed as (B, N, Z) (see row_traces)."""
+
+    def step(*args: Any) -> tuple[Agent, torch.Tensor, Agent]:
+        new, action, info = fn(*args)
+        for name in names:
+            rows = new[name]
+            new[name] = rows.view(rows.shape[0] // n_hidden, n_hidden, rows.shape[1])
+        return new, action, info
+
     return step
 
 
@@ -595,6 +663,10 @@ class TorchBackend(BackendBase):
     #: from this batch size on; below it they are small, and the pool's bookkeeping measured
     #: ~6% slower than plain allocation at B = 1 (RFLO, N = 32).
     buffer_min_batch = 64
+    #: The compiled RFLO step on one CPU thread sums over the batch row by row, fused into its
+    #: trace update (see _make_step); False keeps the product form there too, for comparison
+    #: (benchmarks/torch_row_sums.py).
+    compiled_row_sums = True
 
     def __init__(self, device: str | torch.device | None = None, compile: bool = False) -> None:
         if device is None:
@@ -604,7 +676,8 @@ class TorchBackend(BackendBase):
             self._device = torch.device("cuda", torch.cuda.current_device())
         self.compile = compile
         self._eager: dict[tuple[Config, torch.dtype, torch.device], StepImpl] = {}
-        self._compiled: dict[tuple[Config, torch.dtype, torch.device], StepImpl] = {}
+        # Keyed (config, dtype, device, row_sums): see _run.
+        self._compiled: dict[tuple[Any, ...], StepImpl] = {}
         # Output buffers of the CPU CT-RNN step's large results, per
         # ((config, dtype, device), compiled, name): see _buffer.
         self._buffer_pool: dict[tuple[Any, bool, str], list[torch.Tensor]] = {}
@@ -729,7 +802,7 @@ class TorchBackend(BackendBase):
 
     def _run(
         self,
-        cache: dict[tuple[Config, torch.dtype, torch.device], StepImpl],
+        cache: dict[tuple[Any, ...], StepImpl],
         compiled: bool,
         config: Config,
         agent: Mapping[str, torch.Tensor],
@@ -741,15 +814,27 @@ class TorchBackend(BackendBase):
         W_A = agent["W_A"]
         dtype, device = W_A.dtype, W_A.device
         key = (config, dtype, device)
-        fn = cache.get(key)
+        # Inductor fixes a kernel's thread count when it compiles it; the row-order batch sums
+        # are for one thread only (see _make_step), so the thread count is part of the key.
+        row_sums = (
+            compiled
+            and self.compiled_row_sums
+            and device.type == "cpu"
+            and torch.get_num_threads() == 1
+        )
+        cache_key = (*key, row_sums) if compiled else key
+        fn = cache.get(cache_key)
         if fn is None:
-            fn = _make_step(config, dtype, device, compiled)
+            fn = _make_step(config, dtype, device, compiled, row_sums)
             if compiled:
                 shapes = getattr(fn, "buffer_shapes", None)
+                row_traces = getattr(fn, "row_traces", ())
                 fn = torch.compile(_fresh_code(fn), dynamic=False, fullgraph=True)
+                if row_traces:
+                    fn = _viewing_rows(fn, row_traces, config.n_hidden)
                 if shapes is not None:
                     fn.buffer_shapes = shapes
-            cache[key] = fn
+            cache[cache_key] = fn
         with torch.inference_mode():
             obs = _tensor(obs, dtype, device)
             args = (

@@ -32,6 +32,9 @@ def main() -> None:
         "--first-seed", type=int, default=0, help="seeds FIRST .. FIRST + SEEDS - 1 (default 0)"
     )
     parser.add_argument("--steps", type=int, default=1_000_000, help="budget per seed")
+    parser.add_argument(
+        "--epoch-steps", type=int, default=1000, help="steps per epoch (the authors' code: 10,000)"
+    )
     parser.add_argument("--eval-every", type=int, default=10, help="epochs (paper: 100)")
     parser.add_argument("--patience", type=int, default=20)
     parser.add_argument(
@@ -54,6 +57,7 @@ def main() -> None:
         seeds=list(range(args.first_seed, args.first_seed + args.seeds)),
         steps=args.steps,
         out=out,
+        epoch_steps=args.epoch_steps,
         eval_every=args.eval_every,
         eval_steps=args.eval_steps,
         patience=args.patience,
@@ -74,8 +78,8 @@ def main() -> None:
     text = (
         f"## {args.task} — {date}\n\n`python {' '.join(sys.argv)}`\n\nMachine: {header}.\n\n"
         f"Paper: {PAPER.get((args.task, 'rflo'), '—')}. Budget {args.steps:,} steps per seed, "
-        f"evaluation every {args.eval_every} epochs of 1000 steps {scored}, patience "
-        f"{args.patience}; engine {summary['engine']}. Run folder: `{out}`.{shown}\n\n{md}"
+        f"evaluation every {args.eval_every} epochs of {args.epoch_steps:,} steps {scored}, "
+        f"patience {args.patience}; engine {summary['engine']}. Run folder: `{out}`.{shown}\n\n{md}"
     )
     print(text)
     if args.record:

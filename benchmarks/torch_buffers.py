@@ -40,9 +40,14 @@ from rtrrl.backends.torch import TorchBackend  # noqa: E402
 RESULTS = Path(__file__).parent / "results" / "step_speed.md"
 
 
-def stepper(variant: str, pooled: bool, B: int) -> tuple[dict[str, Any], Callable[[], None]]:
+def stepper(
+    variant: str, pooled: bool, B: int, row_sums: bool = True
+) -> tuple[dict[str, Any], Callable[[], None]]:
+    """One RFLO step of ``variant`` ("eager" / "compiled") at batch ``B``, with or without the
+    buffer pool and (compiled, one thread) the row-order batch sums."""
     config = step_speed.bench_config("rflo", 32)
     be = TorchBackend(compile=variant == "compiled")
+    be.compiled_row_sums = row_sums
     if not pooled:
         be.buffer_min_batch = B + 1
     rng = np.random.default_rng(0)

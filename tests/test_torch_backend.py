@@ -298,19 +298,48 @@ def test_torch_adam_moments_differ_from_the_layout_under_maximize() -> None:
     assert opt.state[p]["step"].dtype != torch.int32  # spec: count is int32
 
 
-def test_compiled_variant_agrees_with_eager() -> None:
+@pytest.fixture
+def torch_threads():
+    """Sets torch's intra-op thread count for one test (``torch_threads(n)``) and restores it."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2], ids=["row-sums", "two-threads"])
+def test_compiled_variant_agrees_with_eager(threads: int, torch_threads) -> None:
+    """On one thread the compiled RFLO step takes its batch sums over (B·N, Z) rows (see
+    _make_step); on more it does not. Both must give the eager step's results and shapes."""
+    torch_threads(threads)
     be = CompiledTorchBackend()
     assert set(be.step_variants()) == {"eager", "compiled"}
-    config = CONFIGS[0]
-    agent = _warm_agent(be, config, 2, "float64")
-    inputs = _inputs(be, config, 2, "float64", seed=11)
+    config = CONFIGS[0].replace(entropy_rate=0.3)
+    agent = _warm_agent(be, config, 5, "float64")
+    inputs = _inputs(be, config, 5, "float64", seed=11)
     eager = be.step_eager(config, agent, *inputs)
     compiled = be.step_compiled(config, agent, *inputs)
+    assert [key[-1] for key in be._compiled] == [threads == 1]
     assert torch.equal(eager[1], compiled[1])
     for i in (0, 2):
         assert set(eager[i]) == set(compiled[i])
         for name in eager[i]:
             torch.testing.assert_close(compiled[i][name], eager[i][name], rtol=1e-12, atol=1e-14)
+
+
+def test_compiled_step_repeats_bit_for_bit_on_two_threads(torch_threads) -> None:
+    """Parallel, the row-order batch sums would be atomic adds in a varying order; the compiled
+    step must not use them there, so the same inputs give the same bits every time."""
+    torch_threads(2)
+    be = CompiledTorchBackend()
+    config = CONFIGS[0].replace(entropy_rate=0.3)
+    B = 512  # large enough for inductor to split the trace loops over both threads
+    agent = _warm_agent(be, config, B, "float32")
+    inputs = _inputs(be, config, B, "float32", seed=3)
+    first = be.step_compiled(config, agent, *inputs)
+    for _ in range(5):
+        again = be.step_compiled(config, agent, *inputs)
+        _same_agent(again[0], first[0])
+        _same_agent(again[2], first[2])
 
 
 def test_default_backend_offers_only_eager(be: TorchBackend) -> None:
@@ -364,14 +393,29 @@ COMPILED_CASES = [
 ]
 
 
+ROW_SUMS_CASES = [
+    (config, dtype)
+    for config, dtype in COMPILED_CASES
+    if config.body == "ctrnn" and config.jacobian == "rflo" and config.trains_body
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("config", "dtype"), COMPILED_CASES)
-def test_compiled_variant_conforms_on_fixed_cases(config, dtype: str) -> None:
+@pytest.mark.parametrize(
+    ("config", "dtype", "threads"),
+    [(c, d, None) for c, d in COMPILED_CASES] + [(c, d, 1) for c, d in ROW_SUMS_CASES],
+)
+def test_compiled_variant_conforms_on_fixed_cases(
+    config, dtype: str, threads: int | None, torch_threads
+) -> None:
     """The conformance harness on the compiled step (the suite itself draws too many configs
-    to compile each; see docs/backends/torch.md)."""
+    to compile each; see docs/backends/torch.md); RFLO once more on one thread, where the
+    step sums over the batch row by row (see _make_step)."""
     from rtrrl.conformance.cases import Case
     from rtrrl.conformance.harness import check_free_running, check_teacher_forced
 
+    if threads is not None:
+        torch_threads(threads)
     be = CompiledTorchBackend()
     case = Case(config=config, batch_size=3, seed=7, warmup=2, steps=4, dtype=dtype)
     check_teacher_forced(be, case, "compiled", kind="teacher_forced")
@@ -385,15 +429,24 @@ def _same_agent(a, b) -> None:
 
 
 @pytest.mark.parametrize(
-    ("config", "variant"),
-    [(CONFIGS[0], "eager"), (CONFIGS[1], "eager"), (CONFIGS[0], "compiled")],
-    ids=["rflo", "rtrl", "rflo-compiled"],
+    ("config", "variant", "threads"),
+    [
+        (CONFIGS[0], "eager", None),
+        (CONFIGS[1], "eager", None),
+        (CONFIGS[0], "compiled", 2),
+        (CONFIGS[0], "compiled", 1),
+    ],
+    ids=["rflo", "rtrl", "rflo-compiled", "rflo-compiled-row-sums"],
 )
-def test_buffer_reuse_never_writes_into_a_kept_agent(config, variant: str) -> None:
+def test_buffer_reuse_never_writes_into_a_kept_agent(
+    config, variant: str, threads: int | None, torch_threads
+) -> None:
     """The CPU CT-RNN step reuses the J_W (eager RTRL: product) and, with RFLO, e_W buffers
     of an agent the caller dropped, and only those: agents still held keep their values, and
     the results equal a fresh backend's, which allocates every result."""
     assert config.body == "ctrnn" and config.trains_body
+    if threads is not None:
+        torch_threads(threads)
     be, fresh = CompiledTorchBackend(), CompiledTorchBackend()
     be.buffer_min_batch = 1  # buffers at any batch size
     fresh.buffer_min_batch = 10**9  # never
