@@ -76,7 +76,9 @@ def _make_step(
     Σ_b gH_b J_W'[b]) are index_add_ over those rows. Inductor then fuses them into the one
     loop that writes J_W' and e_W': four passes over the (B, N, Z) traces, in memory order.
     Written as products or as ``sum(0)``, inductor reduces over the batch column by column
-    (rows 5 KB apart at N = 32) in a loop of its own, which measured 1.7x slower at B = 1024.
+    (rows 5 KB apart at N = 32) in a loop of its own: the whole step measured 1.35x slower at
+    B = 1024 that way (benchmarks/torch_row_sums.py). TorchBackend.row_sums_min_batch says
+    from which batch size on the row form is used.
     Parallel, inductor would turn these sums into atomic adds, whose order (and so the last
     bits) changes from run to run; hence one thread only.
 
@@ -664,9 +666,11 @@ class TorchBackend(BackendBase):
     #: ~6% slower than plain allocation at B = 1 (RFLO, N = 32).
     buffer_min_batch = 64
     #: The compiled RFLO step on one CPU thread sums over the batch row by row, fused into its
-    #: trace update (see _make_step); False keeps the product form there too, for comparison
-    #: (benchmarks/torch_row_sums.py).
-    compiled_row_sums = True
+    #: trace update (see _make_step), from this batch size on. Below it the traces fit in the
+    #: cache and the row loop's per-row overhead made the step 8-30% slower (B = 64-256); it
+    #: breaks even at 512 and is 1.35x faster at 1024 (benchmarks/torch_row_sums.py).
+    #: ``None``: never.
+    row_sums_min_batch: int | None = 512
 
     def __init__(self, device: str | torch.device | None = None, compile: bool = False) -> None:
         if device is None:
@@ -818,7 +822,8 @@ class TorchBackend(BackendBase):
         # are for one thread only (see _make_step), so the thread count is part of the key.
         row_sums = (
             compiled
-            and self.compiled_row_sums
+            and self.row_sums_min_batch is not None
+            and len(obs) >= self.row_sums_min_batch
             and device.type == "cpu"
             and torch.get_num_threads() == 1
         )

@@ -47,7 +47,7 @@ def stepper(
     buffer pool and (compiled, one thread) the row-order batch sums."""
     config = step_speed.bench_config("rflo", 32)
     be = TorchBackend(compile=variant == "compiled")
-    be.compiled_row_sums = row_sums
+    be.row_sums_min_batch = 1 if row_sums else None
     if not pooled:
         be.buffer_min_batch = B + 1
     rng = np.random.default_rng(0)

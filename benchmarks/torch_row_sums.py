@@ -4,10 +4,11 @@
 
 On one CPU thread (this script sets it) the compiled RFLO step takes its two sums over the
 batch as ``index_add_`` over (B·N, Z) rows, which inductor fuses into the trace update
-(``TorchBackend.compiled_row_sums``, see docs/backends/torch.md). Per batch size, three
+(``TorchBackend.row_sums_min_batch``, see docs/backends/torch.md). Per batch size, three
 steppers interleaved (``step_speed.interleaved``): the NumPy reference
 (``rtrrl_spec.step_unchecked``, the baseline of the paired ratios), the compiled step with
-the row sums, and the compiled step with ``compiled_row_sums = False``. RFLO, N = 32,
+the row sums at any B (``row_sums_min_batch = 1``), and the compiled step without them
+(``None``). RFLO, N = 32,
 CartPole-sized agent, float32, buffer pool on (the default from B = 64).
 
 Prints a Markdown table; ``--record`` appends it with the command, date and machine to

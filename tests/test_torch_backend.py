@@ -306,19 +306,27 @@ def torch_threads():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("threads", [1, 2], ids=["row-sums", "two-threads"])
-def test_compiled_variant_agrees_with_eager(threads: int, torch_threads) -> None:
-    """On one thread the compiled RFLO step takes its batch sums over (B·N, Z) rows (see
-    _make_step); on more it does not. Both must give the eager step's results and shapes."""
+@pytest.mark.parametrize(
+    ("threads", "min_batch", "row_sums"),
+    [(1, 1, True), (1, 512, False), (2, 1, False)],
+    ids=["row-sums", "one-thread-small-batch", "two-threads"],
+)
+def test_compiled_variant_agrees_with_eager(
+    threads: int, min_batch: int, row_sums: bool, torch_threads
+) -> None:
+    """On one thread and from row_sums_min_batch environments on, the compiled RFLO step takes
+    its batch sums over (B·N, Z) rows (see _make_step); otherwise it does not. Both forms must
+    give the eager step's results and shapes."""
     torch_threads(threads)
     be = CompiledTorchBackend()
+    be.row_sums_min_batch = min_batch
     assert set(be.step_variants()) == {"eager", "compiled"}
     config = CONFIGS[0].replace(entropy_rate=0.3)
     agent = _warm_agent(be, config, 5, "float64")
     inputs = _inputs(be, config, 5, "float64", seed=11)
     eager = be.step_eager(config, agent, *inputs)
     compiled = be.step_compiled(config, agent, *inputs)
-    assert [key[-1] for key in be._compiled] == [threads == 1]
+    assert [key[-1] for key in be._compiled] == [row_sums]
     assert torch.equal(eager[1], compiled[1])
     for i in (0, 2):
         assert set(eager[i]) == set(compiled[i])
@@ -331,6 +339,7 @@ def test_compiled_step_repeats_bit_for_bit_on_two_threads(torch_threads) -> None
     step must not use them there, so the same inputs give the same bits every time."""
     torch_threads(2)
     be = CompiledTorchBackend()
+    be.row_sums_min_batch = 1
     config = CONFIGS[0].replace(entropy_rate=0.3)
     B = 512  # large enough for inductor to split the trace loops over both threads
     agent = _warm_agent(be, config, B, "float32")
@@ -417,6 +426,7 @@ def test_compiled_variant_conforms_on_fixed_cases(
     if threads is not None:
         torch_threads(threads)
     be = CompiledTorchBackend()
+    be.row_sums_min_batch = 1
     case = Case(config=config, batch_size=3, seed=7, warmup=2, steps=4, dtype=dtype)
     check_teacher_forced(be, case, "compiled", kind="teacher_forced")
     check_free_running(be, case, "compiled")
@@ -448,6 +458,7 @@ def test_buffer_reuse_never_writes_into_a_kept_agent(
     if threads is not None:
         torch_threads(threads)
     be, fresh = CompiledTorchBackend(), CompiledTorchBackend()
+    be.row_sums_min_batch = fresh.row_sums_min_batch = 1
     be.buffer_min_batch = 1  # buffers at any batch size
     fresh.buffer_min_batch = 10**9  # never
     step = getattr(be, f"step_{variant}")
