@@ -667,7 +667,7 @@ class TorchBackend(BackendBase):
     buffer_min_batch = 64
     #: The compiled RFLO step on one CPU thread sums over the batch row by row, fused into its
     #: trace update (see _make_step), from this batch size on. Below it the traces fit in the
-    #: cache and the row loop's per-row overhead made the step 8-30% slower (B = 64-256); it
+    #: cache and the row loop's per-row overhead made the step 3-30% slower (B = 64-256); it
     #: breaks even at 512 and is 1.35x faster at 1024 (benchmarks/torch_row_sums.py).
     #: ``None``: never.
     row_sums_min_batch: int | None = 512
