@@ -818,8 +818,9 @@ class TorchBackend(BackendBase):
         W_A = agent["W_A"]
         dtype, device = W_A.dtype, W_A.device
         key = (config, dtype, device)
-        # Inductor fixes a kernel's thread count when it compiles it; the row-order batch sums
-        # are for one thread only (see _make_step), so the thread count is part of the key.
+        # The row-order batch sums are for one thread only (see _make_step), and inductor fixes
+        # a kernel's thread count when it compiles it: whether the step compiles them is part
+        # of the key, decided by the thread count (and batch size) of the call.
         row_sums = (
             compiled
             and self.row_sums_min_batch is not None
