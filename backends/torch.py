@@ -71,9 +71,10 @@ def _make_step(
     tensor ops, which keeps eager dispatch short at small batch sizes and gives
     ``torch.compile`` one static graph per config.
 
-    ``row_sums`` (compiled, CPU, one thread only): RFLO's large trace update runs on (B·N, Z)
-    rows, and its two sums over the batch (Σ_b δ_b e_W[b] / B and the entropy projection
-    Σ_b gH_b J_W'[b]) are index_add_ over those rows. Inductor then fuses them into the one
+    ``row_sums`` (compiled, CPU, one thread only; other bodies and RTRL ignore it): RFLO's
+    large trace update runs on (B·N, Z) rows, and its two sums over the batch
+    (Σ_b δ_b e_W[b] / B and the entropy projection Σ_b gH_b J_W'[b]) are index_add_ over
+    those rows. Inductor then fuses them into the one
     loop that writes J_W' and e_W': four passes over the (B, N, Z) traces, in memory order.
     Written as products or as ``sum(0)``, inductor reduces over the batch column by column
     (rows 5 KB apart at N = 32) in a loop of its own: the whole step measured 1.35x slower at
@@ -98,6 +99,7 @@ def _make_step(
     trains = config.trains_body
     rnn = rtrrl_spec.rnn_params(config)
     rtrl = config.jacobian == "rtrl"
+    row_sums = row_sums and is_ctrnn and trains and not rtrl  # an RFLO-only form
     dutch = config.trace == "dutch"
     average_reward = config.reward_rate_lr is not None
     # c = min(mean σ, 1) multiplies the immediate gradients only in this case; elsewhere c = 1
@@ -441,7 +443,7 @@ def _make_step(
             pieces["W_C"] = dmean(agent["e_W_C"])
             pieces["b_C"] = dmean(agent["e_b_C"])
         if trains and is_ctrnn:
-            if row_sums and not rtrl:
+            if row_sums:
                 d_rows = (delta / B)[:, None].expand(B, N).reshape(rows, 1)
                 e_W_rows = agent["e_W"].reshape(rows, Z_rows)
                 dir_W = (
@@ -604,7 +606,7 @@ def _make_step(
             return {"J_W": (B, N, Z), "e_W": (B, N, Z)}
 
         step.buffer_shapes = buffer_shapes  # type: ignore[attr-defined]
-    if row_sums and is_ctrnn and trains and not rtrl:
+    if row_sums:
         # The new J_W and e_W leave the step as (B·N, Z) rows, and the caller views them as
         # (B, N, Z) (_run). A view taken inside the compiled graph is an output inductor
         # writes a second time, into a fresh tensor.
