@@ -30,6 +30,7 @@ import numpy as np
 import rtrrl_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "clip_bias.md"
@@ -94,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(report)
     if args.record:
-        previous = RESULTS.read_text() if RESULTS.exists() else "# Clipping and the critic\n\n"
-        RESULTS.write_text(previous.rstrip("\n") + "\n\n" + report)
+        append_section(RESULTS, report, "# Clipping and the critic")
     return 0
 
 

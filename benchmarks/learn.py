@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
 from reproduce import PAPER, keep_curve  # noqa: E402
 
@@ -33,7 +34,10 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=1_000_000, help="budget per seed")
     parser.add_argument(
-        "--epoch-steps", type=int, default=1000, help="steps per epoch (the authors' code: 10,000)"
+        "--epoch-steps",
+        type=int,
+        default=1000,
+        help="steps per epoch (the authors' first public code: 10,000)",
     )
     parser.add_argument("--eval-every", type=int, default=10, help="epochs (paper: 100)")
     parser.add_argument("--patience", type=int, default=20)
@@ -70,8 +74,8 @@ def main() -> None:
     shown = f"\n\n![{args.task}: evaluation reward]({curve})" if curve else ""
     if args.eval_steps:
         scored = (
-            f"scored as the authors' code does ({args.eval_steps:,} steps of one environment, "
-            "summed reward / episodes ended)"
+            f"scored as the authors' first public code did ({args.eval_steps:,} steps of one "
+            "environment, summed reward / episodes ended)"
         )
     else:
         scored = "on 10 episodes"
@@ -83,8 +87,7 @@ def main() -> None:
     )
     print(text)
     if args.record:
-        previous = RESULTS.read_text() if RESULTS.exists() else "# Learning results\n\n"
-        RESULTS.write_text(previous.rstrip("\n") + "\n\n" + text)
+        append_section(RESULTS, text, "# Learning results")
 
 
 if __name__ == "__main__":

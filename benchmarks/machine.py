@@ -1,7 +1,9 @@
-"""What a benchmark's figures were measured on: one line for the results files.
+"""How a benchmark records its figures: the machine line, and the results file it appends to.
 
-Every script under ``benchmarks/`` records this line above its table, so figures from different
-runs can be told apart (the machines these run on are shared; the load average says how busy).
+Every script under ``benchmarks/`` records :func:`describe`'s line above its table, so figures
+from different runs can be told apart (the machines these run on are shared; the load average
+says how busy), and appends its section to a file of ``benchmarks/results/`` with
+:func:`append_section`, which never rewrites what an earlier run recorded.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-__all__ = ["describe"]
+__all__ = ["append_section", "describe"]
 
 
 def _cpu_model() -> str:
@@ -42,3 +44,10 @@ def describe(load_start: float | None = None) -> str:
         f"{os.cpu_count()} cores, {_cpu_model()}, {_gpu()}, {load} (the machine may be shared: "
         f"other work slows every row); Python {platform.python_version()}"
     )
+
+
+def append_section(results: Path, section: str, title: str) -> None:
+    """Append ``section`` to ``results`` after a blank line, starting the file with ``title``."""
+    results.parent.mkdir(parents=True, exist_ok=True)
+    previous = results.read_text() if results.exists() else f"{title}\n"
+    results.write_text(previous.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n")

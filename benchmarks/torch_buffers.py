@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import step_speed  # noqa: E402
+from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
 
 import rtrrl_spec  # noqa: E402
@@ -114,7 +115,7 @@ def main() -> None:
     )
     print(text)
     if args.record:
-        RESULTS.write_text(RESULTS.read_text().rstrip("\n") + "\n\n" + text)
+        append_section(RESULTS, text, "# Step speed")
 
 
 if __name__ == "__main__":

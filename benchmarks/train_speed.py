@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "train_speed.md"
@@ -283,9 +284,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.record:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        previous = RESULTS.read_text() if RESULTS.exists() else "# Training speed\n\n"
-        RESULTS.write_text(previous.rstrip("\n") + "\n\n" + text)
+        append_section(RESULTS, text, "# Training speed")
 
 
 if __name__ == "__main__":

@@ -178,9 +178,9 @@ def add_commands(sub: Any) -> None:
         "--eval-steps",
         type=int,
         metavar="S",
-        help="score evaluations as the authors' code does: one environment for S steps (their "
-        "default 10000), summed reward / episodes ended; reads higher than the default mean "
-        "over complete episodes (docs/training.md)",
+        help="score evaluations as the first public version of the authors' code did: one "
+        "environment for S steps (its default 10000), summed reward / episodes ended; reads "
+        "higher than the default mean over complete episodes (docs/training.md)",
     )
     p.add_argument("--patience", type=int, help="evaluations without improvement (paper: 20)")
     p.add_argument("--num-envs", type=int, default=1, help="environments per agent (paper: 1)")

@@ -9,9 +9,9 @@ Modelled on purejaxrl: :func:`make_train` returns pure functions that read top t
   with the episode-return bookkeeping in the carry;
 - ``evaluate(agent, key) -> score``: a frozen copy of the agent (``lr_td = lr_rnn = 0``) on
   ``eval_episodes`` environments run in parallel (``vmap``), a ``lax.scan`` of the task's time
-  limit, each environment counting its first episode; or, with ``eval_steps`` (the authors'
-  score, :class:`rtrrl.train.Protocol`), one environment for ``eval_steps`` steps, the summed
-  reward divided by the number of episodes that ended;
+  limit, each environment counting its first episode; or, with ``eval_steps`` (the score of the
+  authors' first public code, :class:`rtrrl.train.Protocol`), one environment for
+  ``eval_steps`` steps, the summed reward divided by the number of episodes that ended;
 
 and a population of seeds is ONE ``jax.vmap`` of those functions over the seed axis
 (:func:`make_population`). :class:`FusedEngine` drives it from Python one epoch per call, so
@@ -58,7 +58,7 @@ def make_train(
     saves to NumPy as it is.
     """
     B = num_envs
-    # The authors' score runs one environment through episode after episode.
+    # The authors' first score runs one environment through episode after episode.
     E = 1 if eval_steps else eval_episodes
     train_step = jaxbe.make_step(config, dtype)
     # lr 0: Adam moves nothing, so the copy is frozen (its moments change, and are dropped).

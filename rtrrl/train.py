@@ -16,7 +16,8 @@ The protocol (``docs/training.md`` and the algorithm note's Defaults section):
 - a seed stops after ``patience`` evaluations without improvement, or when its budget of
   ``steps`` environment steps is spent; its score is its best evaluation reward (mean return
   over the evaluation episodes);
-- with ``eval_steps`` set, an evaluation scores as the authors' code does instead: one
+- with ``eval_steps`` set, an evaluation scores as the first public version of the authors'
+  code did (their commit 0ad6c8f; since a40fe02 they score as the default does): one
   environment runs ``eval_steps`` steps (episodes restarting as in training), and the score is
   the summed reward divided by the number of episodes that ended in them. The reward of the
   unfinished last episode counts while the episode does not, so this reads higher than the
@@ -120,8 +121,8 @@ class Protocol:
     eval_every: int = 100
     eval_episodes: int = 10
     #: ``None``: the mean return of ``eval_episodes`` complete episodes (the paper's text).
-    #: An int: the authors' code's score over that many steps of one environment (its
-    #: default is 10,000); see the module docstring.
+    #: An int: the score of the authors' first public code over that many steps of one
+    #: environment (its default was 10,000); see the module docstring.
     eval_steps: int | None = None
     patience: int = 20
     num_envs: int = 1
@@ -741,7 +742,7 @@ def evaluate_host(
 
     The episodes run in parallel, one per environment of a fresh host env reset with
     ``seed``; each environment counts its first episode (bounded by the task's time limit,
-    else :data:`EVAL_MAX_STEPS`). With ``eval_steps``, the authors' score instead: one
+    else :data:`EVAL_MAX_STEPS`). With ``eval_steps``, the authors' first score instead: one
     environment for ``eval_steps`` steps, the summed reward over the episodes that ended
     (:class:`Protocol`). Noise comes from ``np.random.default_rng(seed)`` through
     :func:`rtrrl_spec.draw_noise` whatever the backend, so every backend sees the same

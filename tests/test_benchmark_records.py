@@ -1,0 +1,81 @@
+"""How benchmark scripts record: ``machine.append_section`` and ``authors_code``'s log reading."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str) -> ModuleType:
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))  # the scripts import their siblings by name
+    spec = importlib.util.spec_from_file_location(f"rtrrl_bench_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def machine() -> ModuleType:
+    return _load("machine")
+
+
+@pytest.fixture(scope="module")
+def authors_code() -> ModuleType:
+    return _load("authors_code")
+
+
+def test_append_section_starts_a_file_with_its_title(machine, tmp_path):
+    results = tmp_path / "results" / "new.md"
+    machine.append_section(results, "## run 1\n\n| a |\n", "# Title")
+    assert results.read_text() == "# Title\n\n## run 1\n\n| a |\n"
+
+
+def test_append_section_keeps_every_earlier_section(machine, tmp_path):
+    results = tmp_path / "old.md"
+    results.write_text("# Kept title\n\n## run 1\n\nfigures\n\n\n")
+    machine.append_section(results, "## run 2\n", "# Unused title")
+    machine.append_section(results, "## run 3", "# Unused title")
+    assert results.read_text() == "# Kept title\n\n## run 1\n\nfigures\n\n## run 2\n\n## run 3\n"
+
+
+LOG = (
+    "0, Steps: 1.00E+03, R: 20.83\rEval reward: 20.50\n"
+    "100, Steps: 1.01E+05, R: 100.00\rEval reward: 133.50\n"
+    "200, Steps: 2.01E+05, R: 16.13\rEval reward: 16.00\n"
+)
+
+
+def test_parse_log_reads_the_best_evaluation_and_the_last_step_count(authors_code):
+    row = authors_code.parse_log(LOG + "Early stopping patience 20\n")
+    assert row["best"] == 133.5
+    assert row["evaluations"] == 3
+    assert row["steps"] == 201_000
+    assert row["stopped"] == "patience"
+    assert authors_code.parse_log(LOG)["stopped"] == "budget"
+
+
+def test_parse_log_of_a_run_without_evaluations_says_what_it_printed(authors_code):
+    with pytest.raises(RuntimeError, match="ModuleNotFoundError"):
+        authors_code.parse_log("Traceback ...\nModuleNotFoundError: No module named 'flax'\n")
+
+
+def test_locked_versions_reads_poetry_pins_and_names_a_missing_one(authors_code, tmp_path):
+    entries = [
+        f'[[package]]\nname = "{n}"\nversion = "1.{i}"\n' for i, n in enumerate(authors_code.LOCKED)
+    ]
+    lock = tmp_path / "poetry.lock"
+    lock.write_text("\n".join(entries))
+    pins = authors_code.locked_versions(lock)
+    assert pins["jax"] == f"1.{authors_code.LOCKED.index('jax')}"
+    assert len(pins) == len(authors_code.LOCKED)
+    lock.write_text("\n".join(e for e in entries if '"flax"' not in e))
+    with pytest.raises(SystemExit, match="does not pin flax"):
+        authors_code.locked_versions(lock)
