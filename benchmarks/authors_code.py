@@ -54,6 +54,9 @@ LOCKED = [
 ]  # fmt: skip
 UNPINNED = ["tqdm", "plotly", "pandas", "dacite", "six"]
 
+# The paper's budget, 50 M steps, in their iterations of 1,000 steps.
+BUDGET_ITERATIONS = 50_000
+
 _EVAL = re.compile(r"Eval reward: (-?[0-9.]+)")
 _STEPS = re.compile(r"Steps: ([0-9.]+E[+-][0-9]+)")
 
@@ -97,7 +100,6 @@ def parse_log(text: str) -> dict:
         "evaluations": len(evals),
         "steps": int(float(steps[-1])) if steps else 0,
         "stopped": "patience" if "Early stopping" in text else "budget",
-        "evals": evals,
     }
 
 
@@ -108,11 +110,10 @@ def run_seed(python: str, repo: Path, config: Path, seed: int, extra: list[str],
         JAX_PLATFORMS="cpu",
     )
     command = [python, "rtrrl.py", "--config_path", str(config), "--seed", str(seed)]
+    command += ["--episodes", str(BUDGET_ITERATIONS), *extra]
     start = time.perf_counter()
     with log.open("w") as out:
-        done = subprocess.run(
-            command + ["--episodes", "50000", *extra], cwd=repo, env=env, stdout=out, stderr=out
-        )
+        done = subprocess.run(command, cwd=repo, env=env, stdout=out, stderr=out)
     wall = time.perf_counter() - start
     text = log.read_text(errors="replace")
     if done.returncode != 0:
@@ -184,7 +185,7 @@ def main() -> None:
     wall = time.perf_counter() - start
 
     bests = [r["best"] for r in rows]
-    std = statistics.pstdev(bests) if len(bests) > 1 else 0.0
+    std = statistics.pstdev(bests)
     reached = sum(b >= TASKS[args.task][2] for b in bests)
     clip = f"gradient clip {args.clip} on both optimizers" if args.clip is not None else "no clip"
     lines = [
@@ -195,7 +196,8 @@ def main() -> None:
         f"Machine: {header}.",
         "",
         f"Their code at commit {commit or 'unknown'}, its own protocol and defaults, {clip}; "
-        f"budget 50 M steps per seed. Paper: {PAPER.get((args.task, 'rflo'), '—')}.",
+        f"budget {BUDGET_ITERATIONS * 1000:,} steps per seed. "
+        f"Paper: {PAPER.get((args.task, 'rflo'), '—')}.",
         "",
         f"Best evaluation reward: median {statistics.median(bests):g} ± {std:.4g} (std) over "
         f"{len(bests)} seeds; {reached} of {len(bests)} at the maximum; "

@@ -55,6 +55,7 @@ import rtrrl_spec
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
 
 RESULTS = HERE / "results" / "step_speed.md"
@@ -425,9 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(report)
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as fh:
-            fh.write(report + "\n")
+        append_section(RESULTS, report, "# Step speed")
     return 0
 
 
