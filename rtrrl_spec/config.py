@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import math
+
+import numpy as np
 from dataclasses import dataclass, fields
 from typing import Literal
 
-__all__ = ["NUMERIC_FIELDS", "Config", "SpecError", "structure_of"]
+__all__ = ["NUMERIC_FIELDS", "Config", "SpecError", "numbers_of", "structure_of"]
 
 JACOBIANS = ("rflo", "rtrl")
 BODIES = ("ctrnn", "lru", "linear")
@@ -307,3 +309,54 @@ def structure_of(config: Config) -> Config:
     if config.reward_rate_lr is not None:
         changes["reward_rate_lr"] = 1.0
     return config.replace(**changes)
+
+
+@functools.lru_cache(maxsize=1024)
+def _numbers(config: Config) -> dict[str, object]:
+    c = config
+    # Products and differences are formed in Python floats (float64) and rounded once, as the
+    # reference does when it multiplies a float32 array by the Python float ``gamma * lambda``.
+    values: dict[str, object] = {
+        "dt": c.dt,
+        "tau_min": c.tau_min,
+        "gamma": c.gamma,
+        "eta_pi": c.eta_pi,
+        "entropy_rate": c.entropy_rate,
+        "gl_actor": c.gamma * c.lambda_actor,
+        "gl_critic": c.gamma * c.lambda_critic,
+        "gl_rnn": c.gamma * c.lambda_rnn,
+        "lr_td": c.lr_td,
+        "lr_rnn": c.lr_rnn,
+        "b1": c.adam_b1,
+        "b2": c.adam_b2,
+        "omb1": 1.0 - c.adam_b1,
+        "omb2": 1.0 - c.adam_b2,
+        # Bias corrections 1 − βᵗ can be formed as −expm1(t ln β), accurate in float32 too;
+        # ln 0 = −inf gives exactly 1.
+        "log_b1": math.log(c.adam_b1) if c.adam_b1 > 0 else -math.inf,
+        "log_b2": math.log(c.adam_b2) if c.adam_b2 > 0 else -math.inf,
+        "eps": c.adam_eps,
+        # Unused when the config says None: its structure (structure_of) has no clip and no
+        # average reward, so no backend reads these; 0 keeps them finite.
+        "clip_norm": c.clip_norm if c.clip_norm is not None else 0.0,
+        "reward_rate_lr": c.reward_rate_lr if c.reward_rate_lr is not None else 0.0,
+    }
+    if c.bounded:
+        values["action_low"] = c.action_low
+        values["action_high"] = c.action_high
+    return values
+
+
+def numbers_of(config: Config, dtype: str = "float64") -> dict[str, np.ndarray]:
+    """The numbers of ``config``: the half of it that :func:`structure_of` sets to defaults.
+
+    One definition for every backend: a compiling backend passes these as traced values
+    beside the static structure, so configs that differ only in numbers share a compilation
+    and a population can give each member its own. Keys: ``dt``, ``tau_min``, ``gamma``,
+    ``eta_pi``, ``entropy_rate``, ``gl_actor`` / ``gl_critic`` / ``gl_rnn`` (``γλ`` of each
+    group), ``lr_td``, ``lr_rnn``, ``b1``, ``b2``, ``omb1`` / ``omb2`` (``1 − β``), ``log_b1`` /
+    ``log_b2`` (``ln β``), ``eps``, ``clip_norm``, ``reward_rate_lr`` and, for bounded actions,
+    ``action_low`` / ``action_high`` (``(D,)``). Each is a NumPy array of ``dtype`` (0-d except
+    the bounds), rounded once from the float64 value.
+    """
+    return {k: np.asarray(v, dtype=dtype) for k, v in _numbers(config).items()}
