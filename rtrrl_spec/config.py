@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import functools
 import math
-
-import numpy as np
 from dataclasses import dataclass, fields
 from typing import Literal
+
+import numpy as np
 
 __all__ = ["NUMERIC_FIELDS", "Config", "SpecError", "numbers_of", "structure_of"]
 
