@@ -78,6 +78,26 @@ class Backend(Protocol):
         """
         ...
 
+    def rng_state(self, rng: Any) -> dict[str, Any]:
+        """The whole state of ``rng`` as NumPy arrays (what a checkpoint saves).
+
+        :meth:`rng_from_state` of the result must draw exactly what ``rng`` would draw next.
+        """
+        ...
+
+    def rng_from_state(self, state: dict[str, Any]) -> Any:
+        """A generator in the state :meth:`rng_state` returned (a new object)."""
+        ...
+
+    def step_functions(self) -> Mapping[str, Callable[..., Any]]:
+        """This backend's translation of each function of ``rtrrl_spec.STEP_FUNCTIONS``.
+
+        Each takes and returns what the reference function of the same name does (in this
+        backend's arrays); the conformance suite checks them one by one, so a failure names
+        the function. :class:`BackendBase` provides it from the module the class is defined in.
+        """
+        ...
+
 
 REQUIRED_ATTRIBUTES: tuple[str, ...] = ("name", "supported_dtypes")
 REQUIRED_METHODS: tuple[str, ...] = (
@@ -89,6 +109,9 @@ REQUIRED_METHODS: tuple[str, ...] = (
     "step",
     "rng",
     "draw_noise",
+    "rng_state",
+    "rng_from_state",
+    "step_functions",
 )
 
 
@@ -111,7 +134,8 @@ def map_tree(fn: Callable[[Any], Any], tree: Any) -> Any:
 
 
 class BackendBase:
-    """Optional mixin for backends: ``with backend:`` support and a readable ``repr``.
+    """Optional mixin for backends: ``with backend:`` support, a readable ``repr`` and
+    :meth:`step_functions` read from the module that defines the class.
 
     ``rtrrl.use(name)`` returns the backend object itself when its class derives from this
     mixin; ``with rtrrl.use(name) as be:`` then restores the previous backend on exit.
@@ -129,6 +153,22 @@ class BackendBase:
         from rtrrl import _registry
 
         _registry._exit()
+
+    def step_functions(self) -> dict[str, Callable[..., Any]]:
+        """The module-level functions named as the spec's, from this class's module."""
+        import sys
+
+        from rtrrl_spec import STEP_FUNCTIONS
+
+        module = sys.modules[type(self).__module__]
+        missing = [n for n in STEP_FUNCTIONS if not callable(getattr(module, n, None))]
+        if missing:
+            raise TypeError(
+                f"{module.__name__} lacks the spec's step functions {missing}: a backend "
+                "translates every function of rtrrl_spec.STEP_FUNCTIONS under its name "
+                "(docs/porting.md), or overrides step_functions()"
+            )
+        return {n: getattr(module, n) for n in STEP_FUNCTIONS}
 
     def __repr__(self) -> str:
         return f"<rtrrl backend {self.name!r} ({type(self).__module__}.{type(self).__qualname__})>"

@@ -13,7 +13,36 @@ import numpy as np
 import rtrrl_spec
 from rtrrl.backends.base import BackendBase, map_tree
 
-__all__ = ["NumpyBackend"]
+__all__ = ["NumpyBackend", "numpy_rng_from_state", "numpy_rng_state"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def numpy_rng_state(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A PCG64 generator's state as arrays: its 128-bit ``state`` and ``inc`` as two uint64
+    words each, and the buffered 32-bit half it may hold."""
+    state = rng.bit_generator.state
+    if state["bit_generator"] != "PCG64":
+        raise TypeError(f"only PCG64 generators are saved, got {state['bit_generator']}")
+    words = [state["state"]["state"], state["state"]["inc"]]
+    return {
+        "pcg64": np.array([w >> 64 for w in words] + [w & _MASK64 for w in words], np.uint64),
+        "buffer": np.array([state["has_uint32"], state["uinteger"]], np.uint64),
+    }
+
+
+def numpy_rng_from_state(state: dict[str, np.ndarray]) -> np.random.Generator:
+    """The generator :func:`numpy_rng_state` saved."""
+    hi_state, hi_inc, lo_state, lo_inc = (int(w) for w in np.asarray(state["pcg64"]))
+    has_uint32, uinteger = (int(v) for v in np.asarray(state["buffer"]))
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": (hi_state << 64) | lo_state, "inc": (hi_inc << 64) | lo_inc},
+        "has_uint32": has_uint32,
+        "uinteger": uinteger,
+    }
+    return rng
 
 
 def _copy(x: Any) -> np.ndarray:
@@ -64,3 +93,13 @@ class NumpyBackend(BackendBase):
         # NumPy generators are stateful: drawing advances `rng` itself, which is returned so
         # that callers can treat every backend's rng functionally.
         return rtrrl_spec.draw_noise(config, batch_size, rng, dtype), rng
+
+    def rng_state(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return numpy_rng_state(rng)
+
+    def rng_from_state(self, state: dict[str, np.ndarray]) -> np.random.Generator:
+        return numpy_rng_from_state(state)
+
+    def step_functions(self) -> dict[str, Any]:
+        """The reference's functions themselves: this backend is the spec."""
+        return rtrrl_spec.step_functions()
