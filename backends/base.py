@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from rtrrl import _selection
+
 __all__ = [
     "REQUIRED_ATTRIBUTES",
     "REQUIRED_METHODS",
@@ -144,15 +146,10 @@ class BackendBase:
     name: str = "unnamed"
 
     def __enter__(self) -> BackendBase:
-        # Imported here, not at module level: the registry imports this module.
-        from rtrrl import _registry
-
-        return _registry._enter(self)
+        return _selection.enter(self)
 
     def __exit__(self, *exc_info: object) -> None:
-        from rtrrl import _registry
-
-        _registry._exit()
+        _selection.exit_()
 
     def step_functions(self) -> dict[str, Callable[..., Any]]:
         """The module-level functions named as the spec's, from this class's module."""

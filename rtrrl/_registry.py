@@ -14,9 +14,10 @@ from __future__ import annotations
 import importlib
 import os
 import threading
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from rtrrl import _selection
+from rtrrl._builtin import BUILTIN_BACKENDS
 from rtrrl.backends.base import Backend, missing_members
 
 if TYPE_CHECKING:
@@ -38,16 +39,6 @@ __all__ = [
     "get_backend",
     "use",
 ]
-
-#: Built-in backends: name -> ("module:Class", pip extra that provides the framework).
-#: Adding a backend is one line here; ``None`` means it needs nothing beyond rtrrl itself.
-BUILTIN_BACKENDS: dict[str, tuple[str, str | None]] = {
-    "numpy": ("rtrrl.backends.numpy:NumpyBackend", None),
-    "jax": ("rtrrl.backends.jax:JaxBackend", "jax"),
-    "torch": ("rtrrl.backends.torch:TorchBackend", "torch"),
-    "keras-jax": ("rtrrl.backends.keras:KerasJaxBackend", "keras"),
-    "keras-torch": ("rtrrl.backends.keras:KerasTorchBackend", "keras,torch"),
-}
 
 ENTRY_POINT_GROUP = "rtrrl.backends"
 ENV_VAR = "RTRRL_BACKEND"
@@ -87,15 +78,6 @@ class BackendInfo(NamedTuple):
 
 # --- state ----------------------------------------------------------------------------------
 
-# The current backend of this context; None means "the default" (RTRRL_BACKEND, else numpy),
-# resolved on each read so that setting the variable before the first use() takes effect.
-_current: ContextVar[Any] = ContextVar("rtrrl_current_backend", default=None)
-# The latest use() call of this context, (backend, previous): `with use(x):` enters right
-# after use(x) returned, and needs to know what to restore on exit.
-_pending: ContextVar[tuple[Any, Any] | None] = ContextVar("rtrrl_pending_use", default=None)
-# What each open `with` block restores. A tuple, never mutated, so contexts cannot share it.
-_restore_stack: ContextVar[tuple[Any, ...]] = ContextVar("rtrrl_restore_stack", default=())
-
 # One instance per target ("module:Attr"), shared by every name and thread that reaches it.
 _cache: dict[str, Any] = {}
 _lock = threading.RLock()
@@ -120,9 +102,7 @@ def use(name: str | Backend | None = None) -> Backend:
     satisfies the protocol comes back in a thin proxy that adds ``with`` support.
     """
     backend = _default() if name is None else _resolve(name)
-    previous = _current.get()
-    _current.set(backend)
-    _pending.set((backend, previous))
+    _selection.select(backend)
     if hasattr(type(backend), "__enter__") and hasattr(type(backend), "__exit__"):
         return backend
     return _UseContext(backend)  # type: ignore[return-value]
@@ -130,7 +110,7 @@ def use(name: str | Backend | None = None) -> Backend:
 
 def current() -> Backend:
     """The current backend of this context (the default if :func:`use` was not called)."""
-    backend = _current.get()
+    backend = _selection.selected()
     return _default() if backend is None else backend
 
 
@@ -167,28 +147,7 @@ def backend_infos() -> list[BackendInfo]:
     return infos
 
 
-# --- context-manager plumbing (used by BackendBase and _UseContext) -------------------------
-
-
-def _enter(backend: Any) -> Any:
-    pending = _pending.get()
-    if pending is not None and pending[0] is backend:
-        previous = pending[1]  # `with use(x):` -- use() already switched
-    else:
-        previous = _current.get()  # `with backend:` on an object obtained earlier
-        _current.set(backend)
-    _pending.set(None)
-    _restore_stack.set((*_restore_stack.get(), previous))
-    return backend
-
-
-def _exit() -> None:
-    stack = _restore_stack.get()
-    if not stack:
-        raise RuntimeError("rtrrl backend context exited more often than entered")
-    _restore_stack.set(stack[:-1])
-    _current.set(stack[-1])
-    _pending.set(None)
+# --- `with` support for backends that only satisfy the protocol ----------------------------
 
 
 class _UseContext:
@@ -203,10 +162,10 @@ class _UseContext:
         return getattr(self._backend, attr)
 
     def __enter__(self) -> Any:
-        return _enter(self._backend)
+        return _selection.enter(self._backend)
 
     def __exit__(self, *exc_info: object) -> None:
-        _exit()
+        _selection.exit_()
 
     def __eq__(self, other: object) -> bool:
         other = other._backend if isinstance(other, _UseContext) else other

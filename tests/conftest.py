@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rtrrl import _registry
+from rtrrl import _registry, _selection
 
 _counter = itertools.count()
 
@@ -21,14 +21,9 @@ def clean_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv(_registry.ENV_VAR, raising=False)
     monkeypatch.setattr(_registry, "_cache", {})
     monkeypatch.setattr(_registry, "BUILTIN_BACKENDS", dict(_registry.BUILTIN_BACKENDS))
-    tokens = [
-        (_registry._current, _registry._current.set(None)),
-        (_registry._pending, _registry._pending.set(None)),
-        (_registry._restore_stack, _registry._restore_stack.set(())),
-    ]
+    token = _selection._state.set(_selection.Selection())
     yield
-    for var, token in reversed(tokens):
-        var.reset(token)
+    _selection._state.reset(token)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 import rtrrl
-from rtrrl import _registry
+from rtrrl import _registry, _selection
 from rtrrl.backends.base import REQUIRED_METHODS, Backend, BackendBase
 
 # A complete backend that does no math: the registry only needs the protocol's shape.
@@ -35,6 +35,8 @@ class FakeBackend(BackendBase):
     def step(self, config, agent, obs, reward, done, noise): return agent, None, {}
     def rng(self, seed): return seed
     def draw_noise(self, config, batch_size, rng, dtype): return None, rng
+    def rng_state(self, rng): return {"seed": rng}
+    def rng_from_state(self, state): return state["seed"]
 """
 
 
@@ -67,6 +69,15 @@ class PlainBackend:
 
     def draw_noise(self, config, batch_size, rng, dtype):
         return None, rng
+
+    def rng_state(self, rng):
+        return {"seed": rng}
+
+    def rng_from_state(self, state):
+        return state["seed"]
+
+    def step_functions(self):
+        return {}
 
 
 class OtherBackend(PlainBackend, BackendBase):
@@ -196,7 +207,7 @@ def test_protocol_only_backend_gets_context_support() -> None:
 
 def test_unbalanced_exit_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="exited more often"):
-        _registry._exit()
+        _selection.exit_()
 
 
 # --- isolation between threads --------------------------------------------------------------
