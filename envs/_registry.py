@@ -25,8 +25,8 @@ class Task:
 
     Attributes:
         name: registry name (for families, the template, e.g. ``"MemoryChain-<k>"``).
-        source: ``"gymnax"``, ``"jax-port"`` (our JAX port of a popgym class), ``"gymnasium"``,
-            ``"popgym"`` or ``"brax"``.
+        source: ``"gymnax"``, ``"jax-port"`` (our JAX port of a popgym class), ``"gymnasium"``
+            or ``"popgym"``.
         target: the underlying id (gymnax id, gymnasium id or popgym class name).
         description: one line for ``rtrrl tasks``.
         obs_indices: observed entries of the flattened observation, ``None`` for all.
@@ -129,7 +129,8 @@ _FAMILIES: list[tuple[re.Pattern[str], Task]] = [
     ),
 ]
 
-# The paper's popgym names -> popgym class names (without the difficulty suffix).
+# The paper's popgym names -> popgym class names (without the difficulty suffix); each class
+# has a JAX port in rtrrl.envs._popgym_jax.
 _POPGYM: dict[str, tuple[str, str]] = {
     "StatelessCartPole": ("PositionOnlyCartPole", "CartPole with positions only (popgym)"),
     "NoisyStatelessCartPole": ("NoisyPositionOnlyCartPole", "noisy position-only CartPole"),
@@ -140,26 +141,15 @@ _POPGYM: dict[str, tuple[str, str]] = {
 }
 
 
-# popgym classes with a pure-JAX port in rtrrl.envs._popgym_jax (imported only when built).
-_PORTED = (
-    "PositionOnlyCartPole",
-    "NoisyPositionOnlyCartPole",
-    "RepeatFirst",
-    "RepeatPrevious",
-    "MineSweeper",
-    "MultiarmedBandit",
-)
-
-
 def _popgym_task(name: str) -> Task | None:
     base, _, level = name.partition("-")
     if base not in _POPGYM or (level and level not in _POPGYM_LEVELS):
         return None
     cls, desc = _POPGYM[base]
     level = level or "Easy"
-    if cls in _PORTED:
-        return Task(name, "jax-port", cls + level, f"{desc} ({level}; JAX port)")
-    return Task(name, "popgym", cls + level, f"{desc} ({level})")
+    # Every class named in _POPGYM has a pure-JAX port (rtrrl.envs._popgym_jax); popgym's own
+    # NumPy environments stay reachable as "popgym:<Class>".
+    return Task(name, "jax-port", cls + level, f"{desc} ({level}; JAX port)")
 
 
 def _gymnax_ids() -> list[str]:

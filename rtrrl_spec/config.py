@@ -79,7 +79,7 @@ class Config:
     action_dim: int | None = None
     action_low: tuple[float, ...] | None = None
     action_high: tuple[float, ...] | None = None
-    body: Literal["ctrnn", "linear"] = "ctrnn"
+    body: Literal["ctrnn", "lru", "linear"] = "ctrnn"
     n_hidden: int = 32
     jacobian: Literal["rflo", "rtrl"] = "rflo"
     feedback_alignment: bool = True
