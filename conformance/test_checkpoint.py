@@ -1,4 +1,5 @@
-"""The canonical layout in and out of a backend: init, checkpoint round trip through NumPy."""
+"""The canonical layout in and out of a backend: init, checkpoint round trip through NumPy, and
+the random state saved as NumPy arrays."""
 
 from __future__ import annotations
 
@@ -53,3 +54,30 @@ def test_checkpoint_round_trip(backend, dtype, variant, data):
     again = backend.to_numpy(backend.from_numpy(saved))
     for name, array in saved.items():
         np.testing.assert_array_equal(np.asarray(again[name]), np.asarray(array), err_msg=name)
+
+
+@given(
+    config=configs(),
+    batch_size=st.integers(1, 3),
+    seed=st.integers(0, 2**31 - 1),
+    draws=st.integers(0, 3),
+)
+def test_rng_state_round_trip(backend, dtype, config, batch_size, seed, draws):
+    """``rng_state`` is NumPy arrays, and ``rng_from_state`` of it draws exactly the noise the
+    saved generator draws next (a resumed run samples what the uninterrupted one would)."""
+    release_compiled_code()
+    rng = backend.rng(seed)
+    for _ in range(draws):
+        _, rng = backend.draw_noise(config, batch_size, rng, dtype)
+    state = backend.rng_state(rng)
+    assert isinstance(state, dict) and state, state
+    for key, value in state.items():
+        assert isinstance(value, np.ndarray), (key, type(value))
+    # Copies, as a checkpoint loads them: the restored generator shares nothing with `rng`.
+    restored = backend.rng_from_state({k: np.array(v, copy=True) for k, v in state.items()})
+    for t in range(2):
+        want, rng = backend.draw_noise(config, batch_size, rng, dtype)
+        got, restored = backend.draw_noise(config, batch_size, restored, dtype)
+        np.testing.assert_array_equal(
+            np.asarray(backend.to_numpy(got)), np.asarray(backend.to_numpy(want)), err_msg=f"{t}"
+        )

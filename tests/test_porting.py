@@ -1,5 +1,6 @@
-"""The porting kit, end to end: an out-of-tree backend package, found by its entry point and
-validated by the conformance suite, exactly as docs/porting.md tells a porter to do it.
+"""The porting kit, end to end: an out-of-tree backend package made as docs/porting.md says
+(copy rtrrl.conformance.template, translate each function, register an entry point), found by
+the registry and validated by the per-function and whole-step conformance suites.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ import site
 import subprocess
 import sys
 import textwrap
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+import rtrrl.conformance.template
+from rtrrl_spec import STEP_FUNCTIONS
 
 pytestmark = pytest.mark.slow
 
@@ -28,31 +33,28 @@ requires-python = ">=3.11"
 
 [project.entry-points."rtrrl.backends"]
 mybackend = "rtrrl_mybackend:Backend"
-mybroken = "rtrrl_mybackend:Broken"
+mybroken = "rtrrl_mybroken:Backend"
 
 [tool.setuptools]
-py-modules = ["rtrrl_mybackend"]
+py-modules = ["rtrrl_mybackend", "rtrrl_mybroken"]
 """
 
-MODULE = '''
-"""A throwaway third-party backend: the reference under another name."""
-
-from rtrrl.backends.numpy import NumpyBackend
-
-
-class Backend(NumpyBackend):
-    name = "mybackend"
+# Step 1 of docs/porting.md: copy the template. Step 2 would translate each function to a
+# framework; the copy stays NumPy, which is a port the suite must pass all the same.
+TEMPLATE = Path(rtrrl.conformance.template.__file__).read_text()
+NAME = 'name = "template"'
+TD_ERROR = "return (reward - reward_rate + gamma * not_done * value - v_prev)"
 
 
-class Broken(Backend):
-    """A port with a sign error in the TD error it reports: the suite must catch it."""
+def ported(name: str, source: str = TEMPLATE) -> str:
+    assert source.count(NAME) == 1, "the template's Backend no longer says " + NAME
+    return source.replace(NAME, f"name = {name!r}")
 
-    name = "mybroken"
 
-    def step(self, config, agent, obs, reward, done, noise):
-        agent, action, info = super().step(config, agent, obs, reward, done, noise)
-        return agent, action, {**info, "td_error": -info["td_error"]}
-'''
+def broken() -> str:
+    """The port with one bug: the TD error's sign (the per-function suite must name it)."""
+    assert TEMPLATE.count(TD_ERROR) == 1, "the template's td_error changed: update TD_ERROR"
+    return ported("mybroken", TEMPLATE.replace(TD_ERROR, TD_ERROR.replace("return (", "return -(")))
 
 
 def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
@@ -72,7 +74,8 @@ def porter_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     package = root / "rtrrl-mybackend"
     package.mkdir()
     (package / "pyproject.toml").write_text(PYPROJECT)
-    (package / "rtrrl_mybackend.py").write_text(MODULE)
+    (package / "rtrrl_mybackend.py").write_text(ported("mybackend"))
+    (package / "rtrrl_mybroken.py").write_text(broken())
 
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)]).check_returncode()
@@ -101,13 +104,19 @@ def test_entry_point_backend_is_found(porter_env: Path) -> None:
         be = rtrrl.use("mybackend")
         print(type(be).__module__, be.name, rtrrl.current() is be)
         print(rtrrl.available_backends())
+        functions = be.step_functions()
+        print(" ".join(functions))
+        print({fn.__module__ for fn in functions.values()})
         """
     )
     done = _run([str(porter_env), "-c", code], cwd=porter_env.parents[2])
     assert done.returncode == 0, done.stderr
-    first, second = done.stdout.splitlines()
+    first, second, names, modules = done.stdout.splitlines()
     assert first == "rtrrl_mybackend mybackend True"
     assert "'mybackend': True" in second
+    # The spec's functions, in order, and every one the port's own (not the reference's).
+    assert names.split() == list(STEP_FUNCTIONS)
+    assert modules == "{'rtrrl_mybackend'}"
 
 
 def test_backend_is_not_visible_outside_its_venv() -> None:
@@ -115,28 +124,63 @@ def test_backend_is_not_visible_outside_its_venv() -> None:
     assert importlib.util.find_spec("rtrrl_mybackend") is None
 
 
-def _conformance(python: Path, backend: str) -> tuple[int, str]:
+def _conformance(python: Path, backend: str, *args: str) -> tuple[int, str, list]:
+    """Run the suite in the porter's venv: exit code, output, and (test name, failure message
+    or None) for every test that ran."""
     env = {**os.environ, "HYPOTHESIS_PROFILE": "dev"}
     env.pop("RTRRL_BACKEND", None)  # --backend must be what selects it
-    args = ["-m", "pytest", "--pyargs", "rtrrl.conformance", "--backend", backend]
+    report = python.parents[2] / f"report-{backend}-{len(args)}.xml"
+    suite = ["-m", "pytest", "--pyargs", "rtrrl.conformance", "--backend", backend]
     done = _run(
-        [str(python), *args, "-x", "-q", "-p", "no:cacheprovider"],
+        [str(python), *suite, "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *args],
         cwd=python.parents[2],  # outside the repository: no repo conftest or config
         env=env,
     )
-    return done.returncode, done.stdout + done.stderr
+    tests = [(case.get("name", ""), _failure(case)) for case in ET.parse(report).iter("testcase")]
+    return done.returncode, done.stdout + done.stderr, tests
+
+
+def _failure(case: ET.Element) -> str | None:
+    # `is not None`: an element without children is falsy.
+    found = [e for e in (case.find("failure"), case.find("error")) if e is not None]
+    return found[0].get("message", "") if found else None
 
 
 def test_conformance_suite_passes_for_the_ported_backend(porter_env: Path) -> None:
-    code, output = _conformance(porter_env, "mybackend")
+    code, output, tests = _conformance(porter_env, "mybackend")
     assert code == 0, output[-5000:]
-    assert " passed" in output
-    assert "failed" not in output
+    assert all(failure is None for _, failure in tests), output[-5000:]
+    names = [name for name, _ in tests]
+    # The per-function suite ran every function, and the whole-step properties ran too.
+    for function in STEP_FUNCTIONS[:-1]:
+        assert any(n.startswith("test_function[") and n.endswith(f"-{function}]") for n in names)
+    assert any(n.startswith("test_function_step[") for n in names), names
+    assert any(n.startswith("test_one_step[") for n in names), names
+    assert any(n.startswith("test_free_running_trajectory[") for n in names), names
 
 
-def test_conformance_suite_fails_for_a_broken_port(porter_env: Path) -> None:
-    # Proves that --backend really selects the entry-point backend (not the default numpy).
-    code, output = _conformance(porter_env, "mybroken")
+def test_per_function_suite_names_the_function_of_a_broken_port(porter_env: Path) -> None:
+    # Also proves that --backend selects the entry-point backend (not the default numpy).
+    code, output, tests = _conformance(porter_env, "mybroken", "-k", "test_function")
     assert code == 1, output[-5000:]
-    assert "1 failed" in output
-    assert "td_error" in output
+    failed = {name: message for name, message in tests if message is not None}
+    assert failed, output[-5000:]
+    # td_error fails in each dtype, and so does the step that calls it; nothing else does.
+    assert {n for n in failed if "td_error" in n} == {
+        "test_function[float32-td_error]",
+        "test_function[float64-td_error]",
+    }, sorted(failed)
+    assert set(failed) - {n for n in failed if "td_error" in n} <= {
+        "test_function_step[float32]",
+        "test_function_step[float64]",
+    }, sorted(failed)
+    message = failed["test_function[float32-td_error]"]
+    assert message.startswith("rtrrl.conformance.harness.ConformanceError: td_error ["), message
+
+
+def test_whole_step_suite_catches_a_broken_port(porter_env: Path) -> None:
+    code, output, tests = _conformance(porter_env, "mybroken", "-x", "-k", "not test_functions")
+    assert code == 1, output[-5000:]
+    failed = [(name, message) for name, message in tests if message is not None]
+    assert len(failed) == 1, failed
+    assert "td_error" in failed[0][1], failed

@@ -7,11 +7,15 @@ that makes the suite blind to one of these bugs is itself caught. Run one by han
     pytest --pyargs rtrrl.conformance --backend rtrrl.conformance.mutants:TdErrorSignFlipped
 
 The bugs are injected by swapping one function of :mod:`rtrrl_spec` for the duration of a
-step (``unittest.mock.patch``), so the mutants share every other line with the reference.
+step (``unittest.mock.patch``), so the mutants share every other line with the reference. Their
+``step_functions()`` are the reference's with the same function swapped, so the per-function
+suite (``test_functions.py``) sees the bug too, and names the function it is in.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
@@ -19,6 +23,7 @@ import numpy as np
 
 import rtrrl_spec
 from rtrrl.backends.numpy import NumpyBackend
+from rtrrl.conformance.functions import map_leaves
 from rtrrl_spec import agent as agent_module
 from rtrrl_spec import ctrnn, lru, optim
 
@@ -51,6 +56,11 @@ class _Mutant(NumpyBackend):
         with mock.patch(self.target, self.replacement):
             return super().step(config, agent, obs, reward, done, noise)
 
+    def step_functions(self) -> dict[str, Callable[..., Any]]:
+        """The reference's functions, the mutated one swapped in, and the mutant's ``step``."""
+        mutated = self.target.rpartition(".")[2]
+        return {**rtrrl_spec.step_functions(), mutated: self.replacement, "step": self.step}
+
 
 class TdErrorSignFlipped(_Mutant):
     """``δ = v_prev − r − γv``: the TD error with the wrong sign."""
@@ -61,8 +71,8 @@ class TdErrorSignFlipped(_Mutant):
     _original = staticmethod(agent_module.td_error)
 
     @staticmethod
-    def replacement(*args: Any, **kwargs: Any) -> np.ndarray:
-        return -TdErrorSignFlipped._original(*args, **kwargs)
+    def replacement(reward, done, value, v_prev, gamma, reward_rate=0.0) -> np.ndarray:
+        return -TdErrorSignFlipped._original(reward, done, value, v_prev, gamma, reward_rate)
 
 
 class RfloMissingInverseTau(_Mutant):
@@ -163,6 +173,37 @@ class Float64ComputedInFloat32(NumpyBackend):
             down(noise),
         )
         return ({k: up(v) for k, v in new.items()}, up(action), {k: up(v) for k, v in info.items()})
+
+    def step_functions(self) -> dict[str, Callable[..., Any]]:
+        """Every reference function computed in float32 when given float64 arrays."""
+        functions = {k: _in_float32(f) for k, f in rtrrl_spec.step_functions().items()}
+        return {**functions, "step": self.step}
+
+
+def _is_float64(x: Any) -> bool:
+    return isinstance(x, np.ndarray) and x.dtype == np.float64
+
+
+def _narrow(x: Any) -> Any:
+    return x.astype(np.float32) if _is_float64(x) else x
+
+
+def _widen(x: Any) -> Any:
+    return np.asarray(x, np.float64) if np.asarray(x).dtype == np.float32 else x
+
+
+def _in_float32(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` on float64 arrays cast down to float32, its float results cast back up."""
+
+    def wrapped(*args: Any) -> Any:
+        leaves: list[Any] = []
+        map_leaves(leaves.append, args)
+        out = fn(*map_leaves(_narrow, args))
+        return map_leaves(_widen, out) if any(map(_is_float64, leaves)) else out
+
+    # The suite reads the parameters' names: they are the reference's.
+    wrapped.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
+    return wrapped
 
 
 MUTANTS = (
