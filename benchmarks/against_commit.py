@@ -46,7 +46,7 @@ def _git(*args: str) -> str:
     return done.stdout
 
 
-def _import_tree(checkout: Path, into: Path) -> Path:
+def import_tree(checkout: Path, into: Path) -> Path:
     """A folder that, first on PYTHONPATH, makes ``checkout``'s packages the imported ones."""
     (into / "rtrrl").mkdir(parents=True)
     for item in (checkout / "rtrrl").iterdir():
@@ -109,7 +109,7 @@ def compare(base: str, script: list[str], rounds: int, metric: str) -> str:
         checkout = Path(tmp) / "tree"
         _git("worktree", "add", "--detach", str(checkout), base_sha)
         try:
-            pythonpath = str(_import_tree(checkout, Path(tmp) / "imports"))
+            pythonpath = str(import_tree(checkout, Path(tmp) / "imports"))
             sides: dict[str, list[Table]] = {"base": [], "head": []}
             for r in range(rounds):
                 order = ["base", "head"] if r % 2 == 0 else ["head", "base"]

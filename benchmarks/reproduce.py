@@ -198,7 +198,7 @@ def run_cell(
     (but Ctrl-C still stops the sweep, leaving the cell's checkpoint to resume from)."""
     import numpy as np
 
-    from rtrrl import train as training
+    from rtrrl import training
     from rtrrl._cli_train import parse_overrides
 
     record: dict[str, Any] = {

@@ -12,16 +12,22 @@ Rows (one run, same machine, same moment):
   (shown when those differ, i.e. on the CPU);
 - ``fused population-64``: :func:`rtrrl.fused.make_population`, 64 seeds in one ``vmap``
   (steps counted over all seeds);
-- ``host <backend>``: the host loop of :mod:`rtrrl.train` (``HostEngine``) per installed
-  backend: Python loop, host env, one agent step per environment step.
+- host rows: the host loop (``rtrrl train --host``) per backend, each in a fresh process,
+  through the public train function: the training epoch rate, the time of the first and of
+  later evaluations, and the end-to-end rate of the whole call. With ``--baseline DIR`` (a
+  checkout of an earlier commit, e.g. a git worktree) every row is timed there too, the two
+  sides in alternation; ``--threads BACKEND=N`` adds rows with ``--threads N``.
 
 Usage: ``python benchmarks/train_speed.py [--task CartPole-v1] [--backends numpy,jax,torch]
-[--record]`` (``--record`` appends to ``benchmarks/results/train_speed.md``).
+[--no-fused] [--baseline DIR] [--threads torch=2] [--record]`` (``--record`` appends to
+``benchmarks/results/train_speed.md``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -193,47 +199,176 @@ def fused_rows(
     return rows
 
 
-def host_row(task: str, backend: str, steps: int, repeats: int) -> tuple:
-    from rtrrl import envs
-    from rtrrl import train as training
+# --- the host loop, through the public API, optionally against an earlier checkout ----------
 
-    env = envs.make_host(task, num_envs=1)
-    config = env.spec.agent_config(n_hidden=32, jacobian="rflo")
-    protocol = training.Protocol(task=task, backend=backend, seeds=(0,), epoch_steps=steps)
-    session = training.Session(
-        out=Path(tempfile.mkdtemp()),
-        protocol=protocol,
-        config=config,
-        engine="host",
-        records=[training.SeedRecord(seed=0)],
+#: What a host-loop measurement trains: one seed, ``HOST_EPOCHS`` epochs, an evaluation after
+#: every second one (the epochs before an evaluation time training alone; the epochs after one
+#: time the evaluation too).
+HOST_EPOCHS = 8
+HOST_EVAL_EVERY = 2
+
+
+def measure_host(spec: dict) -> dict:
+    """One host-loop run of ``rtrrl``'s public train function, in this process; its timings.
+
+    Runs as the worker of :func:`host_rows` (``--measure-host JSON``), in a fresh process per
+    measurement, so that every backend (and ``KERAS_BACKEND``) starts clean and the same code
+    can time an earlier checkout's ``rtrrl`` (put first on ``PYTHONPATH``).
+    """
+    import csv
+    import importlib
+
+    import rtrrl
+    import rtrrl.backends
+
+    # rtrrl.training.train where the package has it; earlier versions made the module
+    # rtrrl.train itself callable. (Asked of the folder: the editable install's finder would
+    # find this tree's rtrrl/training.py for an earlier checkout's package too.)
+    has_training = (Path(rtrrl.__file__).parent / "training.py").exists()
+    train = importlib.import_module("rtrrl.training").train if has_training else rtrrl.train
+    # Each evaluation timed where the host loop calls it: rtrrl.host.evaluate_host now,
+    # rtrrl.train.evaluate_host (which built its environment) before.
+    host = importlib.import_module("rtrrl.host" if has_training else "rtrrl.train")
+    evaluate, eval_times = host.evaluate_host, []
+
+    def timed_evaluate(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            eval_times.append(time.perf_counter() - t)
+
+    host.evaluate_host = timed_evaluate
+    kwargs = dict(
+        seeds=1,
+        steps=HOST_EPOCHS * spec["epoch_steps"],
+        epoch_steps=spec["epoch_steps"],
+        eval_every=HOST_EVAL_EVERY,
+        eval_episodes=spec["eval_episodes"],
+        patience=10**6,
+        fused=False,
+        n_hidden=32,
+        jacobian="rflo",
     )
-    engine = training.HostEngine(session, None)
-    be = engine.be
-    state = {
-        "agent": be.from_numpy(engine.agents[0]),
-        "rng": be.rng(1),
-        "obs": env.reset(0),
-        "reward": np.zeros(1, np.float32),
-        "done": np.ones(1, bool),
+    if spec["threads"] is not None:
+        kwargs["threads"] = spec["threads"]
+    torch_default = None
+    if "torch" in spec["backend"]:
+        import torch
+
+        torch_default = torch.get_num_threads()  # what a run gets unless rtrrl sets it
+    out = Path(tempfile.mkdtemp(prefix="rtrrl-speed-")) / "run"
+    t0 = time.perf_counter()
+    train(spec["task"], spec["backend"], out=out, **kwargs)
+    total = time.perf_counter() - t0
+    with open(out / "metrics.csv") as f:
+        walls = [float(r["wall_time"]) for r in csv.DictReader(f)]
+    # Row e's wall time is taken when epoch e is recorded, before its evaluation: from a row
+    # without an evaluation to the next is one epoch of training alone.
+    epochs = [walls[e] - walls[e - 1] for e in range(1, HOST_EPOCHS) if e % HOST_EVAL_EVERY]
+    return {
+        "files": [rtrrl.__file__, rtrrl.backends.__file__],
+        "epoch_rate": spec["epoch_steps"] / float(np.median(epochs)),
+        "first_eval": eval_times[0],
+        "later_evals": float(np.median(eval_times[1:])),
+        "end_to_end": HOST_EPOCHS * spec["epoch_steps"] / total,
+        "torch_default": torch_default,
     }
-    ep_ret = np.zeros(1)
 
-    def run():
-        out = engine._epoch(
-            env,
-            state["agent"],
-            state["rng"],
-            state["obs"],
-            state["reward"],
-            state["done"],
-            ep_ret,
-            [],
+
+def _host_torch_threads() -> int | str:
+    try:
+        from rtrrl.threads import HOST_TORCH_THREADS
+    except ImportError:
+        return "?"
+    return HOST_TORCH_THREADS
+
+
+def _run_worker(spec: dict, pythonpath: str | None) -> dict:
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
+    if spec["backend"].startswith("keras-"):
+        env["KERAS_BACKEND"] = spec["backend"][len("keras-") :]
+        env.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="rtrrl-keras-"))
+    cmd = [sys.executable, __file__, "--measure-host", json.dumps(spec)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1][:100]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _median_of(runs: list[dict]) -> dict:
+    """Per timing, the median over the rounds; the first error if any round failed."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    keys = ("epoch_rate", "first_eval", "later_evals", "end_to_end")
+    return {k: float(np.median([r[k] for r in runs])) for k in keys}
+
+
+def host_rows(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Host-loop rows per backend (and thread setting), this tree against ``--baseline``
+    when given, the two sides measured in alternation; returns the table and notes."""
+    from against_commit import import_tree
+
+    base = None
+    if args.baseline:
+        base = str(import_tree(Path(args.baseline), Path(tempfile.mkdtemp()) / "imports"))
+    cases = [(b, None) for b in args.backends.split(",")]
+    cases += [(b, int(t)) for item in args.threads for b, t in [item.split("=")]]
+    table = [
+        "| backend | threads | side | epoch agent-steps/s | first evaluation s | later "
+        "evaluations s | end-to-end agent-steps/s | now ÷ before (epoch, end-to-end) |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    files: dict[str, set[str]] = {"now": set(), "before": set()}
+    torch_default = None
+    for k, (backend, threads) in enumerate(cases):
+        spec = {
+            "task": args.task,
+            "backend": backend,
+            "epoch_steps": args.host_steps,
+            "eval_episodes": args.eval_episodes,
+            "threads": threads,
+        }
+        sides = [("now", None)] + ([("before", base)] if base and threads is None else [])
+        runs: dict[str, list[dict]] = {side: [] for side, _ in sides}
+        for r in range(args.host_rounds):
+            for side, path in sides if (k + r) % 2 else sides[::-1]:
+                runs[side].append(_run_worker(spec, path))
+                files[side].update(runs[side][-1].get("files", []))
+                torch_default = runs[side][-1].get("torch_default") or torch_default
+                print(backend, threads, side, runs[side][-1], flush=True)
+        results = {side: _median_of(found) for side, found in runs.items()}
+        for side, _ in sides:
+            r = results[side]
+            shown = "default" if threads is None else str(threads)
+            if "error" in r:
+                table.append(f"| {backend} | {shown} | {side} | — | — | — | — | {r['error']} |")
+                continue
+            ratio = ""
+            if side == "now" and "before" in results and "error" not in results["before"]:
+                b = results["before"]
+                ratio = f"{r['epoch_rate'] / b['epoch_rate']:.2f}, "
+                ratio += f"{r['end_to_end'] / b['end_to_end']:.2f}"
+            table.append(
+                f"| {backend} | {shown} | {side} | {r['epoch_rate']:,.0f} | "
+                f"{r['first_eval']:.2f} | {r['later_evals']:.2f} | {r['end_to_end']:,.0f} "
+                f"| {ratio} |"
+            )
+    notes = [
+        f"Imported `{side}` from: {', '.join(sorted(found))}."
+        for side, found in files.items()
+        if found
+    ]
+    if torch_default is not None:
+        notes.append(
+            f"Threads `default`: torch's own number in a fresh process here ({torch_default}) "
+            "before; rtrrl's host-loop default now (rtrrl.threads.HOST_TORCH_THREADS = "
+            f"{_host_torch_threads()})."
         )
-        state["agent"], state["rng"], state["obs"], state["reward"], state["done"] = out[:5]
-
-    rate = best_rate(run, steps, repeats)
-    env.close()
-    return (f"host {backend}", 1, rate, "Python loop over the host env, one agent step per call")
+    return table, notes
 
 
 def main() -> None:
@@ -245,42 +380,67 @@ def main() -> None:
         "--rounds", type=int, default=41, help="paired rounds of the env and fused B=1 rows"
     )
     parser.add_argument("--population", type=int, default=64)
-    parser.add_argument("--host-steps", type=int, default=300)
+    parser.add_argument("--no-fused", action="store_true", help="only the host-loop rows")
+    parser.add_argument("--host-steps", type=int, default=300, help="steps per host epoch")
+    parser.add_argument("--eval-episodes", type=int, default=10, help="host evaluations")
+    parser.add_argument(
+        "--host-rounds", type=int, default=1, help="runs per host row and side (medians)"
+    )
     parser.add_argument("--backends", default="numpy,jax,torch,keras-jax,keras-torch")
+    parser.add_argument(
+        "--threads",
+        action="append",
+        default=[],
+        metavar="BACKEND=N",
+        help="also time the host loop of BACKEND with rtrrl train --threads N (this tree only)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="a checkout of an earlier commit (e.g. a git worktree): host rows on it too",
+    )
     parser.add_argument("--record", action="store_true")
+    parser.add_argument("--measure-host", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure_host:  # the worker of host_rows, in its own process
+        print(json.dumps(measure_host(json.loads(args.measure_host))))
+        return
 
-    from rtrrl import _registry
-
-    header = machine()
+    load = os.getloadavg()[0]
     date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
-    rows = fused_rows(args.task, args.epoch_steps, args.repeats, args.population, args.rounds)
-    installed = _registry.available_backends()
-    for name in args.backends.split(","):
-        if not installed.get(name):
-            rows.append((f"host {name}", 1, float("nan"), "not installed"))
-            continue
-        try:
-            rows.append(host_row(args.task, name, args.host_steps, max(2, args.repeats // 2)))
-        except Exception as err:  # a backend failing must not hide the other rows
-            rows.append((f"host {name}", 1, float("nan"), f"failed: {err}"[:80]))
-        print(rows[-1], flush=True)
-
-    lines = [
-        f"## {date}",
+    lines = [f"## {date}", "", f"`python {' '.join(sys.argv)}`", ""]
+    if not args.no_fused:
+        rows = fused_rows(args.task, args.epoch_steps, args.repeats, args.population, args.rounds)
+        lines += [
+            f"Task {args.task}, RFLO, N = 32, float32, {args.epoch_steps} steps per epoch (one "
+            "jitted scan per call). The env-alone and fused B=1 rows are timed in alternation, "
+            "one call each per round: rates from the median call, ratios the median "
+            "(quartiles) of the same-round ratios; other rows best of the repeats.",
+            "",
+            "| path | B | agent-steps/s | note |",
+            "|---|---:|---:|---|",
+        ]
+        lines += [f"| {name} | {b} | {rate:,.0f} | {note} |" for name, b, rate, note in rows]
+        lines.append("")
+    table, notes = host_rows(args)
+    before = f" and on {args.baseline} (`before`)" if args.baseline else ""
+    lines += [
+        f"Host loop (`rtrrl train --host`), through the public train function in a fresh "
+        f"process per run, on this tree (`now`){before}, the two in alternation, "
+        f"{args.host_rounds} run(s) per row and side (medians over them): "
+        f"{args.task}, RFLO, N = 32, B = 1, float32, one seed, {HOST_EPOCHS} epochs of "
+        f"{args.host_steps} steps, an evaluation of {args.eval_episodes} episodes after every "
+        f"{HOST_EVAL_EVERY} epochs. Epoch rate: median over the epochs that follow no "
+        "evaluation; evaluation s: the host loop's calls of `evaluate_host`, timed around "
+        "the call (the first, and the median of the later ones); end to end: all steps over "
+        "the whole call (building and compiling environments, checkpoints included).",
         "",
-        f"`python {' '.join(sys.argv)}`",
+        *table,
         "",
-        f"Machine: {header}. Task {args.task}, RFLO, N = 32, float32, {args.epoch_steps} "
-        "steps per epoch (one jitted scan per call). The env-alone and fused B=1 rows are "
-        "timed in alternation, one call each per round: rates from the median call, ratios "
-        "the median (quartiles) of the same-round ratios; other rows best of the repeats.",
+        *notes,
         "",
-        "| path | B | agent-steps/s | note |",
-        "|---|---:|---:|---|",
+        f"Machine: {machine(load)}.",
     ]
-    for name, b, rate, note in rows:
-        lines.append(f"| {name} | {b} | {rate:,.0f} | {note} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.record:

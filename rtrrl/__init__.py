@@ -27,13 +27,15 @@ from rtrrl.backends.base import Backend
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> object:
-    # ``rtrrl.train`` loads lazily (it needs the environments); the module is callable, so
-    # ``rtrrl.train("CartPole-vel", backend="jax")`` and ``rtrrl.train.resume(...)`` both work.
-    if name == "train":
-        import importlib
+# Loaded on first use: training needs the environments, which `import rtrrl` must not import.
+_TRAINING = ("train", "resume", "evaluate_checkpoint")
 
-        return importlib.import_module("rtrrl.train")
+
+def __getattr__(name: str) -> object:
+    if name in _TRAINING:
+        from rtrrl import training
+
+        return getattr(training, name)
     raise AttributeError(f"module 'rtrrl' has no attribute {name!r}")
 
 
@@ -46,7 +48,9 @@ __all__ = [
     "__version__",
     "available_backends",
     "current",
+    "evaluate_checkpoint",
     "get_backend",
+    "resume",
     "train",
     "use",
 ]

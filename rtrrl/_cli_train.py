@@ -1,27 +1,45 @@
-"""``rtrrl train`` and ``rtrrl eval``: the command-line face of :mod:`rtrrl.train`.
+"""``rtrrl train`` and ``rtrrl eval``: the command-line face of :mod:`rtrrl.training`.
 
-Kept apart from :mod:`rtrrl.cli` so that the command stays import-cheap: nothing here imports
-a framework until a subcommand runs.
+The flags of ``rtrrl train`` are generated from the fields of :class:`rtrrl.settings.RunSettings`
+and of :class:`rtrrl_spec.Config` (all but those the task decides), so each default is written
+once, in its dataclass. A flag not given means "the dataclass's default"; a flag given is
+checked by the dataclass, so ``--patience 0`` is an error rather than a silent default.
+
+Built with :mod:`argparse` from ``dataclasses.fields`` and the type hints (no extra
+dependency): ``int``, ``float``, ``str``, ``bool`` (``--x`` / ``--no-x``), ``Literal`` choices
+and ``X | None`` (``none`` on the command line) are all the fields need.
+
+Nothing here imports a framework until a subcommand runs (``rtrrl_spec`` needs only NumPy).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
+import re
 import sys
 import time
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BODIES", "QUICKSTART", "add_commands", "agent_overrides", "parse_overrides"]
+from rtrrl.settings import TASK_FIELDS, RunSettings
 
-#: What ``rtrrl train`` without ``--task`` runs: a small memory task that the fused JAX path
-#: learns in about a minute on a laptop CPU (README's first command). Flags given explicitly win.
-QUICKSTART = {"task": "MemoryChain-4", "steps": 30_000, "eval_every": 2, "patience": 20}
+__all__ = ["QUICKSTART", "add_commands", "backend_of", "parse_overrides", "run_guarded"]
 
+#: What ``rtrrl train`` without ``--task`` changes from :class:`RunSettings`' defaults: a
+#: small memory task (the settings' default task) that the fused JAX path learns in about a
+#: minute on a laptop CPU (README's first command). Flags given explicitly win.
+QUICKSTART: dict[str, Any] = {"steps": 30_000, "eval_every": 2}
 
 #: Values of ``--set`` read as Python constants whatever their case (JSON's and Python's names).
 _CONSTANTS: dict[str, Any] = {"true": True, "false": False, "null": None, "none": None}
+
+# argparse destinations: "run:<field>" for RunSettings, "agent:<field>" for Config.
+_RUN, _AGENT = "run:", "agent:"
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -47,83 +65,224 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-#: The recurrent bodies ``--body`` chooses from (the same as ``rtrrl_spec.config.BODIES``,
-#: kept here so that ``rtrrl train --help`` does not import the reference).
-BODIES = ("ctrnn", "lru", "linear")
+# --- flags from dataclass fields ------------------------------------------------------------
 
 
-def agent_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The agent Config overrides of ``rtrrl train``: ``--set`` items, then ``--body`` and
-    ``--freeze-rnn`` (sugar for ``--set body=…`` and ``--set freeze_rnn=true``).
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
-    A flag that contradicts a ``--set`` of the same field is an error, not a silent choice.
-    """
+
+def _shown(value: Any) -> str:
+    """A default as the command line spells it."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value:_}"
+    return str(value)
+
+
+def _scalar(hint: Any) -> tuple[Any, bool]:
+    """``(type, optional)`` of a field's type hint: ``int | None`` → ``(int, True)``."""
+    args = typing.get_args(hint)
+    if type(None) in args and typing.get_origin(hint) is not typing.Literal:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else hint), True
+    return hint, False
+
+
+def _parser_of(kind: Any, optional: bool) -> tuple[Callable[[str], Any], str]:
+    """The string parser and the type's name for a scalar field."""
+    base: Callable[[str], Any]
+    if typing.get_origin(kind) is typing.Literal:
+        base, name = str, "{" + ",".join(map(str, typing.get_args(kind))) + "}"
+    elif kind in (int, float, str):
+        base, name = kind, kind.__name__
+    else:
+        raise TypeError(f"no command-line form for {kind!r}")
+
+    def parse(text: str) -> Any:
+        if optional and text.strip().lower() in ("none", "null"):
+            return None
+        try:
+            return base(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from err
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse, name + (" or none" if optional else "")
+
+
+def _add_field(
+    group: Any, f: dataclasses.Field, hint: Any, dest: str, help: str, extra: str = ""
+) -> None:
+    """One flag for field ``f``; its default is shown, never stored (``SUPPRESS``)."""
+    help = help.replace("%", "%%")
+    kind, optional = _scalar(hint)
+    default = f.metadata.get("shown", _shown(f.default))
+    if kind is bool:
+        shown = f"(bool, default: {default}{extra})"
+        group.add_argument(
+            _flag(f.name),
+            dest=dest,
+            action=argparse.BooleanOptionalAction,
+            default=argparse.SUPPRESS,
+            help=f"{help} {shown}",
+        )
+        return
+    parse = f.metadata.get("parse")
+    if parse is not None:
+        type_name = f.metadata.get("metavar", "value")
+    else:
+        parse, type_name = _parser_of(kind, optional)
+    metavar = f.metadata.get("metavar")
+    if metavar is None:
+        metavar = type_name.split(" ")[0].upper() if type_name[0] != "{" else type_name
+    group.add_argument(
+        _flag(f.name),
+        dest=dest,
+        type=parse,
+        default=argparse.SUPPRESS,
+        metavar=metavar,
+        help=f"{help} ({type_name}, default: {default}{extra})",
+    )
+
+
+def _attribute_docs(doc: str | None) -> dict[str, str]:
+    """``{field: description}`` from a Google-style ``Attributes:`` section."""
+    out: dict[str, str] = {}
+    lines = inspect.cleandoc(doc or "").splitlines()
+    if "Attributes:" not in lines:
+        return out
+    names: list[str] = []
+    text: list[str] = []
+    for line in [*lines[lines.index("Attributes:") + 1 :], ""]:
+        match = re.match(r"^ {4}(\w+(?:, \w+)*): (.*)$", line)
+        if match or not line.startswith(" " * 8):
+            for name in names:
+                out[name] = " ".join(text).replace("``", "")
+            names, text = [], []
+        if match:
+            names, text = match.group(1).split(", "), [match.group(2)]
+        elif line.startswith(" " * 8):
+            text.append(line.strip())
+        else:
+            break
+    return out
+
+
+def _literal_choices(cls: type) -> dict[str, tuple[str, ...]]:
+    hints = typing.get_type_hints(cls)
+    return {
+        name: typing.get_args(hint)
+        for name, hint in hints.items()
+        if typing.get_origin(hint) is typing.Literal
+    }
+
+
+def _agent_fields() -> tuple[list[dataclasses.Field], dict[str, Any]]:
+    import rtrrl_spec
+
+    fields = [f for f in dataclasses.fields(rtrrl_spec.Config) if f.name not in TASK_FIELDS]
+    return fields, typing.get_type_hints(rtrrl_spec.Config)
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    import rtrrl_spec
+
+    run = p.add_argument_group(
+        "run settings (rtrrl.settings.RunSettings; defaults are the paper's protocol)"
+    )
+    hints = typing.get_type_hints(RunSettings)
+    for f in dataclasses.fields(RunSettings):
+        quick = f", quick start: {_shown(QUICKSTART[f.name])}" if f.name in QUICKSTART else ""
+        if f.name == "task":
+            quick = ", the quick start when not given"
+        _add_field(run, f, hints[f.name], _RUN + f.name, f.metadata.get("help", ""), quick)
+    # The spelling of --no-fused from before the flags were generated.
+    run.add_argument(
+        "--host",
+        dest=_RUN + "fused",
+        action="store_const",
+        const=False,
+        default=argparse.SUPPRESS,
+        help="use the host loop even on jax with a gymnax task (same as --no-fused)",
+    )
+    agent = p.add_argument_group(
+        "agent (rtrrl_spec.Config; defaults are the paper's; the task sets obs_dim, n_actions, "
+        "action_dim and the action bounds)"
+    )
+    docs = _attribute_docs(rtrrl_spec.Config.__doc__)
+    fields, hints = _agent_fields()
+    for f in fields:
+        _add_field(agent, f, hints[f.name], _AGENT + f.name, docs.get(f.name, ""))
+    agent.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an agent Config field by name, e.g. --set lr_td=3e-3 --set clip_norm=none",
+    )
+
+
+# --- rtrrl train ----------------------------------------------------------------------------
+
+
+def _given(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Run settings and agent fields given on the command line, and their flags."""
+    values = vars(args)
+    run = {k[len(_RUN) :]: v for k, v in values.items() if k.startswith(_RUN)}
+    agent = {k[len(_AGENT) :]: v for k, v in values.items() if k.startswith(_AGENT)}
+    flags = [_flag(k) for k in [*run, *agent]]
+    return run, agent, flags
+
+
+def _agent_overrides(args: argparse.Namespace, flags: dict[str, Any]) -> dict[str, Any]:
+    """The agent fields of ``--set`` and of the agent flags; a flag that contradicts a
+    ``--set`` of the same field is an error, not a silent choice."""
     out = parse_overrides(args.set)
-    sugar: dict[str, Any] = {}
-    if args.body is not None:
-        if args.body not in BODIES:
-            raise ValueError(f"unknown body {args.body!r}; choose one of {', '.join(BODIES)}")
-        sugar["body"] = args.body
-    if args.freeze_rnn:
-        sugar["freeze_rnn"] = True
-    for key, value in sugar.items():
+    run_fields = {f.name for f in dataclasses.fields(RunSettings)}
+    for key in out:
+        if key in run_fields:
+            raise ValueError(f"{key} is a run setting, not an agent field: give {_flag(key)}")
+    for key, value in flags.items():
         if key in out and out[key] != value:
-            flag = f"--{key.replace('_', '-')}"
-            raise ValueError(f"{flag} contradicts --set {key}={out[key]!r}; give only one")
-    out.update(sugar)
-    if "body" in out and out["body"] not in BODIES:
-        raise ValueError(f"unknown body {out['body']!r}; choose one of {', '.join(BODIES)}")
+            raise ValueError(f"{_flag(key)} contradicts --set {key}={out[key]!r}; give only one")
+    out.update(flags)
+    import rtrrl_spec
+
+    for key, choices in _literal_choices(rtrrl_spec.Config).items():
+        if key in out and out[key] not in choices:
+            raise ValueError(f"unknown {key} {out[key]!r}; choose one of {', '.join(choices)}")
     return out
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rtrrl import train as training
+    from rtrrl import training
 
+    run, agent, flags = _given(args)
     progress = not args.no_progress
     if args.resume:
-        given = [
-            f"--{k.replace('_', '-')}"
-            for k in ("task", "steps", "eval_every", "seeds", "out", "body")
-            if getattr(args, k) is not None
-        ]
-        given += ["--freeze-rnn"] * bool(args.freeze_rnn) + ["--set"] * bool(args.set)
-        if given:
+        flags += ["--out"] * (args.out is not None) + ["--set"] * bool(args.set)
+        if flags:
             raise ValueError(
-                f"--resume continues a run with its saved settings; drop {', '.join(given)}"
+                f"--resume continues a run with its saved settings; drop {', '.join(flags)}"
             )
         summary = training.resume(args.resume, progress=progress)
         out = Path(args.resume)
     else:
-        overrides = agent_overrides(args)
-        quick = args.task is None
-        task = args.task or QUICKSTART["task"]
-        defaults = QUICKSTART if quick else {}
-        steps = args.steps or defaults.get("steps", 50_000_000)
-        eval_every = args.eval_every or defaults.get("eval_every", 100)
-        patience = args.patience or defaults.get("patience", 20)
-        out = Path(args.out or f"runs/{task}-{args.backend}-{time.strftime('%Y%m%d-%H%M%S')}")
+        overrides = _agent_overrides(args, agent)
+        quick = "task" not in run
+        settings = RunSettings(**({**QUICKSTART, **run} if quick else run))
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path(args.out or f"runs/{settings.task}-{settings.backend}-{stamp}")
         if quick:
             print(
-                f"rtrrl train: no --task given, running the quick start: {task}, "
-                f"{steps} steps per seed, evaluation every {eval_every} epochs"
+                f"rtrrl train: no --task given, running the quick start: {settings.task}, "
+                f"{settings.steps} steps per seed, evaluation every {settings.eval_every} epochs"
             )
-        summary = training.train(
-            task,
-            args.backend,
-            seeds=args.seeds or 5,
-            steps=steps,
-            out=out,
-            epoch_steps=args.epoch_steps,
-            eval_every=eval_every,
-            eval_episodes=args.eval_episodes,
-            eval_steps=args.eval_steps,
-            patience=patience,
-            num_envs=args.num_envs,
-            dtype=args.dtype,
-            fused=False if args.host else None,
-            progress=progress,
-            **overrides,
-        )
+        summary = training.train(settings=settings, out=out, progress=progress, **overrides)
     bests = ", ".join(
         "—" if s["best_eval"] is None else f"{s['best_eval']:.4g}" for s in summary["seeds"]
     )
@@ -138,12 +297,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from rtrrl import train as training
+    from rtrrl import training
 
     results = training.evaluate_checkpoint(args.run, args.backend, args.episodes, args.seed)
     if args.json:
-        import json
-
         print(json.dumps({str(seed): float(score) for seed, score in results.items()}))
         return 0
     backend = args.backend or training.load_checkpoint(args.run)["run"]["protocol"]["backend"]
@@ -157,57 +314,40 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def backend_of(args: argparse.Namespace) -> str | None:
+    """The backend a ``train`` or ``eval`` command will load: the flag, else the run's (for
+    ``--resume`` and ``eval``), else the settings' default; ``None`` when unknown yet."""
+    if args.command == "eval":
+        return args.backend or _saved_backend(args.run)
+    given = vars(args).get(_RUN + "backend")
+    if given is not None:
+        return given
+    return _saved_backend(args.resume) if args.resume else RunSettings().backend
+
+
+def _saved_backend(run: str) -> str | None:
+    path = Path(run)
+    path = path if path.is_dir() else path.parent
+    try:
+        return json.loads((path / "config.json").read_text())["protocol"]["backend"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the command itself reports a missing or broken run
+
+
 def add_commands(sub: Any) -> None:
     """Add ``train`` and ``eval`` to the ``rtrrl`` subparsers ``sub``."""
     p = sub.add_parser(
         "train",
         help="train agents with the paper's protocol and write a run folder",
-        description="Train SEEDS agents on a task (paper protocol) and write a run folder: "
+        description="Train agents on a task (paper protocol) and write a run folder: "
         "config.json, metrics.csv, curve.png, summary.json/.md, checkpoint.npz. Without "
-        "--task, runs a one-minute quick start on " + QUICKSTART["task"] + ".",
+        f"--task, runs a one-minute quick start on {RunSettings().task}. Every flag not given "
+        "takes the default shown.",
     )
-    p.add_argument("--task", help="task name (`rtrrl tasks`); default: the quick start")
-    p.add_argument("--backend", default="jax", help="backend name (default: jax)")
-    p.add_argument("--seeds", type=int, help="number of seeds 0..N-1 (default: 5)")
-    p.add_argument("--steps", type=int, help="budget of environment steps per seed")
     p.add_argument("--out", help="run folder (default: runs/TASK-BACKEND-TIME)")
-    p.add_argument("--epoch-steps", type=int, default=1000, help="agent steps per epoch")
-    p.add_argument("--eval-every", type=int, help="evaluate every N epochs (paper: 100)")
-    p.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
-    p.add_argument(
-        "--eval-steps",
-        type=int,
-        metavar="S",
-        help="score evaluations as the first public version of the authors' code did: one "
-        "environment for S steps (its default 10000), summed reward / episodes ended; reads "
-        "higher than the default mean over complete episodes (docs/training.md)",
-    )
-    p.add_argument("--patience", type=int, help="evaluations without improvement (paper: 20)")
-    p.add_argument("--num-envs", type=int, default=1, help="environments per agent (paper: 1)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--host", action="store_true", help="use the host loop even on jax+gymnax")
-    p.add_argument(
-        "--body",
-        metavar="{" + ",".join(BODIES) + "}",
-        help="the recurrent body: ctrnn (the paper's CT-RNN, default), lru (online linear "
-        "recurrent unit) or linear (no recurrence: linear TD(lambda) on the observation); "
-        "same as --set body=NAME",
-    )
-    p.add_argument(
-        "--freeze-rnn",
-        action="store_true",
-        help="keep the recurrent body (ctrnn or lru) at its initial parameters; only actor and "
-        "critic learn (same as --set freeze_rnn=true)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an agent Config field, e.g. --set lr_td=3e-3 --set n_hidden=64",
-    )
     p.add_argument("--resume", metavar="RUN", help="continue the stopped run in folder RUN")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_train_flags(p)
     p.set_defaults(func=_train)
 
     e = sub.add_parser(
@@ -229,7 +369,7 @@ def add_commands(sub: Any) -> None:
     e.set_defaults(func=_eval)
 
 
-def run_guarded(func: Any, args: argparse.Namespace) -> int:
+def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a subcommand; expected errors become one clear line on stderr and status 2."""
     from rtrrl import _registry
 

@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rtrrl`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     if args.command in ("train", "eval"):
-        error = _keras_environment(args.backend)
+        error = _keras_environment(_cli_train.backend_of(args))
         if error:
             print(f"rtrrl {args.command}: error: {error}", file=sys.stderr)
             return 2

@@ -10,18 +10,19 @@ Modelled on purejaxrl: :func:`make_train` returns pure functions that read top t
 - ``evaluate(agent, key) -> score``: a frozen copy of the agent (``lr_td = lr_rnn = 0``) on
   ``eval_episodes`` environments run in parallel (``vmap``), a ``lax.scan`` of the task's time
   limit, each environment counting its first episode; or, with ``eval_steps`` (the score of the
-  authors' first public code, :class:`rtrrl.train.Protocol`), one environment for
+  authors' first public code, :class:`rtrrl.settings.RunSettings`), one environment for
   ``eval_steps`` steps, the summed reward divided by the number of episodes that ended;
 
 and a population of seeds is ONE ``jax.vmap`` of those functions over the seed axis
-(:func:`make_population`). :class:`FusedEngine` drives it from Python one epoch per call, so
-the progress bar, evaluations, early stopping and checkpoints work as on the host loop.
+(:func:`make_population`). :class:`FusedEngine` is the :class:`rtrrl.loop.Engine` that drives
+it one epoch per call, so the loop's progress bar, evaluations, early stopping and checkpoints
+work as on the host loop.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -30,10 +31,15 @@ import numpy as np
 
 import rtrrl_spec
 from rtrrl.backends import jax as jaxbe
+from rtrrl.errors import CheckpointError
+from rtrrl.loop import EpochResult
+from rtrrl.settings import EVAL_MAX_STEPS, RunSettings, noise_seed
 
 __all__ = ["FusedEngine", "compiler_options", "make_population", "make_train"]
 
 Carry = dict[str, Any]
+# The run settings' defaults, so that these functions default as a run does.
+_DEFAULTS = RunSettings()
 
 
 def _env_names(config: rtrrl_spec.Config) -> frozenset[str]:
@@ -44,11 +50,11 @@ def make_train(
     config: rtrrl_spec.Config,
     env: Any,
     *,
-    num_envs: int = 1,
-    epoch_steps: int = 1000,
-    eval_episodes: int = 10,
-    eval_steps: int | None = None,
-    dtype: str = "float32",
+    num_envs: int = _DEFAULTS.num_envs,
+    epoch_steps: int = _DEFAULTS.epoch_steps,
+    eval_episodes: int = _DEFAULTS.eval_episodes,
+    eval_steps: int | None = _DEFAULTS.eval_steps,
+    dtype: str = _DEFAULTS.dtype,
 ) -> tuple[Callable[..., Carry], Callable[..., Any], Callable[..., Any]]:
     """``(init, epoch, evaluate)`` for one agent on ``env`` (an :class:`rtrrl.envs.JaxEnv`).
 
@@ -65,7 +71,7 @@ def make_train(
     eval_step = jaxbe.make_step(config.replace(lr_td=0.0, lr_rnn=0.0), dtype)
     draw_noise = jaxbe.JaxBackend().draw_noise
     env_names = _env_names(config)
-    eval_len = eval_steps or int(env.spec.max_episode_steps or 10_000)
+    eval_len = eval_steps or int(env.spec.max_episode_steps or EVAL_MAX_STEPS)
 
     def init(agent: dict[str, jax.Array], key_data: jax.Array) -> Carry:
         key, k_reset = jax.random.split(jax.random.wrap_key_data(key_data))
@@ -200,11 +206,11 @@ def make_population(
     config: rtrrl_spec.Config,
     env: Any,
     *,
-    num_envs: int = 1,
-    epoch_steps: int = 1000,
-    eval_episodes: int = 10,
-    eval_steps: int | None = None,
-    dtype: str = "float32",
+    num_envs: int = _DEFAULTS.num_envs,
+    epoch_steps: int = _DEFAULTS.epoch_steps,
+    eval_episodes: int = _DEFAULTS.eval_episodes,
+    eval_steps: int | None = _DEFAULTS.eval_steps,
+    dtype: str = _DEFAULTS.dtype,
 ) -> tuple[Callable[..., Carry], Callable[..., Any], Callable[..., Any]]:
     """:func:`make_train` for ``P`` seeds at once: ONE ``vmap`` over a leading seed axis.
 
@@ -268,45 +274,26 @@ def _key_data(seed: int) -> np.ndarray:
 
 
 class FusedEngine:
-    """Drives :func:`make_population` for a :class:`rtrrl.train.Session`, epoch by epoch."""
+    """The :class:`rtrrl.loop.Engine` of the fused path: :func:`make_population` over the
+    run's seeds, one jitted epoch (all members at once, stopped ones masked) per call."""
 
-    def __init__(self, session: Any, restored: tuple[dict, Any] | None) -> None:
-        from rtrrl import train
+    name = "fused"
 
-        self.s = session
-        p = session.protocol
-        self.train = train
-        self.init, self.epoch, self.evaluate = _cached_population(
-            session.config,
-            p.task,
-            p.num_envs,
-            p.epoch_steps,
-            p.eval_episodes,
-            p.eval_steps,
-            p.dtype,
+    def __init__(self, settings: RunSettings, config: rtrrl_spec.Config) -> None:
+        self.settings = settings
+        self.init, self.epoch, self.evaluate_population = _cached_population(
+            config,
+            settings.task,
+            settings.num_envs,
+            settings.epoch_steps,
+            settings.eval_episodes,
+            settings.eval_steps,
+            settings.dtype,
         )
-        seeds = list(p.seeds)
-        agents = jaxbe.init_population(session.config, seeds, p.num_envs, p.dtype)
-        keys = jnp.asarray(np.stack([_key_data(train.noise_seed(s)) for s in seeds]))
-        template = self.init(agents, keys)
-        if restored is None:
-            self.carry = template
-        else:
-            stacked, engine_state = restored
-            leaves, treedef = jax.tree_util.tree_flatten(template)
-            saved = engine_state["carry"]
-            if len(saved) != len(leaves):
-                raise train.CheckpointError(
-                    "the checkpoint's environment state does not match this task's; "
-                    "nothing was overwritten"
-                )
-            restored_leaves = [
-                jnp.asarray(np.asarray(v, dtype=leaf.dtype))
-                for v, leaf in zip(saved, leaves, strict=True)
-            ]
-            carry = jax.tree_util.tree_unflatten(treedef, restored_leaves)
-            carry["agent"] = {k: jnp.asarray(v) for k, v in stacked.items()}
-            self.carry = carry
+        seeds = list(settings.seeds)
+        agents = jaxbe.init_population(config, seeds, settings.num_envs, settings.dtype)
+        keys = jnp.asarray(np.stack([_key_data(noise_seed(s)) for s in seeds]))
+        self.carry = self.init(agents, keys)
 
     def snapshot(self) -> tuple[dict[str, np.ndarray], Any]:
         """Stacked agents and the rest of the carry as NumPy (at an epoch boundary)."""
@@ -316,37 +303,47 @@ class FusedEngine:
         leaves = [np.asarray(v) for v in jax.tree_util.tree_leaves(self.carry)]
         return agents, {"carry": leaves}
 
-    def run(self, tick: Callable[[], None]) -> None:
-        s, p, train = self.s, self.s.protocol, self.train
-        while any(r.active for r in s.records):
-            active = np.array([r.active for r in s.records])
-            carry, metrics = self.epoch(self.carry, jnp.asarray(active))
-            metrics = jax.device_get(metrics)
-            if not np.all(metrics["finite"][active]):
-                finite = metrics["finite"]
-                bad = [r.seed for i, r in enumerate(s.records) if active[i] and not finite[i]]
-                raise train.DivergedError(
-                    f"seeds {bad}: non-finite values in the agent after epoch "
-                    f"{max(r.epoch for r in s.records) + 1}; training stopped. The last good "
-                    f"checkpoint ({s.out / train.CHECKPOINT}) was kept; lower the learning "
-                    "rates (lr_td, lr_rnn)"
-                )
+    def restore(self, agents: dict[str, np.ndarray], state: Any) -> None:
+        """Continue from a :meth:`snapshot` (the fresh carry gives the tree and dtypes)."""
+        leaves, treedef = jax.tree_util.tree_flatten(self.carry)
+        saved = state["carry"]
+        if len(saved) != len(leaves):
+            raise CheckpointError(
+                "the checkpoint's environment state does not match this task's; "
+                "nothing was overwritten"
+            )
+        restored = [
+            jnp.asarray(np.asarray(v, dtype=leaf.dtype))
+            for v, leaf in zip(saved, leaves, strict=True)
+        ]
+        carry = jax.tree_util.tree_unflatten(treedef, restored)
+        carry["agent"] = {k: jnp.asarray(v) for k, v in agents.items()}
+        self.carry = carry
+
+    def run_epoch(self, active: Sequence[int]) -> dict[int, EpochResult]:
+        """One epoch of every member in ``active`` (the others held by the mask)."""
+        mask = np.zeros(len(self.settings.seeds), bool)
+        mask[list(active)] = True
+        carry, metrics = self.epoch(self.carry, jnp.asarray(mask))
+        metrics = jax.device_get(metrics)
+        results = {}
+        for i in active:
+            values = {k: float(metrics[k][i]) for k in metrics if k != "finite"}
+            finite = bool(metrics["finite"][i])
+            results[i] = EpochResult(values, None if finite else "non-finite arrays")
+        if all(r.problem is None for r in results.values()):
             self.carry = carry
-            due = []
-            for i, rec in enumerate(s.records):
-                if not active[i]:
-                    continue
-                rec.epoch += 1
-                s.record_epoch(i, {k: float(metrics[k][i]) for k in metrics if k != "finite"})
-                if p.eval_due(rec.epoch):
-                    due.append(i)
-            if due:
-                keys = np.stack([_key_data(train.eval_seed(r.seed, r.epoch)) for r in s.records])
-                scores = np.asarray(self.evaluate(self.carry["agent"], jnp.asarray(keys)))
-                for i in due:
-                    s.record_eval(i, float(scores[i]))
-                s.save(*self.snapshot())
-            tick()
+        return results
+
+    def evaluate(self, seeds: Mapping[int, int]) -> dict[int, float]:
+        """Scores of the members in ``seeds``. Every member is evaluated (one vmapped call);
+        each is independent of the others, so those not asked for get any key."""
+        keys = np.stack([_key_data(seeds.get(i, 0)) for i in range(len(self.settings.seeds))])
+        scores = np.asarray(self.evaluate_population(self.carry["agent"], jnp.asarray(keys)))
+        return {i: float(scores[i]) for i in seeds}
+
+    def close(self) -> None:
+        """Nothing to release: the compiled functions stay cached for a resume."""
 
 
 @functools.lru_cache(maxsize=8)

@@ -11,8 +11,7 @@ import pytest
 pytest.importorskip("gymnax")
 pytest.importorskip("matplotlib")
 
-import rtrrl  # noqa: E402
-from rtrrl import train as training  # noqa: E402
+from rtrrl import training  # noqa: E402
 from rtrrl.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.numpy
@@ -77,22 +76,17 @@ def test_wrong_body_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "freeze_rnn needs a recurrent body" in capsys.readouterr().err
     assert not run.exists()
     with pytest.raises(ValueError, match="unknown body 'lstm'"):
-        rtrrl.train("MemoryChain-4", "numpy", seeds=1, steps=100, body="lstm")
+        training.train("MemoryChain-4", "numpy", seeds=1, steps=100, body="lstm")
 
 
-def test_resume_restores_the_body(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_restores_the_body(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], interrupt_after
+) -> None:
     run = tmp_path / "run"
     kwargs = dict(seeds=1, steps=300, epoch_steps=100, eval_every=1, eval_episodes=2)
+    interrupt_after(1)
     with pytest.raises(KeyboardInterrupt):
-        rtrrl.train(
-            "MemoryChain-4",
-            "numpy",
-            out=run,
-            n_hidden=4,
-            body="lru",
-            _interrupt_after=1,
-            **kwargs,
-        )
+        training.train("MemoryChain-4", "numpy", out=run, n_hidden=4, body="lru", **kwargs)
     before = training.load_checkpoint(run)
     assert before["state"]["records"][0]["epoch"] == 1
     capsys.readouterr()

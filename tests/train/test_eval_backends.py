@@ -20,7 +20,7 @@ pytest.importorskip("jax")
 pytest.importorskip("gymnax")
 pytest.importorskip("matplotlib")
 
-import rtrrl  # noqa: E402
+from rtrrl import training  # noqa: E402
 
 pytestmark = pytest.mark.jax
 
@@ -50,7 +50,7 @@ def test_jax_checkpoint_scores_the_same_on_every_backend(tmp_path: Path) -> None
     if missing:
         pytest.skip(f"not installed: {missing}")
     run = tmp_path / "run"
-    summary = rtrrl.train(
+    summary = training.train(
         "MemoryChain-4",
         "jax",
         seeds=2,

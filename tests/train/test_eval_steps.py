@@ -18,8 +18,7 @@ import pytest
 pytest.importorskip("gymnax")
 pytest.importorskip("matplotlib")
 
-import rtrrl  # noqa: E402
-from rtrrl import train as training  # noqa: E402
+from rtrrl import training  # noqa: E402
 
 EVAL_STEPS = 701  # prime: S / score is whole only if the score is S / (episodes ended)
 
@@ -36,7 +35,7 @@ def _eval_scores(run: Path) -> list[float]:
 )
 def test_score_is_the_steps_over_the_episodes_that_ended(tmp_path: Path, backend: str) -> None:
     run = tmp_path / "run"
-    summary = rtrrl.train(
+    summary = training.train(
         "CartPole-v1",
         backend,
         seeds=2,
@@ -62,7 +61,7 @@ def test_score_is_the_steps_over_the_episodes_that_ended(tmp_path: Path, backend
 @pytest.mark.numpy
 def test_checkpoint_evaluation_scores_as_the_run_did(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    rtrrl.train(
+    training.train(
         "CartPole-v1", "numpy", seeds=1, steps=100, epoch_steps=100, eval_steps=EVAL_STEPS, out=run
     )
     (score,) = training.evaluate_checkpoint(run).values()
@@ -76,4 +75,4 @@ def test_checkpoint_evaluation_scores_as_the_run_did(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad", [0, -5, 2.5, True])
 def test_eval_steps_must_be_a_positive_int(bad: object) -> None:
     with pytest.raises(ValueError, match="eval_steps"):
-        training.Protocol(eval_steps=bad)  # type: ignore[arg-type]
+        training.RunSettings(eval_steps=bad)  # type: ignore[arg-type]

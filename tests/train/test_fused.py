@@ -12,8 +12,7 @@ pytest.importorskip("jax")
 pytest.importorskip("gymnax")
 pytest.importorskip("matplotlib")
 
-import rtrrl  # noqa: E402
-from rtrrl import train as training  # noqa: E402
+from rtrrl import training  # noqa: E402
 
 pytestmark = pytest.mark.jax
 
@@ -26,7 +25,7 @@ def _rows(run: Path) -> list[dict[str, str]]:
 
 
 def test_fused_path_is_chosen_and_writes_a_run(tmp_path: Path) -> None:
-    summary = rtrrl.train("MemoryChain-4", "jax", seeds=3, out=tmp_path / "r", **TINY)
+    summary = training.train("MemoryChain-4", "jax", seeds=3, out=tmp_path / "r", **TINY)
     assert summary["engine"] == "fused"
     rows = _rows(tmp_path / "r")
     assert len(rows) == 3 * 3  # one row per seed per epoch
@@ -39,11 +38,12 @@ def test_fused_path_is_chosen_and_writes_a_run(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "curve.png").stat().st_size > 1000
 
 
-def test_fused_resume_is_exact(tmp_path: Path) -> None:
+def test_fused_resume_is_exact(tmp_path: Path, interrupt_after) -> None:
     kwargs = dict(backend="jax", seeds=2, steps=800, epoch_steps=200, eval_every=1, eval_episodes=2)
-    rtrrl.train("MemoryChain-4", out=tmp_path / "a", **kwargs)
+    training.train("MemoryChain-4", out=tmp_path / "a", **kwargs)
+    interrupt_after(2)
     with pytest.raises(KeyboardInterrupt):
-        rtrrl.train("MemoryChain-4", out=tmp_path / "b", _interrupt_after=2, **kwargs)
+        training.train("MemoryChain-4", out=tmp_path / "b", **kwargs)
     assert len(_rows(tmp_path / "b")) == 2 * 2
     training.resume(tmp_path / "b")
     assert _rows(tmp_path / "a") == _rows(tmp_path / "b")
@@ -59,7 +59,7 @@ def test_fused_resume_is_exact(tmp_path: Path) -> None:
 
 def test_fused_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(training.DivergedError, match="non-finite"):
-        rtrrl.train(
+        training.train(
             "MemoryChain-4", "jax", seeds=2, out=tmp_path / "r", lr_td=1e38, lr_rnn=1e38, **TINY
         )
     agents = training.load_checkpoint(tmp_path / "r")["agents"]
@@ -68,7 +68,7 @@ def test_fused_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> N
 
 def test_early_stop_by_patience(tmp_path: Path) -> None:
     # With lr 0 nothing improves after the first evaluation: patience 2 stops at epoch 3.
-    summary = rtrrl.train(
+    summary = training.train(
         "MemoryChain-4",
         "jax",
         seeds=1,
@@ -87,7 +87,7 @@ def test_early_stop_by_patience(tmp_path: Path) -> None:
 
 
 def test_checkpoint_evaluates_on_other_backends(tmp_path: Path) -> None:
-    rtrrl.train("MemoryChain-4", "jax", seeds=2, out=tmp_path / "r", **TINY)
+    training.train("MemoryChain-4", "jax", seeds=2, out=tmp_path / "r", **TINY)
     on_jax = training.evaluate_checkpoint(tmp_path / "r", "jax", episodes=6, seed=3)
     on_numpy = training.evaluate_checkpoint(tmp_path / "r", "numpy", episodes=6, seed=3)
     assert set(on_jax) == {0, 1}
@@ -98,7 +98,7 @@ def test_checkpoint_evaluates_on_other_backends(tmp_path: Path) -> None:
 
 
 def test_host_loop_on_jax_can_be_forced(tmp_path: Path) -> None:
-    summary = rtrrl.train(
+    summary = training.train(
         "MemoryChain-4",
         "jax",
         seeds=1,
@@ -116,7 +116,7 @@ def test_host_loop_on_jax_can_be_forced(tmp_path: Path) -> None:
 def test_popgym_port_trains_fused(tmp_path: Path) -> None:
     """A popgym task takes the fused path through its JAX port; episodes are popgym's 51 steps."""
     pytest.importorskip("popgym")
-    summary = rtrrl.train("RepeatPrevious", "jax", seeds=2, out=tmp_path / "r", **TINY)
+    summary = training.train("RepeatPrevious", "jax", seeds=2, out=tmp_path / "r", **TINY)
     assert summary["engine"] == "fused"
     rows = _rows(tmp_path / "r")
     # 200 steps of 51-step episodes end 3 or 4 episodes an epoch; returns lie in [-1, 1].

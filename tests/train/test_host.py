@@ -14,7 +14,7 @@ pytest.importorskip("matplotlib")
 
 import rtrrl  # noqa: E402
 import rtrrl_spec  # noqa: E402
-from rtrrl import train as training  # noqa: E402
+from rtrrl import loop, training  # noqa: E402
 
 pytestmark = pytest.mark.numpy
 
@@ -33,7 +33,7 @@ def _without_wall(rows: list[dict]) -> list[dict]:
 
 def test_run_folder_has_every_output(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    summary = rtrrl.train("MemoryChain-4", backend="numpy", seeds=2, out=run, **TINY)
+    summary = training.train("MemoryChain-4", backend="numpy", seeds=2, out=run, **TINY)
     for name in ("config.json", "metrics.csv", "curve.png", "summary.json", "summary.md"):
         assert (run / name).stat().st_size > 0, name
     rows = _rows(run)
@@ -58,22 +58,25 @@ def test_run_folder_has_every_output(tmp_path: Path) -> None:
 
 
 def test_config_overrides_reach_the_agent(tmp_path: Path) -> None:
-    rtrrl.train("MemoryChain-4", "numpy", seeds=1, out=tmp_path / "r", n_hidden=5, **TINY)
+    training.train("MemoryChain-4", "numpy", seeds=1, out=tmp_path / "r", n_hidden=5, **TINY)
     ckpt = training.load_checkpoint(tmp_path / "r")
     assert ckpt["run"]["agent"]["n_hidden"] == 5
     assert ckpt["agents"]["W"].shape[-2] == 5
 
 
-def test_resume_is_exact_on_numpy(tmp_path: Path) -> None:
+def test_resume_is_exact_on_numpy(tmp_path: Path, interrupt_after) -> None:
     kwargs = dict(
         backend="numpy", seeds=[3, 4], steps=400, epoch_steps=100, eval_every=1, eval_episodes=2
     )
-    straight = rtrrl.train("MemoryChain-4", out=tmp_path / "a", **kwargs)
-    # Interrupted after 3 epochs (seed 3 done, seed 4 after one epoch), as Ctrl-C would.
+    straight = training.train("MemoryChain-4", out=tmp_path / "a", **kwargs)
+    # Interrupted after 3 of the 4 epochs of both seeds, as Ctrl-C would.
+    interrupt_after(3)
     with pytest.raises(KeyboardInterrupt):
-        rtrrl.train("MemoryChain-4", out=tmp_path / "b", _interrupt_after=5, **kwargs)
+        training.train("MemoryChain-4", out=tmp_path / "b", **kwargs)
     partial = _rows(tmp_path / "b")
-    assert 0 < len(partial) < len(_rows(tmp_path / "a"))
+    assert [(r["seed"], r["epoch"]) for r in partial] == [
+        (s, e) for s in ("3", "4") for e in ("1", "2", "3")
+    ]
     resumed = training.resume(tmp_path / "b")
     assert _without_wall(_rows(tmp_path / "a")) == _without_wall(_rows(tmp_path / "b"))
     a = training.load_checkpoint(tmp_path / "a")["agents"]
@@ -87,7 +90,7 @@ def test_resume_is_exact_on_numpy(tmp_path: Path) -> None:
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
     with pytest.raises(training.DivergedError, match="non-finite") as info:
-        rtrrl.train("MemoryChain-4", "numpy", seeds=1, out=run, lr_td=1e38, lr_rnn=1e38, **TINY)
+        training.train("MemoryChain-4", "numpy", seeds=1, out=run, lr_td=1e38, lr_rnn=1e38, **TINY)
     assert "last good checkpoint" in str(info.value)
     ckpt = training.load_checkpoint(run)
     assert all(np.all(np.isfinite(v)) for v in ckpt["agents"].values())
@@ -95,10 +98,10 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path: Path) -> No
 
 def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    rtrrl.train("MemoryChain-4", "numpy", seeds=1, out=run, **TINY)
+    training.train("MemoryChain-4", "numpy", seeds=1, out=run, **TINY)
     before = (run / "checkpoint.npz").read_bytes()
     with pytest.raises(training.RunExistsError, match="--resume"):
-        rtrrl.train("MemoryChain-4", "numpy", seeds=1, out=run, **TINY)
+        training.train("MemoryChain-4", "numpy", seeds=1, out=run, **TINY)
     assert (run / "checkpoint.npz").read_bytes() == before
 
 
@@ -106,13 +109,13 @@ def test_unknown_task_lists_close_matches(tmp_path: Path) -> None:
     from rtrrl import envs
 
     with pytest.raises(envs.UnknownTaskError, match="MemoryChain"):
-        rtrrl.train("MemoryChian-4", "numpy", out=tmp_path / "r", **TINY)
+        training.train("MemoryChian-4", "numpy", out=tmp_path / "r", **TINY)
     assert not (tmp_path / "r").exists()  # nothing written before the name was checked
 
 
 def test_unknown_backend_is_a_registry_error(tmp_path: Path) -> None:
     with pytest.raises(rtrrl.BackendNotFoundError, match="Known backends"):
-        rtrrl.train("MemoryChain-4", "nunpy", out=tmp_path / "r", **TINY)
+        training.train("MemoryChain-4", "nunpy", out=tmp_path / "r", **TINY)
 
 
 def test_corrupt_and_missing_checkpoints(tmp_path: Path) -> None:
@@ -133,30 +136,35 @@ def test_a_failed_checkpoint_write_leaves_the_old_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = tmp_path / "run"
-    rtrrl.train("MemoryChain-4", "numpy", seeds=1, out=run, **TINY)
+    training.train("MemoryChain-4", "numpy", seeds=1, out=run, **TINY)
     before = (run / "checkpoint.npz").read_bytes()
 
     def torn(f, **arrays):  # writes half a file, then dies like a killed process
         f.write(b"PK\x03\x04partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training.np, "savez", torn)
-    session = training.Session(
+    monkeypatch.setattr(np, "savez", torn)
+
+    class Engine:  # only what Session.save asks of an engine
+        def snapshot(self):
+            return {"W_A": np.zeros((1, 2, 2))}, {}
+
+    session = loop.Session(
         out=run,
-        protocol=training.Protocol(task="MemoryChain-4", backend="numpy", seeds=(0,)),
+        settings=training.RunSettings(task="MemoryChain-4", backend="numpy", seeds=(0,)),
         config=rtrrl_spec.Config(obs_dim=3, n_actions=2),
         engine="host",
-        records=[training.SeedRecord(seed=0)],
+        records=[loop.SeedRecord(seed=0)],
     )
     with pytest.raises(KeyboardInterrupt):
-        session.save({"W_A": np.zeros((1, 2, 2))}, {})
+        session.save(Engine())
     assert (run / "checkpoint.npz").read_bytes() == before
     assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_eval_is_frozen_and_deterministic(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    rtrrl.train("MemoryChain-4", "numpy", seeds=1, out=run, **TINY)
+    training.train("MemoryChain-4", "numpy", seeds=1, out=run, **TINY)
     first = training.evaluate_checkpoint(run, "numpy", episodes=4, seed=7)
     again = training.evaluate_checkpoint(run, "numpy", episodes=4, seed=7)
     assert first == again and set(first) == {0}

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("gymnax")
 pytest.importorskip("matplotlib")
 
-from rtrrl import train as training  # noqa: E402
+from rtrrl import training  # noqa: E402
 
 pytestmark = [pytest.mark.numpy, pytest.mark.slow]
 

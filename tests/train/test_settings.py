@@ -1,0 +1,124 @@
+"""Run settings: one definition of every default, checked values, what ``train()`` accepts."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import inspect
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gymnax")
+
+import rtrrl  # noqa: E402
+from rtrrl import checkpoint, loop, training  # noqa: E402
+from rtrrl.settings import RunSettings  # noqa: E402
+
+pytestmark = pytest.mark.numpy
+
+
+def test_defaults_are_the_papers() -> None:
+    s = RunSettings()
+    assert (s.steps, s.epoch_steps, s.eval_every, s.eval_episodes, s.patience) == (
+        50_000_000,
+        1000,
+        100,
+        10,
+        20,
+    )
+    assert (s.seeds, s.num_envs) == ((0, 1, 2, 3, 4), 1)
+    assert s.eval_steps is s.fused is s.threads is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"patience": 0}, "patience must be a positive int, got 0"),
+        ({"steps": 0}, "steps must be a positive int, got 0"),
+        ({"epoch_steps": -1}, "epoch_steps must be a positive int"),
+        ({"eval_every": 1.5}, "eval_every must be a positive int"),
+        ({"num_envs": True}, "num_envs must be a positive int"),
+        ({"threads": 0}, "threads must be None or a positive int"),
+        ({"seeds": 0}, "seeds must be at least 1"),
+        ({"seeds": []}, "at least one seed"),
+        ({"seeds": [1, 1]}, "distinct"),
+        ({"dtype": "float16"}, "dtype"),
+        ({"task": ""}, "task must be a non-empty string"),
+    ],
+)
+def test_invalid_settings_are_errors(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RunSettings(**changes)
+
+
+def test_seeds_as_a_count_or_a_list() -> None:
+    assert RunSettings(seeds=3).seeds == (0, 1, 2)
+    assert RunSettings(seeds=[4, 9]).seeds == (4, 9)
+
+
+def test_saved_settings_of_earlier_runs_load() -> None:
+    # config.json's "protocol" as the previous version wrote it (no "threads" yet).
+    saved = {
+        "task": "CartPole-vel",
+        "backend": "jax",
+        "seeds": [0, 1],
+        "steps": 1000,
+        "epoch_steps": 100,
+        "eval_every": 2,
+        "eval_episodes": 3,
+        "eval_steps": None,
+        "patience": 20,
+        "num_envs": 1,
+        "dtype": "float32",
+        "fused": None,
+    }
+    settings, config = checkpoint.read_run(
+        {"format": 1, "protocol": saved, "agent": {"obs_dim": 2, "n_actions": 2}}
+    )
+    assert settings == RunSettings(**{**saved, "seeds": (0, 1)}) and settings.threads is None
+    assert config.obs_dim == 2
+    with pytest.raises(training.CheckpointError, match="unknown to this rtrrl"):
+        checkpoint.read_run({"protocol": {**saved, "warp": 9}, "agent": {}})
+
+
+def _captured(monkeypatch: pytest.MonkeyPatch) -> list[loop.Session]:
+    sessions: list[loop.Session] = []
+    monkeypatch.setattr(training, "_run", lambda session, be, restored: sessions.append(session))
+    return sessions
+
+
+def test_train_takes_settings_and_keyword_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sessions = _captured(monkeypatch)
+    base = RunSettings(backend="numpy", steps=500, patience=3)
+    training.train("MemoryChain-4", settings=base, out=tmp_path / "a", patience=4, lr_td=0.01)
+    (session,) = sessions
+    assert session.settings == dataclasses.replace(base, patience=4)
+    assert session.config.lr_td == 0.01 and session.config.obs_dim == 3
+    assert session.engine == "host"
+
+
+def test_train_refuses_unknown_and_task_fields(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['stepz'\].*'steps'"):
+        training.train("MemoryChain-4", "numpy", out=tmp_path / "r", stepz=5)
+    with pytest.raises(ValueError, match="obs_dim.*come from the task"):
+        training.train("MemoryChain-4", "numpy", out=tmp_path / "r", obs_dim=5)
+    with pytest.raises(ValueError, match="patience must be a positive int, got 0"):
+        training.train("MemoryChain-4", "numpy", out=tmp_path / "r", patience=0)
+    assert not (tmp_path / "r").exists()
+
+
+def test_no_test_hooks_in_public_signatures() -> None:
+    for fn in (training.train, training.resume, training.evaluate_checkpoint):
+        assert not [p for p in inspect.signature(fn).parameters if p.startswith("_")], fn
+
+
+def test_public_names() -> None:
+    """``rtrrl.train`` and friends are the functions (no callable module): the package's lazy
+    attributes resolve to :mod:`rtrrl.training`."""
+    assert importlib.util.find_spec("rtrrl.train") is None
+    assert rtrrl.train is training.train
+    assert rtrrl.resume is training.resume
+    assert rtrrl.evaluate_checkpoint is training.evaluate_checkpoint
