@@ -1,25 +1,28 @@
-r"""The ``jax`` backend: the RTRRL step as pure, jitted, vmapped JAX functions.
+r"""The ``jax`` backend: the reference's step, function for function, in ``jnp``, jitted.
 
-Installed as ``rtrrl.backends.jax``; select it with ``rtrrl.use("jax")``. The math is the
-reference's (:mod:`rtrrl_spec.agent`, :mod:`rtrrl_spec.ctrnn`, :mod:`rtrrl_spec.lru`,
-:mod:`rtrrl_spec.heads`, :mod:`rtrrl_spec.optim`); this module only says how it is laid out in
-JAX:
+Installed as ``rtrrl.backends.jax``; select it with ``rtrrl.use("jax")``. The module reads
+like the spec (``rtrrl_spec``): it defines every function of ``rtrrl_spec.STEP_FUNCTIONS``
+under the same name, in the same order, taking and returning what the reference's function
+does (its NamedTuples ``CTRNNStep``, ``LRUStep``, ``PolicyStep``, which are pytrees, dicts with
+the same keys, tuples of the same length), batch-first. :func:`step_unchecked` calls them in
+the numbered stages of ``rtrrl_spec.agent.step_unchecked``, and :func:`step` is that core,
+jitted. What is JAX's own:
 
 - An agent is a flat ``dict[str, jax.Array]`` in the canonical layout (``rtrrl_spec.layout``),
-  which is a pytree, so it passes through ``jit``, ``vmap`` and ``lax.scan`` as is.
-- :func:`env_step` is written for ONE environment (no batch axis); :func:`step_core`
-  ``jax.vmap``\ s it over the ``B`` environments, averages the per-environment update
-  directions over the batch and applies the shared optimizer once.
-- The config is split in two (:func:`split_config`): its *structure* (sizes, modes: what
-  changes the computation graph) is a static argument of ``jax.jit``, and its *numbers*
-  (discount, trace decays, learning rates, Adam constants, clip norm, bounds, ``dt``,
-  ``tau_min``) are a small pytree of traced scalars. Two configs that differ only in numbers
-  share one compiled step, and a population can give every member its own numbers
-  (``jax.vmap`` over them, see :func:`make_population_step`).
-- The optimizer is the spec's clip + Adam written out in ``jnp`` on the canonical arrays
-  (``mu_<param>``, ``nu_<param>``, ``count_<group>``). optax's ``clip_by_global_norm`` +
-  ``scale_by_adam`` compute the same function but not the same float32 numbers (its bias
-  correction ``1 − βᵗ`` cancels in float32); ``docs/backends/jax.md`` has the comparison.
+  a pytree, so it passes through ``jit``, ``vmap`` and ``lax.scan`` as it is.
+- The config is split in two: its *structure* (``rtrrl_spec.structure_of``: sizes and modes,
+  what changes the computation graph) is a static argument of ``jax.jit``, and its *numbers*
+  (``rtrrl_spec.numbers_of``: discount, trace decays, learning rates, Adam constants, clip
+  norm, bounds, ``dt``, ``tau_min``) are traced 0-d arrays (:func:`hyperparams`), passed to
+  the functions where the reference passes ``config.<field>``. Configs that differ only in
+  numbers share one compiled step, and a population gives every member its own numbers
+  (``jax.vmap`` over them, :func:`make_population_step`). Called with the reference's
+  arguments alone (Python floats, a full config), every function computes the reference's.
+- The functions index from the end (``x[..., :, None]``), so each one serves a batch of
+  environments and, under ``jax.vmap``, a population of agents alike.
+- The optimizer is the spec's clip + Adam written out in ``jnp``, not optax
+  (``docs/backends/jax.md``: optax's float32 bias correction cancels). The Adam moments may
+  be carried packed, one flat vector per group (:mod:`rtrrl.backends._jax_speed`).
 
 float64 needs ``jax_enable_x64`` (set ``JAX_ENABLE_X64=1`` in the environment, or call
 ``jax.config.update("jax_enable_x64", True)`` before creating any array). This backend never
@@ -39,30 +42,52 @@ import jax.numpy as jnp
 import numpy as np
 
 import rtrrl_spec
+from rtrrl.backends._jax_speed import flat, is_packed, pack_moments, split, unpack_moments
 from rtrrl.backends.base import BackendBase, map_tree
 from rtrrl_spec import Config
 from rtrrl_spec.config import structure_of
-from rtrrl_spec.lru import LRU_SENSITIVITIES
+from rtrrl_spec.ctrnn import CTRNNStep
+from rtrrl_spec.heads import PolicyStep
+from rtrrl_spec.lru import LRU_SENSITIVITIES, LRUStep
 
 __all__ = [
     "Float64DisabledError",
     "JaxBackend",
-    "env_step",
+    "adam_step",
+    "apply_update",
+    "clip_by_global_norm",
+    "critic_value",
+    "ctrnn_step",
+    "decay_trace",
+    "global_norm",
     "hyperparams",
     "init_population",
+    "lru_lambda",
+    "lru_sensitivity_update",
+    "lru_step",
     "make_population_step",
     "make_step",
     "pack_moments",
+    "policy_step",
+    "project_lru",
+    "project_rflo",
+    "project_rtrl",
+    "rflo_update",
+    "rtrl_update",
     "split_config",
     "step",
-    "step_core",
     "step_eager",
+    "step_unchecked",
+    "td_error",
     "unpack_moments",
     "x64_enabled",
 ]
 
 Agent = dict[str, jax.Array]
 HyperParams = dict[str, jax.Array]
+#: A number of the config: a Python float (as the reference passes it) or a 0-d array (traced
+#: under ``jit``, batched over a population under ``vmap``).
+Number = float | jax.Array
 
 # A Python float, not np.float64: a NumPy scalar would promote float32 arrays to float64.
 _HALF_LOG_2PI = float(0.5 * np.log(2.0 * np.pi))
@@ -96,40 +121,8 @@ def _check_dtype(dtype: str | np.dtype) -> str:
 
 # --- the config, split into a static structure and traced numbers ---------------------------
 
-# The config's structure (static) and numbers (traced): one definition for every backend.
+# The config's structure (static): one definition for every backend.
 split_config = structure_of
-
-
-def _hyperparams_numpy(config: Config, dtype: str) -> dict[str, np.ndarray]:
-    # Products are formed in Python (float64) and rounded once, as the reference does when it
-    # multiplies a float32 array by the Python float `gamma * lambda`.
-    c = config
-    values: dict[str, Any] = {
-        "dt": c.dt,
-        "gamma": c.gamma,
-        "gl_actor": c.gamma * c.lambda_actor,
-        "gl_critic": c.gamma * c.lambda_critic,
-        "gl_rnn": c.gamma * c.lambda_rnn,
-        "eta_pi": c.eta_pi,
-        "entropy_rate": c.entropy_rate,
-        "lr_td": c.lr_td,
-        "lr_rnn": c.lr_rnn,
-        "b1": c.adam_b1,
-        "b2": c.adam_b2,
-        # 1 − β and ln β formed in float64 (as the reference does), rounded once.
-        "omb1": 1.0 - c.adam_b1,
-        "omb2": 1.0 - c.adam_b2,
-        "log_b1": math.log(c.adam_b1) if c.adam_b1 > 0 else -math.inf,
-        "log_b2": math.log(c.adam_b2) if c.adam_b2 > 0 else -math.inf,
-        "eps": c.adam_eps,
-        "tau_min": c.tau_min,
-        "clip_norm": c.clip_norm if c.clip_norm is not None else 0.0,
-        "reward_rate_lr": c.reward_rate_lr if c.reward_rate_lr is not None else 0.0,
-    }
-    if c.bounded:
-        values["action_low"] = c.action_low
-        values["action_high"] = c.action_high
-    return {k: np.asarray(v, dtype=dtype) for k, v in values.items()}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -137,11 +130,11 @@ def _hyperparams_cached(config: Config, dtype: str) -> HyperParams:
     # Evaluated eagerly even when first reached inside someone's jit trace, so the cache never
     # holds a tracer.
     with jax.ensure_compile_time_eval():
-        return {k: jnp.asarray(v) for k, v in _hyperparams_numpy(config, dtype).items()}
+        return {k: jnp.asarray(v) for k, v in rtrrl_spec.numbers_of(config, dtype).items()}
 
 
 def hyperparams(config: Config | Sequence[Config], dtype: str = "float32") -> HyperParams:
-    """The numbers of ``config`` as a dict of ``dtype`` scalars (the traced half of a config).
+    """``rtrrl_spec.numbers_of(config, dtype)`` as JAX scalars (the traced half of a config).
 
     Given a sequence of configs with one structure (:func:`split_config`), every entry gets
     a leading population axis, for :func:`make_population_step`.
@@ -152,451 +145,588 @@ def hyperparams(config: Config | Sequence[Config], dtype: str = "float32") -> Hy
     configs = list(config)
     if not configs:
         raise rtrrl_spec.SpecError("hyperparams needs at least one config")
-    structures = {split_config(c) for c in configs}
-    if len(structures) != 1:
+    if len({split_config(c) for c in configs}) != 1:
         raise rtrrl_spec.SpecError(
             "a population's configs must share their structure (sizes and modes) and differ "
             "only in numbers (learning rates, discount, ...); got several structures"
         )
-    rows = [_hyperparams_numpy(c, dtype) for c in configs]
+    rows = [rtrrl_spec.numbers_of(c, dtype) for c in configs]
     return {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
 
 
-# --- one environment ------------------------------------------------------------------------
+def _in(value: Number, like: jax.Array) -> jax.Array:
+    """A number in the dtype of the arrays it meets. A Python float is rounded once, as the
+    reference's float32 arithmetic rounds it; a float64 0-d array (x64 on) must not promote a
+    float32 computation to float64."""
+    return jnp.asarray(value, like.dtype)
 
 
-def _policy(s: Config, hp: HyperParams, out: jax.Array, noise: jax.Array) -> dict[str, jax.Array]:
-    """``rtrrl_spec.heads.policy_step`` for one environment (``out`` is ``(K,)``)."""
-    dtype = out.dtype
-    if s.discrete:
-        shifted = out - jnp.max(out)
-        log_p = shifted - jnp.log(jnp.sum(jnp.exp(shifted)))
-        p = jnp.exp(log_p)
-        action = jnp.argmax(out - jnp.log(-jnp.log(noise))).astype(jnp.int32)
-        entropy = -jnp.sum(p * log_p)
-        return {
-            "action": action,
-            "sample": action,
-            "log_prob": log_p[action],
-            "entropy": entropy,
-            "dlogp": jax.nn.one_hot(action, out.shape[-1], dtype=dtype) - p,
-            "dent": -p * (log_p + entropy),
-            "scale": jnp.ones((), dtype),
-        }
-    D = int(s.action_dim)  # type: ignore[arg-type]
-    m, z = out[:D], out[D:]
+# --- the CT-RNN body and its Jacobian traces (rtrrl_spec.ctrnn) ------------------------------
 
-    def sigmoid(v: jax.Array) -> jax.Array:
-        return 0.5 * (1.0 + jnp.tanh(0.5 * v))  # the reference's form, stable for large |v|
 
-    if s.bounded:
-        lo, hi = hp["action_low"], hp["action_high"]
-        sig_m = sigmoid(m)
-        mu = lo + (hi - lo) * sig_m
-        dmu_dm = (hi - lo) * sig_m * (1.0 - sig_m)
-    else:
-        mu, dmu_dm = m, jnp.ones_like(m)
-    sig_s = sigmoid(z)
-    pre_sigma = -2.0 + 4.0 * sig_s
-    sigma = jnp.logaddexp(pre_sigma, 0.0)  # softplus
-    dsigma_ds = sigmoid(pre_sigma) * 4.0 * sig_s * (1.0 - sig_s)
-    sample = mu + sigma * noise
-    action = jnp.clip(sample, lo, hi) if s.bounded else sample
-    log_sigma = jnp.log(sigma)
-    return {
-        "action": action,
-        "sample": sample,
-        "log_prob": jnp.sum(-0.5 * noise * noise - log_sigma - _HALF_LOG_2PI),
-        "entropy": jnp.sum(log_sigma + 0.5 + _HALF_LOG_2PI),
-        "dlogp": jnp.concatenate(
-            [noise / sigma * dmu_dm, (noise * noise - 1.0) / sigma * dsigma_ds]
-        ),
-        "dent": jnp.concatenate([jnp.zeros_like(m), dsigma_ds / sigma]),
-        "scale": jnp.minimum(jnp.mean(sigma), 1.0) if s.var_scaling else jnp.ones((), dtype),
-    }
+def ctrnn_step(W: jax.Array, tau: jax.Array, h: jax.Array, x: jax.Array, dt: Number) -> CTRNNStep:
+    """One forward-Euler step ``h' = h + dt (tanh(W [x, h, 1]) − h) / τ``."""
+    dt = _in(dt, h)
+    zeta = jnp.concatenate([x, h, jnp.ones((*h.shape[:-1], 1), h.dtype)], axis=-1)
+    phi = jnp.tanh(zeta @ W.T)
+    h_next = h + dt * (phi - h) / tau
+    return CTRNNStep(zeta, phi, 1.0 - phi * phi, h_next)
+
+
+def rflo_update(
+    J_W: jax.Array, J_tau: jax.Array, tau: jax.Array, h: jax.Array, s: CTRNNStep, dt: Number
+) -> tuple[jax.Array, jax.Array]:
+    """RFLO: the local trace, one ``(N, Z)`` row block; never the RTRL tensor."""
+    dt = _in(dt, h)
+    rate = dt / tau
+    J_W_next = (1.0 - rate)[:, None] * J_W + rate[:, None] * (
+        s.dphi[..., :, None] * s.zeta[..., None, :]
+    )
+    J_tau_next = (1.0 - rate) * J_tau + dt * (h - s.phi) / (tau * tau)
+    return J_W_next, J_tau_next
+
+
+def rtrl_update(
+    J_W: jax.Array,
+    J_tau: jax.Array,
+    W: jax.Array,
+    tau: jax.Array,
+    h: jax.Array,
+    s: CTRNNStep,
+    dt: Number,
+    input_dim: int,
+) -> tuple[jax.Array, jax.Array]:
+    """RTRL: ``J' = M J + dt ∂f/∂θ`` with ``M = I + dt ∂f/∂h``, one ``M`` per environment."""
+    dt = _in(dt, h)
+    N, n_in = tau.shape[0], int(input_dim)
+    eye = jnp.eye(N, dtype=W.dtype)
+    M = eye + dt * (s.dphi[..., :, None] * W[:, n_in : n_in + N] - eye) / tau[:, None]
+    idx = jnp.arange(N)
+    # ∂f/∂θ is diagonal in (i, j): added in place on the diagonal, not as a dense tensor.
+    J_W_next = jnp.einsum("...il,...ljk->...ijk", M, J_W)
+    J_W_next = J_W_next.at[..., idx, idx, :].add(
+        dt * s.dphi[..., :, None] * s.zeta[..., None, :] / tau[:, None]
+    )
+    J_tau_next = jnp.einsum("...il,...lj->...ij", M, J_tau)
+    J_tau_next = J_tau_next.at[..., idx, idx].add(dt * (h - s.phi) / (tau * tau))
+    return J_W_next, J_tau_next
+
+
+def project_rflo(
+    signal: jax.Array, J_W: jax.Array, J_tau: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Parameter gradient of ``signal · h'`` through RFLO's local trace: row ``i`` times ``g_i``."""
+    return signal[..., :, None] * J_W, signal * J_tau
+
+
+def project_rtrl(
+    signal: jax.Array, J_W: jax.Array, J_tau: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Parameter gradient of ``signal · h'`` through the full RTRL trace: ``Σ_i g_i J[i]``."""
+    return (
+        jnp.einsum("...i,...ijk->...jk", signal, J_W),
+        jnp.einsum("...i,...ij->...j", signal, J_tau),
+    )
+
+
+# --- the LRU body and its exact sensitivities (rtrrl_spec.lru) -------------------------------
+# Real arithmetic on (re, im) pairs, as in the reference, so that float32 stays float32.
 
 
 def _cmul(
     a_re: jax.Array, a_im: jax.Array, b_re: jax.Array, b_im: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """``(a_re + i a_im)(b_re + i b_im)`` as a (real, imaginary) pair (``rtrrl_spec.lru``)."""
+    """``(a_re + i a_im)(b_re + i b_im)`` as a (real, imaginary) pair."""
     return a_re * b_re - a_im * b_im, a_re * b_im + a_im * b_re
 
 
-def _project_ctrnn(
-    jacobian: str, J_W: jax.Array, J_tau: jax.Array, signal: jax.Array
-) -> dict[str, jax.Array]:
-    """``J'ᵀ g`` for the CT-RNN (``rtrrl_spec.ctrnn.project_rflo`` / ``project_rtrl``)."""
-    if jacobian == "rflo":
-        return {"W": signal[:, None] * J_W, "tau": signal * J_tau}
-    return {"W": jnp.einsum("i,ijk->jk", signal, J_W), "tau": signal @ J_tau}
-
-
-def _lru_body(
-    s: Config,
-    shared: Mapping[str, jax.Array],
-    env: Mapping[str, jax.Array],
-    x: jax.Array,
-    done: jax.Array,
-) -> tuple[jax.Array, Agent, Callable[[jax.Array], Agent] | None]:
-    """The LRU step for ONE environment (``rtrrl_spec.lru``), in real arithmetic on
-    (re, im) pairs so that the agent's float dtype is kept.
-
-    Returns the features ``y = Re(C h')``, the new body state (``h_re``, ``h_im`` and, when the
-    body learns, the sensitivities ``J_*``) and the projection ``signal -> {param: gradient}``
-    (``None`` for a frozen body).
-    """
-    zero = jnp.zeros((), shared["W_A"].dtype)
-    log_nu, log_theta = shared["log_nu"], shared["log_theta"]
-    C_re, C_im = shared["C_re"], shared["C_im"]
-    h_re = jnp.where(done, zero, env["h_re"])
-    h_im = jnp.where(done, zero, env["h_im"])
-    # lru_step: h' = λ ⊙ h + exp(γ) ⊙ (B x), y = Re(C h').
+def lru_lambda(log_nu: jax.Array, log_theta: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``λ = exp(−exp(ν)) e^{i exp(θ)}`` as (Re λ, Im λ)."""
     modulus = jnp.exp(-jnp.exp(log_nu))
     phase = jnp.exp(log_theta)
-    lam_re, lam_im = modulus * jnp.cos(phase), modulus * jnp.sin(phase)
-    norm = jnp.exp(shared["log_gamma"])
-    u_re, u_im = shared["B_re"] @ x, shared["B_im"] @ x
+    return modulus * jnp.cos(phase), modulus * jnp.sin(phase)
+
+
+def lru_step(
+    params: Mapping[str, jax.Array], h_re: jax.Array, h_im: jax.Array, x: jax.Array
+) -> LRUStep:
+    """``h' = λ ⊙ h + exp(γ) ⊙ (B x)``, ``y = Re(C h')``."""
+    lam_re, lam_im = lru_lambda(params["log_nu"], params["log_theta"])
+    norm = jnp.exp(params["log_gamma"])
+    u_re, u_im = x @ params["B_re"].T, x @ params["B_im"].T
     rec_re, rec_im = _cmul(lam_re, lam_im, h_re, h_im)
     h_next_re = rec_re + norm * u_re
     h_next_im = rec_im + norm * u_im
-    y = C_re @ h_next_re - C_im @ h_next_im
-    state: Agent = {"h_re": h_next_re, "h_im": h_next_im}
-    if not s.trains_body:
-        return y, state, None
-
-    # lru_sensitivity_update, from the sensitivities at h (after the episode reset).
-    J = {k: jnp.where(done, zero, env[k]) for k in LRU_SENSITIVITIES}
-    rec_re, rec_im = _cmul(lam_re, lam_im, J["J_lam_re"], J["J_lam_im"])
-    J["J_lam_re"], J["J_lam_im"] = rec_re + h_re, rec_im + h_im
-    rec_re, rec_im = _cmul(lam_re, lam_im, J["J_gam_re"], J["J_gam_im"])
-    J["J_gam_re"], J["J_gam_im"] = rec_re + norm * u_re, rec_im + norm * u_im
-    rec_re, rec_im = _cmul(lam_re[:, None], lam_im[:, None], J["J_in_re"], J["J_in_im"])
-    J["J_in_re"] = rec_re + norm[:, None] * x[None, :]
-    J["J_in_im"] = rec_im
-    state.update(J)
-
-    def project(signal: jax.Array) -> Agent:
-        # project_lru: s · Re(C z) = Re(Σ_k w_k z_k) with w = Cᵀ s.
-        w_re, w_im = signal @ C_re, signal @ C_im
-        a_re, a_im = _cmul(w_re, w_im, J["J_lam_re"], J["J_lam_im"])
-        a_re, a_im = _cmul(a_re, a_im, lam_re, lam_im)
-        g_re, _ = _cmul(w_re, w_im, J["J_gam_re"], J["J_gam_im"])
-        b_re, b_im = _cmul(w_re[:, None], w_im[:, None], J["J_in_re"], J["J_in_im"])
-        return {
-            "log_nu": -a_re * jnp.exp(log_nu),
-            "log_theta": -a_im * jnp.exp(log_theta),
-            "log_gamma": g_re,
-            "B_re": b_re,
-            "B_im": -b_im,
-            "C_re": signal[:, None] * h_next_re[None, :],
-            "C_im": -signal[:, None] * h_next_im[None, :],
-        }
-
-    return y, state, project
+    y = h_next_re @ params["C_re"].T - h_next_im @ params["C_im"].T
+    return LRUStep(lam_re, lam_im, norm, u_re, u_im, h_next_re, h_next_im, y)
 
 
-def env_step(
-    s: Config,
-    hp: HyperParams,
-    shared: Mapping[str, jax.Array],
-    env: Mapping[str, jax.Array],
-    obs: jax.Array,
+def lru_sensitivity_update(
+    J: Mapping[str, jax.Array], h_re: jax.Array, h_im: jax.Array, x: jax.Array, s: LRUStep
+) -> dict[str, jax.Array]:
+    """The sensitivities at ``h'`` from those at ``h`` (the state after any episode reset)."""
+    new = {}
+    rec_re, rec_im = _cmul(s.lam_re, s.lam_im, J["J_lam_re"], J["J_lam_im"])
+    new["J_lam_re"], new["J_lam_im"] = rec_re + h_re, rec_im + h_im
+    rec_re, rec_im = _cmul(s.lam_re, s.lam_im, J["J_gam_re"], J["J_gam_im"])
+    new["J_gam_re"], new["J_gam_im"] = rec_re + s.norm * s.u_re, rec_im + s.norm * s.u_im
+    rec_re, rec_im = _cmul(s.lam_re[:, None], s.lam_im[:, None], J["J_in_re"], J["J_in_im"])
+    new["J_in_re"] = rec_re + s.norm[:, None] * x[..., None, :]
+    new["J_in_im"] = rec_im
+    return new
+
+
+def project_lru(
+    signal: jax.Array, params: Mapping[str, jax.Array], J: Mapping[str, jax.Array], s: LRUStep
+) -> dict[str, jax.Array]:
+    """Gradients of ``signal · y`` for every LRU parameter; ``J`` at ``h'``, ``w = Cᵀ s``."""
+    w_re, w_im = signal @ params["C_re"], signal @ params["C_im"]
+    a_re, a_im = _cmul(w_re, w_im, J["J_lam_re"], J["J_lam_im"])
+    a_re, a_im = _cmul(a_re, a_im, s.lam_re, s.lam_im)
+    g_re, _ = _cmul(w_re, w_im, J["J_gam_re"], J["J_gam_im"])
+    b_re, b_im = _cmul(w_re[..., :, None], w_im[..., :, None], J["J_in_re"], J["J_in_im"])
+    return {
+        "log_nu": -a_re * jnp.exp(params["log_nu"]),
+        "log_theta": -a_im * jnp.exp(params["log_theta"]),
+        "log_gamma": g_re,
+        "B_re": b_re,
+        "B_im": -b_im,
+        "C_re": signal[..., :, None] * s.h_re[..., None, :],
+        "C_im": -signal[..., :, None] * s.h_im[..., None, :],
+    }
+
+
+# --- the heads (rtrrl_spec.heads) ------------------------------------------------------------
+
+
+def _sigmoid(z: jax.Array) -> jax.Array:
+    return 0.5 * (1.0 + jnp.tanh(0.5 * z))  # the reference's form, stable for large |z|
+
+
+def critic_value(f: jax.Array, W_C: jax.Array, b_C: jax.Array) -> jax.Array:
+    """``v = f · W_C + b_C`` for each environment."""
+    return f @ W_C[:, 0] + b_C[0]
+
+
+def policy_step(
+    config: Config,
+    out: jax.Array,
+    noise: jax.Array,
+    *,
+    bounds: tuple[jax.Array, jax.Array] | None = None,
+) -> PolicyStep:
+    """Sample an action from the actor outputs ``out`` and differentiate ``ln π`` and ``H``.
+
+    ``bounds``: the action box ``(low, high)`` as arrays, where the config's structure holds
+    placeholders (a compiled step, a population); by default the config's own bounds.
+    """
+    if config.discrete:
+        return _discrete(out, noise)
+    if config.bounded and bounds is None:
+        bounds = (
+            jnp.asarray(config.action_low, out.dtype),
+            jnp.asarray(config.action_high, out.dtype),
+        )
+    return _continuous(config, out, noise, bounds if config.bounded else None)
+
+
+def _discrete(logits: jax.Array, noise: jax.Array) -> PolicyStep:
+    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+    log_p = shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+    p = jnp.exp(log_p)
+    action = jnp.argmax(logits - jnp.log(-jnp.log(noise)), axis=-1).astype(jnp.int32)
+    entropy = -jnp.sum(p * log_p, axis=-1)
+    return PolicyStep(
+        action=action,
+        sample=action,
+        log_prob=jnp.take_along_axis(log_p, action[..., None], axis=-1)[..., 0],
+        entropy=entropy,
+        dlogp_dout=jax.nn.one_hot(action, logits.shape[-1], dtype=logits.dtype) - p,
+        dent_dout=-p * (log_p + entropy[..., None]),
+        scale=jnp.ones_like(entropy),
+    )
+
+
+def _continuous(
+    config: Config, out: jax.Array, noise: jax.Array, bounds: tuple[jax.Array, jax.Array] | None
+) -> PolicyStep:
+    D = int(config.action_dim)  # type: ignore[arg-type]
+    m, s = out[..., :D], out[..., D:]
+    if bounds is not None:
+        lo, hi = bounds
+        sig_m = _sigmoid(m)
+        mu = lo + (hi - lo) * sig_m
+        dmu_dm = (hi - lo) * sig_m * (1.0 - sig_m)
+    else:
+        mu, dmu_dm = m, jnp.ones_like(m)
+    sig_s = _sigmoid(s)
+    pre_sigma = -2.0 + 4.0 * sig_s
+    sigma = jnp.logaddexp(pre_sigma, 0.0)  # softplus
+    dsigma_ds = _sigmoid(pre_sigma) * 4.0 * sig_s * (1.0 - sig_s)
+
+    sample = mu + sigma * noise
+    action = jnp.clip(sample, lo, hi) if bounds is not None else sample
+    log_sigma = jnp.log(sigma)
+    dlogp_dout = jnp.concatenate(
+        [noise / sigma * dmu_dm, (noise * noise - 1.0) / sigma * dsigma_ds], axis=-1
+    )
+    dent_dout = jnp.concatenate([jnp.zeros_like(m), dsigma_ds / sigma], axis=-1)
+    if config.var_scaling:
+        scale = jnp.minimum(jnp.mean(sigma, axis=-1), 1.0)
+    else:
+        scale = jnp.ones(out.shape[:-1], out.dtype)
+    return PolicyStep(
+        action=action,
+        sample=sample,
+        log_prob=jnp.sum(-0.5 * noise * noise - log_sigma - _HALF_LOG_2PI, axis=-1),
+        entropy=jnp.sum(log_sigma + 0.5 + _HALF_LOG_2PI, axis=-1),
+        dlogp_dout=dlogp_dout,
+        dent_dout=dent_dout,
+        scale=scale,
+    )
+
+
+# --- TD error and traces (rtrrl_spec.agent) --------------------------------------------------
+
+
+def td_error(
     reward: jax.Array,
     done: jax.Array,
-    noise: jax.Array,
-) -> tuple[Agent, Agent, Agent]:
-    """Steps 1-6 and 8-9 of ``rtrrl_spec.agent`` for ONE environment (no batch axis).
+    value: jax.Array,
+    v_prev: jax.Array,
+    gamma: Number,
+    reward_rate: Number = 0.0,
+) -> jax.Array:
+    """``δ = r − r̄ + γ (1 − done) v − v_prev``: no bootstrapping across an episode boundary."""
+    not_done = 1.0 - done.astype(value.dtype)
+    delta = reward - _in(reward_rate, value) + _in(gamma, value) * not_done * value - v_prev
+    return delta.astype(value.dtype)
 
-    Args:
-        s: the config's structure (:func:`split_config`), static.
-        hp: its numbers (:func:`hyperparams`).
-        shared: parameters and feedback matrices (as before this step's update).
-        env: this environment's state (``h`` or ``h_re``/``h_im``, ``J_*``, ``e_*``, ``x_*``,
-            ``v_prev``, ``a_prev``), each without its leading ``B`` axis.
-        obs, reward, done, noise: this environment's inputs, ``(obs_dim,)``, ``()``, ``()``,
-            ``(K,)`` or ``(D,)``.
 
-    Returns:
-        ``(new_env, direction, info)``: the new per-environment state, this environment's
-        ascent direction ``δ e + η_H ∇H`` (averaged over the batch by the caller) and its
-        ``info`` entries. ``done`` is only ever used through ``jnp.where``.
+def decay_trace(trace: jax.Array, done: jax.Array, gamma_lambda: Number) -> jax.Array:
+    """``γλ e``, after zeroing the traces of environments whose episode just ended."""
+    reset = done.reshape(done.shape + (1,) * (trace.ndim - done.ndim))
+    return _in(gamma_lambda, trace) * jnp.where(reset, jnp.zeros((), trace.dtype), trace)
+
+
+# --- the optimizer (rtrrl_spec.optim, rtrrl_spec.agent.apply_update) -------------------------
+
+
+def global_norm(arrays: Mapping[str, jax.Array]) -> jax.Array:
+    """Euclidean norm of all entries of all arrays."""
+    return jnp.sqrt(sum(jnp.sum(a * a) for a in arrays.values()))
+
+
+def clip_by_global_norm(
+    arrays: Mapping[str, jax.Array], max_norm: Number | None
+) -> tuple[dict[str, jax.Array], jax.Array]:
+    """Scale the group down to norm ``max_norm`` when it is longer; returns (arrays, norm)."""
+    norm = global_norm(arrays)
+    if max_norm is None:
+        return dict(arrays), norm
+    max_norm = _in(max_norm, norm)
+    factor = max_norm / jnp.maximum(norm, max_norm)
+    return {k: a * factor for k, a in arrays.items()}, norm
+
+
+def _log(b: Number) -> Number:
+    """``ln β``, in float64 for a Python float (``ln 0 = −inf``: the bias correction is 1)."""
+    if isinstance(b, int | float):
+        return math.log(b) if b > 0 else -math.inf
+    return jnp.log(b)
+
+
+def adam_step(
+    params: Mapping[str, jax.Array],
+    direction: Mapping[str, jax.Array],
+    mu: Mapping[str, jax.Array],
+    nu: Mapping[str, jax.Array],
+    count: jax.Array,
+    lr: Number,
+    b1: Number,
+    b2: Number,
+    eps: Number,
+    *,
+    omb1: Number | None = None,
+    omb2: Number | None = None,
+    log_b1: Number | None = None,
+    log_b2: Number | None = None,
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array], dict[str, jax.Array], jax.Array]:
+    """One Adam ascent step of a parameter group; returns (params, mu, nu, count).
+
+    The reference forms ``1 − β`` and ``1 − βᵗ`` in float64 and rounds once. Here ``1 − βᵗ``
+    is ``−expm1(t ln β)``: the direct form cancels in float32 (about 1e-5 relative for
+    ``β2 = 0.999`` at small ``t``, beyond the suite's optimizer tolerance). ``omb1`` /
+    ``omb2`` (``1 − β``) and ``log_b1`` / ``log_b2`` (``ln β``) are for callers whose ``β`` is
+    a traced float32 number: ``rtrrl_spec.numbers_of`` forms them in float64. By default they
+    are formed from ``b1``, ``b2`` here (in float64 for Python floats).
     """
-    dtype = shared["W_A"].dtype
-    zero = jnp.zeros((), dtype)
-    new: Agent = {}
-
-    # 1-2. RNN input; at an episode boundary the previous action and reward are not fed.
-    if s.meta_rl:
-        if s.discrete:
-            a_in = jax.nn.one_hot(env["a_prev"], s.n_actions, dtype=dtype)
-        else:
-            a_in = env["a_prev"]
-        a_in = jnp.where(done, zero, a_in)
-        r_in = jnp.where(done, zero, reward)[None]
-        x = jnp.concatenate([obs, a_in, r_in])
-    else:
-        x = obs
-
-    # 3. Body: features for the heads, the new body state and, when the body learns, how a
-    # signal on the features projects into its parameters' gradients (J'ᵀ g). A frozen body
-    # (freeze_rnn) only steps h.
-    project: Callable[[jax.Array], Agent] | None = None
-    if s.body == "ctrnn":
-        # CT-RNN Euler step and Jacobian trace (rtrrl_spec.ctrnn).
-        W, tau, dt = shared["W"], shared["tau"], hp["dt"]
-        h = jnp.where(done, zero, env["h"])
-        zeta = jnp.concatenate([x, h, jnp.ones((1,), dtype)])
-        phi = jnp.tanh(W @ zeta)
-        dphi = 1.0 - phi * phi
-        h_next = h + dt * (phi - h) / tau
-        new["h"] = f = h_next
-    elif s.body == "lru":
-        f, body_state, project = _lru_body(s, shared, env, x, done)
-        new.update(body_state)
-    else:
-        f = x
-    if s.body == "ctrnn" and s.trains_body:
-        J_W = jnp.where(done, zero, env["J_W"])
-        J_tau = jnp.where(done, zero, env["J_tau"])
-        if s.jacobian == "rflo":
-            # Local trace: one row per neuron, never the (N, N, Z) RTRL tensor.
-            rate = dt / tau
-            J_W = (1.0 - rate)[:, None] * J_W + rate[:, None] * (dphi[:, None] * zeta[None, :])
-            J_tau = (1.0 - rate) * J_tau + dt * (h - phi) / (tau * tau)
-        else:
-            N, n_in = s.n_hidden, s.input_dim
-            eye = jnp.eye(N, dtype=dtype)
-            M = eye + dt * (dphi[:, None] * W[:, n_in : n_in + N] - eye) / tau[:, None]
-            idx = jnp.arange(N)
-            J_W = jnp.einsum("il,ljk->ijk", M, J_W)
-            J_W = J_W.at[idx, idx, :].add(dt * dphi[:, None] * zeta[None, :] / tau[:, None])
-            J_tau = (M @ J_tau).at[idx, idx].add(dt * (h - phi) / (tau * tau))
-        new.update(J_W=J_W, J_tau=J_tau)
-        project = functools.partial(_project_ctrnn, s.jacobian, J_W, J_tau)
-
-    # 4. Heads, with the parameters as they were before this step's update.
-    W_A, W_C, b_C = shared["W_A"], shared["W_C"], shared["b_C"]
-    value = f @ W_C[:, 0] + b_C[0]
-    pol = _policy(s, hp, f @ W_A, noise)
-    c = pol["scale"]
-
-    # 5. Immediate gradients (rtrrl_spec.agent, step 5).
-    critic_scale = jnp.ones((), dtype) if s.trace == "dutch" else c
-    grad = {
-        "W_C": (critic_scale * f)[:, None],
-        "b_C": critic_scale * jnp.ones((1,), dtype),
-        "W_A": (c * f)[:, None] * pol["dlogp"][None, :],
-    }
-    ent_grad = {"W_A": (c * f)[:, None] * pol["dent"][None, :]}
-    if project is not None:
-        B_A = shared["B_A"] if s.feedback_alignment else W_A
-        B_C = shared["B_C"] if s.feedback_alignment else W_C
-        signal = c * (B_C[:, 0] + hp["eta_pi"] * (B_A @ pol["dlogp"]))
-        ent_signal = c * (B_A @ pol["dent"])
-        grad.update(project(signal))
-        ent_grad.update(project(ent_signal))
-
-    # 6. TD error (rtrrl_spec.agent.td_error).
-    reward_rate = shared["reward_rate"] if s.reward_rate_lr is not None else 0.0
-    not_done = 1.0 - done.astype(dtype)
-    delta = reward - reward_rate + hp["gamma"] * not_done * value - env["v_prev"]
-
-    # 7. This environment's ascent direction, from the traces as they were.
-    eta_h = hp["entropy_rate"]
-    direction = {
-        "W_C": delta * env["e_W_C"],
-        "b_C": delta * env["e_b_C"],
-        "W_A": delta * env["e_W_A"] + eta_h * ent_grad["W_A"],
-    }
-    if s.trace == "dutch":
-        value_now = jnp.sum(env["x_W_C"][:, 0] * W_C[:, 0]) + env["x_b_C"][0] * b_C[0]
-        correction = value_now - env["v_prev"]
-        direction["W_C"] = direction["W_C"] - correction * env["x_W_C"]
-        direction["b_C"] = direction["b_C"] - correction * env["x_b_C"]
-    for k in rtrrl_spec.rnn_params(s):
-        direction[k] = delta * env[f"e_{k}"] + eta_h * ent_grad[k]
-
-    # 8. Traces: reset at the boundary, then decay and add this step's gradients.
-    def decayed(name: str, gamma_lambda: jax.Array) -> jax.Array:
-        return gamma_lambda * jnp.where(done, zero, env[name])
-
-    if s.trace == "dutch":
-        e_W_C = decayed("e_W_C", hp["gl_critic"])
-        e_b_C = decayed("e_b_C", hp["gl_critic"])
-        inner = jnp.sum(e_W_C * grad["W_C"]) + jnp.sum(e_b_C * grad["b_C"])
-        weight = 1.0 - hp["lr_td"] * inner
-        new["e_W_C"] = e_W_C + weight * grad["W_C"]
-        new["e_b_C"] = e_b_C + weight * grad["b_C"]
-        new["x_W_C"], new["x_b_C"] = grad["W_C"], grad["b_C"]
-    else:
-        new["e_W_C"] = decayed("e_W_C", hp["gl_critic"]) + grad["W_C"]
-        new["e_b_C"] = decayed("e_b_C", hp["gl_critic"]) + grad["b_C"]
-    new["e_W_A"] = decayed("e_W_A", hp["gl_actor"]) + grad["W_A"]
-    for k in rtrrl_spec.rnn_params(s):
-        new[f"e_{k}"] = decayed(f"e_{k}", hp["gl_rnn"]) + grad[k]
-
-    # 9. Carry.
-    new["v_prev"] = value
-    new["a_prev"] = pol["action"]
-    info = {
-        "td_error": delta,
-        "value": value,
-        "log_prob": pol["log_prob"],
-        "entropy": pol["entropy"],
-        "sample": pol["sample"],
-        "features": f,
-        "action": pol["action"],
-    }
-    return new, direction, info
-
-
-# --- the batch: vmap, batch mean, optimizer -------------------------------------------------
-
-
-def _bias_correction(log_b: jax.Array, t: jax.Array) -> jax.Array:
-    """``1 − βᵗ`` as ``−expm1(t ln β)``: without the cancellation of ``1 − βᵗ`` in float32.
-
-    The reference forms ``1 − βᵗ`` in float64 and rounds once; in float32 the direct form
-    loses about 1e-5 relative for ``β2 = 0.999`` at small ``t`` (what optax computes when x64
-    is off), which the conformance suite's optimizer tolerance rightly rejects.
-    """
-    return -jnp.expm1(t * log_b)
-
-
-def _flat(arrays: Sequence[jax.Array]) -> jax.Array:
-    """The arrays raveled and concatenated (one group's flat vector)."""
-    return jnp.concatenate([jnp.reshape(a, (-1,)) for a in arrays])
-
-
-def _split(flat: jax.Array, shapes: Sequence[tuple[int, ...]]) -> list[jax.Array]:
-    """The inverse of :func:`_flat`: consecutive slices of ``flat`` in the given shapes."""
-    parts, offset = [], 0
-    for shape in shapes:
-        size = int(np.prod(shape, dtype=np.int64))
-        parts.append(jnp.reshape(flat[offset : offset + size], shape))
-        offset += size
-    return parts
-
-
-def pack_moments(s: Config, agent: Mapping[str, jax.Array]) -> Agent:
-    """The agent with each group's Adam moments as one flat vector: ``mu_<p>`` / ``nu_<p>``
-    for the group's parameters replaced by ``mu.<group>`` / ``nu.<group>`` (concatenated
-    flat, in ``rtrrl_spec.optimizer_groups`` order). :func:`apply_update` takes either layout.
-
-    For loops that run many steps (the fused training epoch): Adam is then one elementwise
-    pass per group instead of one per parameter, fewer and larger kernels. The arithmetic is
-    the same elementwise operations; only how XLA fuses them may change the last bit.
-    """
-    packed = dict(agent)
-    for group, names in rtrrl_spec.optimizer_groups(s):
-        for moment in ("mu", "nu"):
-            packed[f"{moment}.{group}"] = _flat([packed.pop(f"{moment}_{k}") for k in names])
-    return packed
-
-
-def unpack_moments(s: Config, agent: Mapping[str, jax.Array]) -> Agent:
-    """The inverse of :func:`pack_moments`: the canonical layout again."""
-    unpacked = dict(agent)
-    for group, names in rtrrl_spec.optimizer_groups(s):
-        for moment in ("mu", "nu"):
-            parts = _split(unpacked.pop(f"{moment}.{group}"), [agent[k].shape for k in names])
-            unpacked.update({f"{moment}_{k}": p for k, p in zip(names, parts, strict=True)})
-    return unpacked
+    like = next(iter(params.values()))
+    omb1, omb2 = (1.0 - b if o is None else o for o, b in ((omb1, b1), (omb2, b2)))
+    log_b1, log_b2 = (_log(b) if lg is None else lg for lg, b in ((log_b1, b1), (log_b2, b2)))
+    lr, b1, b2, eps, omb1, omb2 = (_in(v, like) for v in (lr, b1, b2, eps, omb1, omb2))
+    count = count + 1
+    t = count.astype(like.dtype)
+    bc1 = -jnp.expm1(t * _in(log_b1, like))
+    bc2 = -jnp.expm1(t * _in(log_b2, like))
+    new_params, new_mu, new_nu = {}, {}, {}
+    for name, p in params.items():
+        d = direction[name]
+        m = b1 * mu[name] + omb1 * d
+        v = b2 * nu[name] + omb2 * d * d
+        new_params[name] = p + lr * (m / bc1) / (jnp.sqrt(v / bc2) + eps)
+        new_mu[name], new_nu[name] = m, v
+    return new_params, new_mu, new_nu, count
 
 
 def apply_update(
-    s: Config, hp: HyperParams, agent: Mapping[str, jax.Array], direction: Mapping[str, jax.Array]
+    config: Config,
+    agent: Mapping[str, jax.Array],
+    direction: Mapping[str, jax.Array],
+    *,
+    numbers: Mapping[str, jax.Array] | None = None,
 ) -> tuple[Agent, Agent]:
-    """``rtrrl_spec.apply_update``: per group clip by global norm, Adam (ascent), then
-    ``tau ≥ tau_min``; written out rather than taken from optax (``docs/backends/jax.md``).
+    """Clip each group's ascent direction by global norm, take an Adam step, clip ``tau``.
 
-    The moments are read and written in the agent's layout: per parameter (canonical) or per
-    group, flat (:func:`pack_moments`)."""
+    ``numbers``: the config's numbers (:func:`hyperparams`) where ``config`` is a structure
+    (:func:`split_config`); by default those of ``config`` itself. The moments are read and
+    written in the agent's layout: per parameter (canonical) or per group, flat
+    (:func:`pack_moments`).
+    """
+    n = hyperparams(config, np.dtype(agent["W_A"].dtype).name) if numbers is None else numbers
+    max_norm = n["clip_norm"] if config.clip_norm is not None else None
+    lrs = {"td": n["lr_td"], "rnn": n["lr_rnn"]}
     changed: Agent = {}
     info: Agent = {}
-    lrs = {"td": hp["lr_td"], "rnn": hp["lr_rnn"]}
-    for group, names in rtrrl_spec.optimizer_groups(s):
-        lr = lrs[group]
-        grads = {k: direction[k] for k in names}
-        norm = jnp.sqrt(sum(jnp.sum(g * g) for g in grads.values()))
-        packed = f"mu.{group}" in agent
+    for group, names in rtrrl_spec.optimizer_groups(config):
+        params = {k: agent[k] for k in names}
+        packed = is_packed(agent, group)
         if packed:
-            grads = {group: _flat([grads[k] for k in names])}
-        if s.clip_norm is not None:
-            factor = hp["clip_norm"] / jnp.maximum(norm, hp["clip_norm"])
-            grads = {k: g * factor for k, g in grads.items()}
-        count = agent[f"count_{group}"] + 1
-        t = count.astype(norm.dtype)
-        bc1 = _bias_correction(hp["log_b1"], t)
-        bc2 = _bias_correction(hp["log_b2"], t)
-        steps: Agent = {}
-        sep = "." if packed else "_"
-        for k, g in grads.items():
-            m = hp["b1"] * agent[f"mu{sep}{k}"] + hp["omb1"] * g
-            v = hp["b2"] * agent[f"nu{sep}{k}"] + hp["omb2"] * g * g
-            steps[k] = lr * (m / bc1) / (jnp.sqrt(v / bc2) + hp["eps"])
-            changed[f"mu{sep}{k}"], changed[f"nu{sep}{k}"] = m, v
+            # The group as one flat vector (one norm, one Adam pass), from parameters 0:
+            # Adam's result is then the update itself, which each parameter adds its slice
+            # of (concatenating the parameters too would copy them every step).
+            flat_direction = {group: flat([direction[k] for k in names])}
+            clipped, norm = clip_by_global_norm(flat_direction, max_norm)
+            params = {group: jnp.zeros_like(clipped[group])}
+            mu, nu = {group: agent[f"mu.{group}"]}, {group: agent[f"nu.{group}"]}
+        else:
+            clipped, norm = clip_by_global_norm({k: direction[k] for k in names}, max_norm)
+            mu = {k: agent[f"mu_{k}"] for k in names}
+            nu = {k: agent[f"nu_{k}"] for k in names}
+        params, mu, nu, count = adam_step(
+            params,
+            clipped,
+            mu,
+            nu,
+            agent[f"count_{group}"],
+            lrs[group],
+            n["b1"],
+            n["b2"],
+            n["eps"],
+            omb1=n["omb1"],
+            omb2=n["omb2"],
+            log_b1=n["log_b1"],
+            log_b2=n["log_b2"],
+        )
         if packed:
-            parts = _split(steps[group], [agent[k].shape for k in names])
-            steps = dict(zip(names, parts, strict=True))
+            updates = split(params[group], [agent[k].shape for k in names])
+            params = {k: agent[k] + u for k, u in zip(names, updates, strict=True)}
+            changed[f"mu.{group}"], changed[f"nu.{group}"] = mu[group], nu[group]
+        if "tau" in params:  # the CT-RNN's time constants only
+            params["tau"] = jnp.maximum(params["tau"], n["tau_min"])
         for k in names:
-            changed[k] = agent[k] + steps[k]
-        if "tau" in names:  # the CT-RNN's time constants only
-            changed["tau"] = jnp.maximum(changed["tau"], hp["tau_min"])
+            changed[k] = params[k]
+            if not packed:
+                changed[f"mu_{k}"], changed[f"nu_{k}"] = mu[k], nu[k]
         changed[f"count_{group}"] = count
         info[f"grad_norm_{group}"] = norm
     return changed, info
 
 
-@functools.lru_cache(maxsize=1024)
-def _env_names(s: Config) -> tuple[str, ...]:
-    return tuple(k for k, v in rtrrl_spec.layout(s, 1).items() if v.group == "env")
+# --- one step (rtrrl_spec.agent.step_unchecked) ----------------------------------------------
 
 
-def step_core(
-    s: Config,
-    hp: HyperParams,
+def step_unchecked(
+    config: Config,
+    agent: Mapping[str, jax.Array],
+    obs: jax.Array,
+    reward: jax.Array,
+    done: jax.Array,
+    noise: jax.Array,
+    *,
+    numbers: Mapping[str, jax.Array] | None = None,
+) -> tuple[Agent, jax.Array, Agent]:
+    """``rtrrl_spec.agent.step_unchecked``: one step of ``B`` environments, unjitted; inputs
+    already cast to the agent's float dtype (``done``: bool). ``numbers`` as for
+    :func:`apply_update`."""
+    dtype = agent["W_A"].dtype
+    n = hyperparams(config, np.dtype(dtype).name) if numbers is None else numbers
+    B = obs.shape[0]
+    zero = jnp.zeros((), dtype)
+    new = dict(agent)
+
+    # 1-2. RNN input; at an episode boundary the previous action and reward are not fed.
+    if config.meta_rl:
+        if config.discrete:
+            a_in = jax.nn.one_hot(agent["a_prev"], config.n_actions, dtype=dtype)
+        else:
+            a_in = agent["a_prev"]
+        a_in = jnp.where(done[:, None], zero, a_in)
+        r_in = jnp.where(done, zero, reward)[:, None]
+        x = jnp.concatenate([obs, a_in, r_in], axis=-1)
+    else:
+        x = obs
+
+    # 3. Body: features for the heads, the new body state and, when the body learns, how a
+    # signal on the features projects into its parameters' gradients (J'ᵀ g).
+    def reset_env(array: jax.Array) -> jax.Array:
+        return jnp.where(done.reshape((B,) + (1,) * (array.ndim - 1)), zero, array)
+
+    project: Callable[[jax.Array], Agent] | None = None
+    if config.body == "ctrnn":
+        W, tau = agent["W"], agent["tau"]
+        h = reset_env(agent["h"])
+        s = ctrnn_step(W, tau, h, x, n["dt"])
+        features = new["h"] = s.h_next
+        if config.trains_body:
+            J_W, J_tau = reset_env(agent["J_W"]), reset_env(agent["J_tau"])
+            if config.jacobian == "rflo":
+                J_W, J_tau = rflo_update(J_W, J_tau, tau, h, s, n["dt"])
+                project_ctrnn = project_rflo
+            else:
+                J_W, J_tau = rtrl_update(J_W, J_tau, W, tau, h, s, n["dt"], config.input_dim)
+                project_ctrnn = project_rtrl
+            new.update(J_W=J_W, J_tau=J_tau)
+
+            def project(signal: jax.Array) -> Agent:
+                grad_W, grad_tau = project_ctrnn(signal, J_W, J_tau)
+                return {"W": grad_W, "tau": grad_tau}
+
+    elif config.body == "lru":
+        params = {k: agent[k] for k in rtrrl_spec.body_params(config)}
+        h_re, h_im = reset_env(agent["h_re"]), reset_env(agent["h_im"])
+        s_lru = lru_step(params, h_re, h_im, x)
+        new["h_re"], new["h_im"] = s_lru.h_re, s_lru.h_im
+        features = s_lru.y
+        if config.trains_body:
+            J = {k: reset_env(agent[k]) for k in LRU_SENSITIVITIES}
+            J = lru_sensitivity_update(J, h_re, h_im, x, s_lru)
+            new.update(J)
+
+            def project(signal: jax.Array) -> Agent:
+                return project_lru(signal, params, J, s_lru)
+
+    else:
+        features = x
+
+    # 4. Heads, with the parameters as they were before this step's update.
+    W_A, W_C, b_C = agent["W_A"], agent["W_C"], agent["b_C"]
+    value = critic_value(features, W_C, b_C)
+    bounds = (n["action_low"], n["action_high"]) if config.bounded else None
+    pol = policy_step(config, features @ W_A, noise, bounds=bounds)
+    c = pol.scale[:, None]
+
+    # 5. Immediate gradients.
+    critic_scale = jnp.ones_like(c) if config.trace == "dutch" else c
+    grad = {
+        "W_C": (critic_scale * features)[:, :, None],
+        "b_C": critic_scale * jnp.ones((B, 1), dtype),
+        "W_A": (c * features)[:, :, None] * pol.dlogp_dout[:, None, :],
+    }
+    entropy_grad = {"W_A": (c * features)[:, :, None] * pol.dent_dout[:, None, :]}
+    if project is not None:
+        B_A = agent["B_A"] if config.feedback_alignment else W_A
+        B_C = agent["B_C"] if config.feedback_alignment else W_C
+        signal = c * (B_C[:, 0] + n["eta_pi"] * (pol.dlogp_dout @ B_A.T))
+        entropy_signal = c * (pol.dent_dout @ B_A.T)
+        grad.update(project(signal))
+        entropy_grad.update(project(entropy_signal))
+
+    # 6. TD error.
+    reward_rate = agent["reward_rate"] if config.reward_rate_lr is not None else 0.0
+    delta = td_error(reward, done, value, agent["v_prev"], n["gamma"], reward_rate)
+
+    # 7. Update: directions from the traces as they were, batch mean, clip, Adam, tau clip.
+    def times_delta(trace: jax.Array) -> jax.Array:
+        return delta.reshape((B,) + (1,) * (trace.ndim - 1)) * trace
+
+    eta_h = n["entropy_rate"]
+    per_env = {
+        "W_C": times_delta(agent["e_W_C"]),
+        "b_C": times_delta(agent["e_b_C"]),
+        "W_A": times_delta(agent["e_W_A"]) + eta_h * entropy_grad["W_A"],
+    }
+    if config.trace == "dutch":
+        # True-online TD(λ) correction; v̂_prev is the previous features' value under the
+        # current weights.
+        x_W_C, x_b_C = agent["x_W_C"], agent["x_b_C"]
+        value_now = jnp.sum(x_W_C[:, :, 0] * W_C[:, 0], axis=-1) + x_b_C[:, 0] * b_C[0]
+        correction = (value_now - agent["v_prev"])[:, None]
+        per_env["W_C"] = per_env["W_C"] - correction[:, :, None] * x_W_C
+        per_env["b_C"] = per_env["b_C"] - correction * x_b_C
+    for k in rtrrl_spec.rnn_params(config):
+        per_env[k] = times_delta(agent[f"e_{k}"]) + eta_h * entropy_grad[k]
+    direction = {k: jnp.mean(v, axis=0) for k, v in per_env.items()}
+
+    changed, info = apply_update(config, agent, direction, numbers=n)
+    new.update(changed)
+    if config.reward_rate_lr is not None:
+        new["reward_rate"] = agent["reward_rate"] + n["reward_rate_lr"] * jnp.mean(delta)
+
+    # 8. Traces: reset at the boundary, then decay and add this step's gradients.
+    def decayed(name: str, gamma_lambda: str) -> jax.Array:
+        return decay_trace(agent[name], done, n[gamma_lambda])
+
+    if config.trace == "dutch":
+        e_W_C, e_b_C = decayed("e_W_C", "gl_critic"), decayed("e_b_C", "gl_critic")
+        inner = jnp.sum(e_W_C * grad["W_C"], axis=(1, 2)) + jnp.sum(e_b_C * grad["b_C"], axis=1)
+        weight = (1.0 - n["lr_td"] * inner)[:, None]  # e_W_C was already multiplied by γλ
+        new["e_W_C"] = e_W_C + weight[:, :, None] * grad["W_C"]
+        new["e_b_C"] = e_b_C + weight * grad["b_C"]
+        new["x_W_C"], new["x_b_C"] = grad["W_C"], grad["b_C"]
+    else:
+        new["e_W_C"] = decayed("e_W_C", "gl_critic") + grad["W_C"]
+        new["e_b_C"] = decayed("e_b_C", "gl_critic") + grad["b_C"]
+    new["e_W_A"] = decayed("e_W_A", "gl_actor") + grad["W_A"]
+    for k in rtrrl_spec.rnn_params(config):
+        new[f"e_{k}"] = decayed(f"e_{k}", "gl_rnn") + grad[k]
+
+    # 9. Carry; the same dtypes as the input agent, whatever promotion happened on the way.
+    new["v_prev"] = value
+    new["a_prev"] = pol.action
+    new = {k: new[k].astype(agent[k].dtype) for k in agent}
+    info.update(
+        td_error=delta,
+        value=value,
+        log_prob=pol.log_prob,
+        entropy=pol.entropy,
+        sample=pol.sample,
+        features=features,
+    )
+    for k, v in direction.items():
+        info[f"direction.{k}"] = v
+        info[f"update.{k}"] = new[k] - agent[k]
+    return new, pol.action, info
+
+
+def _step_with_numbers(
+    structure: Config,
+    numbers: Mapping[str, jax.Array],
     agent: Mapping[str, jax.Array],
     obs: jax.Array,
     reward: jax.Array,
     done: jax.Array,
     noise: jax.Array,
 ) -> tuple[Agent, jax.Array, Agent]:
-    """One step of ``B`` environments: :func:`env_step` vmapped, batch mean, optimizer.
-
-    ``s`` is a config structure (:func:`split_config`, static) and ``hp`` its numbers
-    (:func:`hyperparams`); :func:`step` is the jitted form with an ordinary config.
-    """
+    # The numbers positional: what jit traces and what a population vmaps over. Inputs are
+    # cast here, since callers inside a lax.scan pass them as they come.
     dtype = agent["W_A"].dtype
-    obs, reward, noise = obs.astype(dtype), reward.astype(dtype), noise.astype(dtype)
-    done = done.astype(bool)
-    env_names = _env_names(s)
-    env = {k: agent[k] for k in env_names}
-    shared = {k: v for k, v in agent.items() if k not in env}
-    new_env, per_env, env_info = jax.vmap(
-        functools.partial(env_step, s), in_axes=(None, None, 0, 0, 0, 0, 0)
-    )(hp, shared, env, obs, reward, done, noise)
-    direction = {k: jnp.mean(v, axis=0) for k, v in per_env.items()}
-    changed, info = apply_update(s, hp, agent, direction)
-    new = dict(agent)
-    new.update(new_env)
-    new.update(changed)
-    if s.reward_rate_lr is not None:
-        new["reward_rate"] = agent["reward_rate"] + hp["reward_rate_lr"] * jnp.mean(
-            env_info["td_error"]
-        )
-    # Same dtypes as the input agent, whatever promotion happened on the way.
-    new = {k: new[k].astype(agent[k].dtype) for k in agent}
-    action = env_info.pop("action")
-    info.update(env_info)
-    for k, v in direction.items():
-        info[f"direction.{k}"] = v
-        info[f"update.{k}"] = new[k] - agent[k]
-    return new, action, info
+    obs, reward, noise = (jnp.asarray(a).astype(dtype) for a in (obs, reward, noise))
+    done = jnp.asarray(done).astype(bool)
+    return step_unchecked(structure, agent, obs, reward, done, noise, numbers=numbers)
 
 
-_step_core_jit = jax.jit(step_core, static_argnums=0)
+_step_jit = jax.jit(_step_with_numbers, static_argnums=0)
 
 
 def step(
@@ -609,7 +739,7 @@ def step(
 ) -> tuple[Agent, jax.Array, Agent]:
     """``rtrrl_spec.step`` in JAX, jitted; one compile per config structure and shapes."""
     dtype = np.dtype(agent["W_A"].dtype).name
-    return _step_core_jit(
+    return _step_jit(
         split_config(config), hyperparams(config, dtype), agent, obs, reward, done, noise
     )
 
@@ -623,18 +753,12 @@ def step_eager(
     noise: jax.Array,
 ) -> tuple[Agent, jax.Array, Agent]:
     """The same function as :func:`step`, run op by op under ``jax.disable_jit()``."""
-    dtype = np.dtype(agent["W_A"].dtype).name
-    hp = hyperparams(config, dtype)
+    hp = hyperparams(config, np.dtype(agent["W_A"].dtype).name)
     with jax.disable_jit():
-        return step_core(
-            split_config(config),
-            hp,
-            agent,
-            jnp.asarray(obs),
-            jnp.asarray(reward),
-            jnp.asarray(done),
-            jnp.asarray(noise),
-        )
+        return _step_with_numbers(split_config(config), hp, agent, obs, reward, done, noise)
+
+
+# --- loops and populations -------------------------------------------------------------------
 
 
 def make_step(config: Config, dtype: str = "float32") -> Callable[..., tuple[Agent, Any, Agent]]:
@@ -642,13 +766,9 @@ def make_step(config: Config, dtype: str = "float32") -> Callable[..., tuple[Age
 
     Un-jitted on purpose: call it inside your own ``jax.jit`` (e.g. in the body of a
     ``lax.scan`` that also steps the environment); the numbers of ``config`` become
-    constants of that trace.
+    constants of that trace. The agent's moments may be packed (:func:`pack_moments`).
     """
-    s, hp = split_config(config), hyperparams(config, dtype)
-    return functools.partial(step_core, s, hp)
-
-
-# --- populations ----------------------------------------------------------------------------
+    return functools.partial(_step_with_numbers, split_config(config), hyperparams(config, dtype))
 
 
 def init_population(
@@ -678,10 +798,11 @@ def make_population_step(
     """
     per_member = not isinstance(config, Config)
     configs = list(config) if per_member else [config]
-    s = split_config(configs[0])
+    structure = split_config(configs[0])
     hp = hyperparams(configs if per_member else configs[0], dtype)
     batched = jax.vmap(
-        functools.partial(step_core, s), in_axes=(0 if per_member else None, 0, 0, 0, 0, 0)
+        functools.partial(_step_with_numbers, structure),
+        in_axes=(0 if per_member else None, 0, 0, 0, 0, 0),
     )
 
     def population_step(agents, obs, reward, done, noise):  # noqa: ANN001, ANN202
@@ -690,7 +811,45 @@ def make_population_step(
     return jax.jit(population_step) if jit else population_step
 
 
+@functools.lru_cache(maxsize=64)
+def _population_step_cached(
+    config: Config | tuple[Config, ...], dtype: str
+) -> Callable[..., tuple[Agent, jax.Array, Agent]]:
+    return make_population_step(config, dtype)
+
+
 # --- the backend object ---------------------------------------------------------------------
+
+_TRACED = object()  # marks, among a call's static leaves, where an array goes
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(fn: Callable[..., Any], treedef: Any, static: tuple[Any, ...]) -> Callable[..., Any]:
+    def run(*arrays: jax.Array) -> Any:
+        it = iter(arrays)
+        leaves = [next(it) if leaf is _TRACED else leaf for leaf in static]
+        args, kwargs = jax.tree_util.tree_unflatten(treedef, leaves)
+        return fn(*args, **kwargs)
+
+    return jax.jit(run)
+
+
+def _jitted(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` under ``jax.jit`` for calls with the reference's arguments: array leaves are
+    traced; every other leaf (a config, a Python number such as ``dt``, ``lr`` or
+    ``input_dim``, ``None``) is static, a constant of the compiled code as it is of the
+    reference's arithmetic, so ``1 − β`` is still formed from the float64 ``β``. One compile
+    per new structure of arguments, shapes or static values."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+        traced = [isinstance(x, jax.Array | np.ndarray | np.generic) for x in leaves]
+        static = tuple(_TRACED if t else x for x, t in zip(leaves, traced, strict=True))
+        arrays = [x for x, t in zip(leaves, traced, strict=True) if t]
+        return _compiled(fn, treedef, static)(*arrays)
+
+    return call
 
 
 def _to_jax(x: Any) -> jax.Array:
@@ -709,11 +868,12 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 class JaxBackend(BackendBase):
-    """RTRRL in JAX: pure functions over pytree agents, jitted and vmapped.
+    """RTRRL in JAX: pure functions over pytree agents, jitted.
 
     Beyond the protocol: :meth:`step_variants` (``"jit"`` and ``"eager"``, both checked by the
     conformance suite), :meth:`population_step` / :func:`make_population_step` and
-    :func:`init_population` for populations of independent agents.
+    :func:`init_population` for populations of independent agents. :meth:`step_functions`
+    (from :class:`BackendBase`) returns this module's translations of the spec's functions.
     """
 
     name = "jax"
@@ -760,8 +920,30 @@ class JaxBackend(BackendBase):
         """``{"jit": step, "eager": step_eager}``: one function, compiled or op by op."""
         return {"jit": step, "eager": step_eager}
 
+    def step_functions(self, jit: bool = True) -> dict[str, Callable[..., Any]]:
+        """This module's translation of each function of ``rtrrl_spec.STEP_FUNCTIONS``.
+
+        Jitted by default (``jit=False``: the plain functions, op by op): a checked example
+        with new shapes then compiles each function once instead of each of its primitives.
+        Arrays are traced, everything else is static (:func:`_jitted`); ``step`` is
+        :func:`step` itself, which jits on its own.
+        """
+        plain = super().step_functions()
+        if not jit:
+            return plain
+        return {k: fn if k == "step" else _jitted(fn) for k, fn in plain.items()}
+
     def rng(self, seed: int) -> jax.Array:
         return jax.random.key(seed)
+
+    def rng_state(self, rng: jax.Array) -> dict[str, np.ndarray]:
+        """``{"key_data": uint32 array}``: the key's raw data (``jax.random.key_data``)."""
+        return {"key_data": np.asarray(jax.random.key_data(rng))}
+
+    def rng_from_state(self, state: Mapping[str, np.ndarray]) -> jax.Array:
+        """The key :meth:`rng_state` saved, with JAX's default implementation (threefry
+        unless ``jax_default_prng_impl`` says otherwise, as for :meth:`rng`)."""
+        return jax.random.wrap_key_data(jnp.asarray(np.asarray(state["key_data"])))
 
     def draw_noise(
         self, config: Config, batch_size: int, rng: jax.Array, dtype: str = "float32"
@@ -798,10 +980,3 @@ class JaxBackend(BackendBase):
     ) -> dict[str, jax.Array]:
         """See :func:`init_population`."""
         return init_population(config, seeds, batch_size, dtype)
-
-
-@functools.lru_cache(maxsize=64)
-def _population_step_cached(
-    config: Config | tuple[Config, ...], dtype: str
-) -> Callable[..., tuple[Agent, jax.Array, Agent]]:
-    return make_population_step(config, dtype)

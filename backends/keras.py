@@ -1,9 +1,16 @@
-"""The Keras 3 backends ``keras-jax`` and ``keras-torch``: one RTRRL step written in ``keras.ops``.
+"""The Keras 3 backends ``keras-jax`` and ``keras-torch``: the spec translated into ``keras.ops``.
 
-Installed as ``rtrrl.backends.keras``. The step (:func:`step`) uses only ``keras.ops`` (and the
-arithmetic operators every Keras backend's tensors share), so the same code runs under each
-Keras backend; nothing in it names JAX or PyTorch. It computes exactly what
-:func:`rtrrl_spec.step` computes (the numbered steps of :mod:`rtrrl_spec.agent`), batch-first.
+Installed as ``rtrrl.backends.keras``. This module is :mod:`rtrrl_spec` function for function:
+it defines every name of :data:`rtrrl_spec.STEP_FUNCTIONS`, in that order (the CT-RNN and its
+traces, the LRU, the heads, the TD error, the traces' decay, the optimizer, then :func:`step`),
+each taking and returning what the reference function of the same name does, in batch-first
+tensors (the reference's NamedTuples, dicts with the same keys, tuples of the same length).
+Only ``keras.ops`` is used (and the arithmetic operators every Keras backend's tensors share),
+so the same code runs under each Keras backend; nothing in the maths names JAX or PyTorch.
+Numbers (``dt``, ``gamma``, ``lr``, ...) may be Python floats or 0-d tensors.
+
+How it runs compiled (``jax.jit`` under Keras on JAX) is :mod:`rtrrl.backends._keras_speed`:
+it wraps these functions and changes no formula.
 
 Keras chooses its backend once per process, from ``KERAS_BACKEND``, when ``keras`` is first
 imported. So there are two registered backends, one per Keras backend, and each refuses to
@@ -36,7 +43,10 @@ from rtrrl._registry import BackendError, BackendNotInstalledError
 from rtrrl.backends.base import BackendBase, map_tree
 from rtrrl_spec import Config
 from rtrrl_spec.config import structure_of
-from rtrrl_spec.lru import LRU_SENSITIVITIES as _LRU_SENSITIVITIES
+from rtrrl_spec.ctrnn import CTRNNStep
+from rtrrl_spec.heads import PolicyStep
+from rtrrl_spec.layout import optimizer_groups, rnn_params
+from rtrrl_spec.lru import LRU_PARAMS, LRU_SENSITIVITIES, LRUStep
 
 _SELECT_HELP = (
     "Keras 3 picks its backend once per process from the KERAS_BACKEND environment variable, "
@@ -61,15 +71,21 @@ except ImportError as exc:
 
 from keras import ops  # noqa: E402  (after the guarded import above)
 
+from rtrrl.backends._keras_speed import (  # noqa: E402  (it imports keras)
+    compile_step,
+    jit_static,
+    tensor_numbers,
+)
+
 __all__ = [
+    *rtrrl_spec.STEP_FUNCTIONS,
     "KerasBackendMismatchError",
     "KerasJaxBackend",
     "KerasTorchBackend",
     "RTRRLAgent",
     "hyperparams",
     "split_config",
-    "step",
-    "step_core",
+    "step_compiled",
 ]
 
 Agent = dict[str, Any]
@@ -89,65 +105,23 @@ def x64_enabled() -> bool:
     """Whether float64 arrays are possible: always under torch, with ``jax_enable_x64`` in JAX."""
     if keras_backend() != "jax":
         return True
-    import jax  # only to read the flag; the step itself never imports jax
+    import jax  # only to read the flag; the maths never imports jax
 
     return bool(jax.config.read("jax_enable_x64"))
 
 
-# --- the config, split into a static structure and numbers -----------------------------------
+# --- the config: its structure and its numbers, defined once in rtrrl_spec --------------------
 
-# The config's structure (static) and numbers (traced): one definition for every backend.
 split_config = structure_of
 
 
-def _hyperparams_numpy(config: Config, dtype: str) -> dict[str, np.ndarray]:
-    # Products and differences of hyper-parameters are formed in Python floats (float64) and
-    # rounded once, as the reference does when it multiplies an array by `gamma * lambda`.
-    c = config
-    values: dict[str, float] = {
-        "dt": c.dt,
-        "tau_min": c.tau_min,
-        "gamma": c.gamma,
-        "eta_pi": c.eta_pi,
-        "entropy_rate": c.entropy_rate,
-        "gl_actor": c.gamma * c.lambda_actor,
-        "gl_critic": c.gamma * c.lambda_critic,
-        "gl_rnn": c.gamma * c.lambda_rnn,
-        "reward_rate_lr": c.reward_rate_lr or 0.0,
-        "clip_norm": c.clip_norm or 1.0,
-        "lr_td": c.lr_td,
-        "lr_rnn": c.lr_rnn,
-        "b1": c.adam_b1,
-        "one_minus_b1": 1.0 - c.adam_b1,
-        "b2": c.adam_b2,
-        "one_minus_b2": 1.0 - c.adam_b2,
-        "eps": c.adam_eps,
-        # Bias corrections 1 − β^t are computed as −expm1(t·ln β): accurate in float32 too,
-        # where 1 − 0.999 would lose four digits. ln 0 = −inf gives exactly 1.
-        "log_b1": math.log(c.adam_b1) if c.adam_b1 > 0 else -math.inf,
-        "log_b2": math.log(c.adam_b2) if c.adam_b2 > 0 else -math.inf,
-    }
-    out = {k: np.asarray(v, dtype=dtype) for k, v in values.items()}
-    if c.bounded:
-        out["lo"] = np.asarray(c.action_low, dtype=dtype)
-        out["hi"] = np.asarray(c.action_high, dtype=dtype)
-    return out
-
-
-@functools.lru_cache(maxsize=256)
-def _hyperparams_cached(config: Config, dtype: str) -> dict[str, Any]:
-    return {
-        k: ops.convert_to_tensor(v, dtype=dtype)
-        for k, v in _hyperparams_numpy(config, dtype).items()
-    }
-
-
 def hyperparams(config: Config, dtype: str = "float32") -> dict[str, Any]:
-    """The numbers of ``config`` as 0-d (or ``(D,)`` bounds) tensors of ``dtype``, cached."""
-    return dict(_hyperparams_cached(config, dtype))
+    """:func:`rtrrl_spec.numbers_of` as tensors of ``dtype`` (0-d, or ``(D,)`` for the action
+    bounds), cached per config: the ``numbers=`` that :func:`step` and :func:`apply_update` take."""
+    return dict(tensor_numbers(config, dtype))
 
 
-# --- the step, in keras.ops -------------------------------------------------------------------
+# --- helpers: float64-safe ops, episode resets, numbers ---------------------------------------
 
 
 # Keras's dtype promotion (keras.backend.result_type) maps float64 to float32 on every backend
@@ -254,105 +228,11 @@ def _softplus(z: Any) -> Any:
 
 def _reset(done: Any, x: Any) -> Any:
     """``x`` with the rows of finished environments set to zero (``done`` is ``(B,)`` bool)."""
-    mask = ops.reshape(done, (-1,) + (1,) * (len(x.shape) - 1))
+    # A step resets a dozen arrays: ops.expand_dims is the cheapest way to broadcast the mask
+    # eagerly under both Keras backends (ops.reshape dispatches slower, indexing under JAX).
+    axes = tuple(range(1, len(x.shape)))
+    mask = ops.expand_dims(done, axes) if axes else done
     return ops.where(mask, ops.zeros_like(x), x)
-
-
-def _policy(s: Config, hp: Mapping[str, Any], out: Any, noise: Any) -> dict[str, Any]:
-    """``rtrrl_spec.heads.policy_step`` in keras.ops: sample, ln π, H and their gradients."""
-    dtype = keras.backend.standardize_dtype(out.dtype)
-    if s.discrete:
-        K = int(s.n_actions)  # type: ignore[arg-type]
-        shifted = out - ops.max(out, axis=-1, keepdims=True)
-        log_p = shifted - ops.log(ops.sum(ops.exp(shifted), axis=-1, keepdims=True))
-        p = ops.exp(log_p)
-        action = ops.cast(ops.argmax(out - ops.log(-ops.log(noise)), axis=-1), "int32")
-        onehot = ops.one_hot(action, K, dtype=dtype)
-        entropy = -ops.sum(p * log_p, axis=-1)
-        return {
-            "action": action,
-            "sample": action,
-            # The one-hot sum picks ln p_a exactly (the other terms are exact zeros).
-            "log_prob": ops.sum(onehot * log_p, axis=-1),
-            "entropy": entropy,
-            "dlogp": onehot - p,
-            "dent": -p * (log_p + entropy[:, None]),
-            "scale": ops.ones_like(entropy),
-        }
-    D = int(s.action_dim)  # type: ignore[arg-type]
-    m, sc = out[:, :D], out[:, D:]
-    if s.bounded:
-        lo, hi = hp["lo"], hp["hi"]
-        sig_m = _sigmoid(m)
-        mu = lo + (hi - lo) * sig_m
-        dmu_dm = (hi - lo) * sig_m * (1.0 - sig_m)
-    else:
-        mu, dmu_dm = m, ops.ones_like(m)
-    sig_s = _sigmoid(sc)
-    pre_sigma = -2.0 + 4.0 * sig_s
-    sigma = _softplus(pre_sigma)
-    dsigma_ds = _sigmoid(pre_sigma) * 4.0 * sig_s * (1.0 - sig_s)
-    sample = mu + sigma * noise
-    action = _clip(sample, hp["lo"], hp["hi"]) if s.bounded else sample
-    log_sigma = ops.log(sigma)
-    scale = _minimum(_mean(sigma, -1), 1.0) if s.var_scaling else sigma[:, 0] * 0.0 + 1.0
-    return {
-        "action": action,
-        "sample": sample,
-        "log_prob": ops.sum(-0.5 * noise * noise - log_sigma - _HALF_LOG_2PI, axis=-1),
-        "entropy": ops.sum(log_sigma + 0.5 + _HALF_LOG_2PI, axis=-1),
-        "dlogp": ops.concatenate(
-            [noise / sigma * dmu_dm, (noise * noise - 1.0) / sigma * dsigma_ds], axis=-1
-        ),
-        "dent": ops.concatenate([ops.zeros_like(m), dsigma_ds / sigma], axis=-1),
-        "scale": scale,
-    }
-
-
-def _ctrnn_body(
-    s: Config, hp: Mapping[str, Any], agent: Agent, x: Any, done: Any
-) -> tuple[Any, Agent, Callable[[Any], Agent] | None]:
-    """CT-RNN Euler step and, when the body learns, its Jacobian trace (``rtrrl_spec.ctrnn``).
-
-    Returns the features ``h'``, the new body state and the projection of a hidden-unit signal
-    onto ``{W, tau}`` through ``J'`` (None for a frozen body)."""
-    dt = hp["dt"]
-    W, tau = agent["W"], agent["tau"]
-    h = _reset(done, agent["h"])
-    zeta = ops.concatenate([x, h, ops.ones_like(h[:, :1])], axis=-1)
-    phi = _tanh(_matmul(zeta, ops.transpose(W)))
-    h_next = h + dt * (phi - h) / tau
-    if not s.trains_body:
-        return h_next, {"h": h_next}, None
-    J_W, J_tau = _reset(done, agent["J_W"]), _reset(done, agent["J_tau"])
-    dphi = 1.0 - phi * phi
-    if s.jacobian == "rflo":
-        rate = dt / tau
-        J_W = (1.0 - rate)[:, None] * J_W + rate[:, None] * (dphi[:, :, None] * zeta[:, None, :])
-        J_tau = (1.0 - rate) * J_tau + dt * (h - phi) / (tau * tau)
-
-        def project(signal: Any) -> Agent:
-            return {"W": signal[:, :, None] * J_W, "tau": signal * J_tau}
-
-    else:
-        N, n_in = s.n_hidden, s.input_dim
-        W_h = W[:, n_in : n_in + N]
-        eye = ops.eye(N, dtype=keras.backend.standardize_dtype(W.dtype))
-        M = eye + dt * (dphi[:, :, None] * W_h[None] - eye) / tau[None, :, None]
-        direct_W = dt * dphi[:, :, None] * zeta[:, None, :] / tau[None, :, None]
-        direct_tau = dt * (h - phi) / (tau * tau)
-        # The direct term sits on the diagonal i = j; multiplying by the identity adds exact
-        # zeros elsewhere, which is the reference's in-place `[:, idx, idx] +=`.
-        J_W = ops.einsum("bil,bljk->bijk", M, J_W) + eye[None, :, :, None] * direct_W[:, :, None]
-        J_tau = ops.einsum("bil,blj->bij", M, J_tau) + eye[None] * direct_tau[:, :, None]
-
-        def project(signal: Any) -> Agent:
-            return {
-                "W": ops.einsum("bi,bijk->bjk", signal, J_W),
-                "tau": ops.einsum("bi,bij->bj", signal, J_tau),
-            }
-
-    return h_next, {"h": h_next, "J_W": J_W, "J_tau": J_tau}, project
 
 
 def _cmul(a_re: Any, a_im: Any, b_re: Any, b_im: Any) -> tuple[Any, Any]:
@@ -360,118 +240,375 @@ def _cmul(a_re: Any, a_im: Any, b_re: Any, b_im: Any) -> tuple[Any, Any]:
     return a_re * b_re - a_im * b_im, a_re * b_im + a_im * b_re
 
 
-def _lru_body(
-    s: Config, agent: Agent, x: Any, done: Any
-) -> tuple[Any, Agent, Callable[[Any], Agent] | None]:
-    """The LRU step and, when the body learns, its exact sensitivities (``rtrrl_spec.lru``:
-    ``lru_step``, ``lru_sensitivity_update``, ``project_lru``), in real arithmetic on
-    (re, im) pairs. Returns the features ``y = Re(C h')``, the new body state and the
-    projection of a feature signal onto the LRU parameters (None for a frozen body)."""
-    p = {k: agent[k] for k in rtrrl_spec.LRU_PARAMS}
-    h_re, h_im = _reset(done, agent["h_re"]), _reset(done, agent["h_im"])
-    # lru_step
-    modulus = ops.exp(-ops.exp(p["log_nu"]))
-    phase = ops.exp(p["log_theta"])
-    cos_phase, sin_phase = _cos_sin(phase)
-    lam_re, lam_im = modulus * cos_phase, modulus * sin_phase
-    norm = ops.exp(p["log_gamma"])
-    u_re, u_im = _matmul(x, ops.transpose(p["B_re"])), _matmul(x, ops.transpose(p["B_im"]))
+def _number(x: Any, like: Any) -> Any:
+    """A number (Python or NumPy scalar, or 0-d tensor) to combine with the tensor ``like``.
+
+    Python floats stay floats: every framework rounds them to the tensor's dtype, as NumPy
+    does in the reference. A tensor of another dtype is cast: JAX would otherwise compute a
+    float32 step in float64 when handed a float64 number.
+    """
+    if isinstance(x, (int, float)):
+        return float(x)  # a NumPy scalar on the left of a tensor would turn it into an array
+    return x if x.dtype == like.dtype else ops.cast(x, like.dtype)
+
+
+def _dtype(x: Any) -> str:
+    return keras.backend.standardize_dtype(x.dtype)
+
+
+def _cast(x: Any, dtype: str) -> Any:
+    # ops.cast costs a Keras dispatch even when there is nothing to do, once per input a step.
+    return x if ops.is_tensor(x) and _dtype(x) == dtype else ops.cast(x, dtype)
+
+
+# --- the spec's functions, in rtrrl_spec.STEP_FUNCTIONS order ---------------------------------
+# rtrrl_spec/ctrnn.py
+
+
+def ctrnn_step(W: Any, tau: Any, h: Any, x: Any, dt: Any) -> CTRNNStep:
+    """One forward-Euler step ``h' = h + dt (tanh(W [x, h, 1]) − h) / τ``."""
+    dt = _number(dt, h)
+    zeta = ops.concatenate([x, h, ops.ones_like(h[:, :1])], axis=-1)
+    phi = _tanh(_matmul(zeta, ops.transpose(W)))
+    h_next = h + dt * (phi - h) / tau
+    return CTRNNStep(zeta, phi, 1.0 - phi * phi, h_next)
+
+
+def rflo_update(J_W: Any, J_tau: Any, tau: Any, h: Any, s: CTRNNStep, dt: Any) -> tuple[Any, Any]:
+    """RFLO: ``J_W (B,N,Z)``, ``J_τ (B,N)`` → their values at ``h'``."""
+    dt = _number(dt, h)
+    rate = dt / tau
+    J_W_next = (1.0 - rate)[:, None] * J_W + rate[:, None] * (
+        s.dphi[:, :, None] * s.zeta[:, None, :]
+    )
+    J_tau_next = (1.0 - rate) * J_tau + dt * (h - s.phi) / (tau * tau)
+    return J_W_next, J_tau_next
+
+
+def rtrl_update(
+    J_W: Any, J_tau: Any, W: Any, tau: Any, h: Any, s: CTRNNStep, dt: Any, input_dim: int
+) -> tuple[Any, Any]:
+    """RTRL: ``J_W (B,N,N,Z)``, ``J_τ (B,N,N)`` → their values at ``h'``."""
+    dt = _number(dt, h)
+    N = tau.shape[0]
+    W_h = W[:, input_dim : input_dim + N]
+    eye = ops.eye(N, dtype=_dtype(W))
+    # M = I + dt ∂f/∂h, one (N, N) matrix per environment.
+    M = eye + dt * (s.dphi[:, :, None] * W_h[None] - eye) / tau[None, :, None]
+    direct_W = dt * s.dphi[:, :, None] * s.zeta[:, None, :] / tau[None, :, None]
+    direct_tau = dt * (h - s.phi) / (tau * tau)
+    # The reference adds the direct term in place on the diagonal i = j; times the identity it
+    # adds exact zeros elsewhere (tensors are immutable in keras.ops).
+    J_W_next = ops.einsum("bil,bljk->bijk", M, J_W) + eye[None, :, :, None] * direct_W[:, :, None]
+    J_tau_next = ops.einsum("bil,blj->bij", M, J_tau) + eye[None] * direct_tau[:, :, None]
+    return J_W_next, J_tau_next
+
+
+def project_rflo(signal: Any, J_W: Any, J_tau: Any) -> tuple[Any, Any]:
+    """Parameter gradient of ``signal · h'`` through RFLO's local trace: row ``i`` times ``g_i``."""
+    return signal[:, :, None] * J_W, signal * J_tau
+
+
+def project_rtrl(signal: Any, J_W: Any, J_tau: Any) -> tuple[Any, Any]:
+    """Parameter gradient of ``signal · h'`` through the full RTRL trace: ``Σ_i g_i J[i]``."""
+    return ops.einsum("bi,bijk->bjk", signal, J_W), ops.einsum("bi,bij->bj", signal, J_tau)
+
+
+# rtrrl_spec/lru.py, in real arithmetic on (re, im) pairs (Keras has no dependable complex dtype)
+
+
+def lru_lambda(log_nu: Any, log_theta: Any) -> tuple[Any, Any]:
+    """``λ = exp(−exp(ν)) e^{i exp(θ)}`` as (Re λ, Im λ)."""
+    modulus = ops.exp(-ops.exp(log_nu))
+    cos_phase, sin_phase = _cos_sin(ops.exp(log_theta))
+    return modulus * cos_phase, modulus * sin_phase
+
+
+def lru_step(params: Mapping[str, Any], h_re: Any, h_im: Any, x: Any) -> LRUStep:
+    """``h' = λ ⊙ h + exp(γ) ⊙ (B x)``, ``y = Re(C h')`` for a batch ``h (B, N)``, ``x (B, I)``."""
+    lam_re, lam_im = lru_lambda(params["log_nu"], params["log_theta"])
+    norm = ops.exp(params["log_gamma"])
+    u_re = _matmul(x, ops.transpose(params["B_re"]))
+    u_im = _matmul(x, ops.transpose(params["B_im"]))
     rec_re, rec_im = _cmul(lam_re, lam_im, h_re, h_im)
-    hn_re = rec_re + norm * u_re
-    hn_im = rec_im + norm * u_im
-    y = _matmul(hn_re, ops.transpose(p["C_re"])) - _matmul(hn_im, ops.transpose(p["C_im"]))
-    state = {"h_re": hn_re, "h_im": hn_im}
-    if not s.trains_body:
-        return y, state, None
-    # lru_sensitivity_update, from the sensitivities reset at the boundary.
-    J = {k: _reset(done, agent[k]) for k in _LRU_SENSITIVITIES}
+    h_next_re = rec_re + norm * u_re
+    h_next_im = rec_im + norm * u_im
+    y = _matmul(h_next_re, ops.transpose(params["C_re"])) - _matmul(
+        h_next_im, ops.transpose(params["C_im"])
+    )
+    return LRUStep(lam_re, lam_im, norm, u_re, u_im, h_next_re, h_next_im, y)
+
+
+def lru_sensitivity_update(
+    J: Mapping[str, Any], h_re: Any, h_im: Any, x: Any, s: LRUStep
+) -> dict[str, Any]:
+    """The sensitivities at ``h'`` from those at ``h`` (the state the step started from)."""
+    lam_re, lam_im = s.lam_re, s.lam_im
     lam_re_m, lam_im_m = lam_re[:, None], lam_im[:, None]  # broadcast over the input axis
+    new = {}
     rec_re, rec_im = _cmul(lam_re, lam_im, J["J_lam_re"], J["J_lam_im"])
-    J["J_lam_re"], J["J_lam_im"] = rec_re + h_re, rec_im + h_im
+    new["J_lam_re"], new["J_lam_im"] = rec_re + h_re, rec_im + h_im
     rec_re, rec_im = _cmul(lam_re, lam_im, J["J_gam_re"], J["J_gam_im"])
-    J["J_gam_re"], J["J_gam_im"] = rec_re + norm * u_re, rec_im + norm * u_im
+    new["J_gam_re"], new["J_gam_im"] = rec_re + s.norm * s.u_re, rec_im + s.norm * s.u_im
     rec_re, rec_im = _cmul(lam_re_m, lam_im_m, J["J_in_re"], J["J_in_im"])
-    J["J_in_re"] = rec_re + norm[None, :, None] * x[:, None, :]
-    J["J_in_im"] = rec_im
-    state.update(J)
-
-    def project(signal: Any) -> Agent:
-        # project_lru: w = Cᵀ s, then Re / Im of w ⊙ (each sensitivity).
-        w_re, w_im = _matmul(signal, p["C_re"]), _matmul(signal, p["C_im"])
-        a_re, a_im = _cmul(w_re, w_im, J["J_lam_re"], J["J_lam_im"])
-        a_re, a_im = _cmul(a_re, a_im, lam_re, lam_im)
-        g_re, g_im = _cmul(w_re, w_im, J["J_gam_re"], J["J_gam_im"])
-        b_re, b_im = _cmul(w_re[:, :, None], w_im[:, :, None], J["J_in_re"], J["J_in_im"])
-        return {
-            "log_nu": -a_re * ops.exp(p["log_nu"]),
-            "log_theta": -a_im * ops.exp(p["log_theta"]),
-            "log_gamma": g_re,
-            "B_re": b_re,
-            "B_im": -b_im,
-            "C_re": signal[:, :, None] * hn_re[:, None, :],
-            "C_im": -signal[:, :, None] * hn_im[:, None, :],
-        }
-
-    return y, state, project
+    new["J_in_re"] = rec_re + s.norm[None, :, None] * x[:, None, :]
+    new["J_in_im"] = rec_im
+    return new
 
 
-def _apply_update(
-    s: Config, hp: Mapping[str, Any], agent: Agent, direction: Mapping[str, Any]
+def project_lru(
+    signal: Any, params: Mapping[str, Any], J: Mapping[str, Any], s: LRUStep
+) -> dict[str, Any]:
+    """Per-environment gradients of ``signal · y`` for every LRU parameter; ``J`` holds the
+    sensitivities at ``h'``."""
+    w_re, w_im = _matmul(signal, params["C_re"]), _matmul(signal, params["C_im"])  # w = Cᵀ s
+    a_re, a_im = _cmul(w_re, w_im, J["J_lam_re"], J["J_lam_im"])  # w ⊙ J_lam ⊙ λ
+    a_re, a_im = _cmul(a_re, a_im, s.lam_re, s.lam_im)
+    g_re, g_im = _cmul(w_re, w_im, J["J_gam_re"], J["J_gam_im"])
+    b_re, b_im = _cmul(w_re[:, :, None], w_im[:, :, None], J["J_in_re"], J["J_in_im"])
+    return {
+        "log_nu": -a_re * ops.exp(params["log_nu"]),
+        "log_theta": -a_im * ops.exp(params["log_theta"]),
+        "log_gamma": g_re,
+        "B_re": b_re,
+        "B_im": -b_im,
+        "C_re": signal[:, :, None] * s.h_re[:, None, :],
+        "C_im": -signal[:, :, None] * s.h_im[:, None, :],
+    }
+
+
+# rtrrl_spec/heads.py
+
+
+def critic_value(f: Any, W_C: Any, b_C: Any) -> Any:
+    """``v = f · W_C + b_C`` for each environment: ``(B,)``."""
+    return _matmul(f, W_C[:, 0]) + b_C[0]
+
+
+def policy_step(
+    config: Config, out: Any, noise: Any, *, numbers: Mapping[str, Any] | None = None
+) -> PolicyStep:
+    """Sample an action from the actor outputs ``out`` (B, K) and differentiate ``ln π``, ``H``.
+
+    ``numbers``: the config's numbers (:func:`hyperparams`), read for the action bounds instead
+    of ``config`` (which may then be the structure alone, :func:`split_config`).
+    """
+    if config.discrete:
+        return _discrete(out, noise)
+    bounds = None
+    if config.bounded:
+        n = tensor_numbers(config, _dtype(out)) if numbers is None else numbers
+        bounds = (_number(n["action_low"], out), _number(n["action_high"], out))
+    return _continuous(config, out, noise, bounds)
+
+
+def _discrete(logits: Any, noise: Any) -> PolicyStep:
+    shifted = logits - ops.max(logits, axis=-1, keepdims=True)
+    log_p = shifted - ops.log(ops.sum(ops.exp(shifted), axis=-1, keepdims=True))
+    p = ops.exp(log_p)
+    action = ops.cast(ops.argmax(logits - ops.log(-ops.log(noise)), axis=-1), "int32")
+    onehot = ops.one_hot(action, logits.shape[-1], dtype=_dtype(logits))
+    entropy = -ops.sum(p * log_p, axis=-1)
+    return PolicyStep(
+        action=action,
+        sample=action,
+        # The one-hot sum picks ln p_a exactly (the other terms are exact zeros).
+        log_prob=ops.sum(onehot * log_p, axis=-1),
+        entropy=entropy,
+        dlogp_dout=onehot - p,
+        dent_dout=-p * (log_p + entropy[:, None]),
+        scale=ops.ones_like(entropy),
+    )
+
+
+def _continuous(config: Config, out: Any, noise: Any, bounds: tuple[Any, Any] | None) -> PolicyStep:
+    D = int(config.action_dim)  # type: ignore[arg-type]
+    m, s = out[:, :D], out[:, D:]
+    if bounds is not None:
+        lo, hi = bounds
+        sig_m = _sigmoid(m)
+        mu = lo + (hi - lo) * sig_m
+        dmu_dm = (hi - lo) * sig_m * (1.0 - sig_m)
+    else:
+        mu, dmu_dm = m, ops.ones_like(m)
+    sig_s = _sigmoid(s)
+    pre_sigma = -2.0 + 4.0 * sig_s
+    sigma = _softplus(pre_sigma)
+    dsigma_ds = _sigmoid(pre_sigma) * 4.0 * sig_s * (1.0 - sig_s)
+
+    sample = mu + sigma * noise
+    action = _clip(sample, lo, hi) if bounds is not None else sample
+    log_sigma = ops.log(sigma)
+    log_prob = ops.sum(-0.5 * noise * noise - log_sigma - _HALF_LOG_2PI, axis=-1)
+    entropy = ops.sum(log_sigma + 0.5 + _HALF_LOG_2PI, axis=-1)
+    dlogp_dout = ops.concatenate(
+        [noise / sigma * dmu_dm, (noise * noise - 1.0) / sigma * dsigma_ds], axis=-1
+    )
+    dent_dout = ops.concatenate([ops.zeros_like(m), dsigma_ds / sigma], axis=-1)
+    scale = _minimum(_mean(sigma, -1), 1.0) if config.var_scaling else ops.ones_like(log_prob)
+    return PolicyStep(action, sample, log_prob, entropy, dlogp_dout, dent_dout, scale)
+
+
+# rtrrl_spec/agent.py: the TD error and the traces
+
+
+def td_error(
+    reward: Any, done: Any, value: Any, v_prev: Any, gamma: Any, reward_rate: Any = 0.0
+) -> Any:
+    """``δ = r − r̄ + γ (1 − done) v − v_prev``: no bootstrapping across an episode boundary."""
+    not_done = 1.0 - ops.cast(done, _dtype(value))
+    # Subtracting a Python 0 changes nothing but costs an op (a dispatch) in every eager step.
+    if not (isinstance(reward_rate, (int, float)) and reward_rate == 0.0):
+        reward = reward - _number(reward_rate, value)
+    return reward + _number(gamma, value) * not_done * value - v_prev
+
+
+def decay_trace(trace: Any, done: Any, gamma_lambda: Any) -> Any:
+    """``γλ e``, after zeroing the traces of environments whose episode just ended."""
+    return _number(gamma_lambda, trace) * _reset(done, trace)
+
+
+# rtrrl_spec/optim.py
+
+
+def global_norm(arrays: Mapping[str, Any]) -> Any:
+    """Euclidean norm of all entries of all arrays."""
+    return ops.sqrt(sum(ops.sum(a * a) for a in arrays.values()))
+
+
+def clip_by_global_norm(arrays: Mapping[str, Any], max_norm: Any) -> tuple[dict[str, Any], Any]:
+    """Scale the group down to norm ``max_norm`` when it is longer; returns (arrays, norm).
+    ``max_norm`` None: no clipping."""
+    norm = global_norm(arrays)
+    if max_norm is None:
+        return dict(arrays), norm
+    max_norm = _number(max_norm, norm)
+    factor = max_norm / _maximum(norm, max_norm)
+    return {k: a * factor for k, a in arrays.items()}, norm
+
+
+def adam_step(
+    params: Mapping[str, Any],
+    direction: Mapping[str, Any],
+    mu: Mapping[str, Any],
+    nu: Mapping[str, Any],
+    count: Any,
+    lr: Any,
+    b1: Any,
+    b2: Any,
+    eps: Any,
+    *,
+    omb1: Any = None,
+    omb2: Any = None,
+    log_b1: Any = None,
+    log_b2: Any = None,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], Any]:
+    """One Adam ascent step of a parameter group; returns (params, mu, nu, count).
+
+    The bias corrections ``1 − βᵗ`` are formed as ``−expm1(t ln β)``, accurate in float32 too.
+    ``omb1``, ``omb2`` (``1 − β``) and ``log_b1``, ``log_b2`` (``ln β``) may be given, as
+    :func:`rtrrl_spec.numbers_of` rounds them once from float64; else they are derived here.
+    """
+    like = next(iter(params.values()))
+    lr, b1, b2, eps = (_number(v, like) for v in (lr, b1, b2, eps))
+    omb1 = 1.0 - b1 if omb1 is None else _number(omb1, like)
+    omb2 = 1.0 - b2 if omb2 is None else _number(omb2, like)
+    log_b1 = _log(b1) if log_b1 is None else _number(log_b1, like)
+    log_b2 = _log(b2) if log_b2 is None else _number(log_b2, like)
+    count = count + 1
+    t = ops.cast(count, _dtype(like))
+    correction1 = -ops.expm1(t * log_b1)
+    correction2 = -ops.expm1(t * log_b2)
+    new_params, new_mu, new_nu = {}, {}, {}
+    for name, p in params.items():
+        d = direction[name]
+        m = b1 * mu[name] + omb1 * d
+        v = b2 * nu[name] + omb2 * d * d
+        new_params[name] = p + lr * (m / correction1) / (ops.sqrt(v / correction2) + eps)
+        new_mu[name], new_nu[name] = m, v
+    return new_params, new_mu, new_nu, ops.cast(count, "int32")
+
+
+def _log(b: Any) -> Any:
+    # ln 0 = −inf: the bias correction −expm1(−inf) is exactly 1, as 1 − 0ᵗ is.
+    if isinstance(b, float):
+        return math.log(b) if b > 0 else -math.inf
+    return ops.log(b)
+
+
+# rtrrl_spec/agent.py: the update and the step
+
+
+def apply_update(
+    config: Config,
+    agent: Mapping[str, Any],
+    direction: Mapping[str, Any],
+    *,
+    numbers: Mapping[str, Any] | None = None,
 ) -> tuple[Agent, Agent]:
-    """``rtrrl_spec.apply_update``: per-group global-norm clip, the spec's Adam, τ clip."""
-    dtype = keras.backend.standardize_dtype(agent["W_A"].dtype)
+    """Clip each group's ascent direction by global norm, take an Adam step, clip ``tau``.
+
+    Returns the new parameters, Adam moments and counts, and ``grad_norm_<group>`` (the norm
+    before clipping). ``numbers``: the config's numbers (:func:`hyperparams`; default: those
+    of ``config``), read instead of ``config``'s, which may then be its structure alone.
+    """
+    n = tensor_numbers(config, _dtype(agent["W_A"])) if numbers is None else numbers
     changed: Agent = {}
     info: Agent = {}
-    lrs = {"td": hp["lr_td"], "rnn": hp["lr_rnn"]}
-    for group, names in rtrrl_spec.optimizer_groups(s):
-        lr = lrs[group]
-        norm = ops.sqrt(sum(ops.sum(direction[k] * direction[k]) for k in names))
-        if s.clip_norm is None:
-            clipped = {k: direction[k] for k in names}
-        else:
-            factor = hp["clip_norm"] / _maximum(norm, hp["clip_norm"])
-            clipped = {k: direction[k] * factor for k in names}
-        count = agent[f"count_{group}"] + 1
-        t = ops.cast(count, dtype)
-        correction1 = -ops.expm1(t * hp["log_b1"])
-        correction2 = -ops.expm1(t * hp["log_b2"])
+    lrs = {"td": n["lr_td"], "rnn": n["lr_rnn"]}
+    max_norm = n["clip_norm"] if config.clip_norm is not None else None
+    for group, names in optimizer_groups(config):
+        clipped, norm = clip_by_global_norm({k: direction[k] for k in names}, max_norm)
+        params, mu, nu, count = adam_step(
+            {k: agent[k] for k in names},
+            clipped,
+            {k: agent[f"mu_{k}"] for k in names},
+            {k: agent[f"nu_{k}"] for k in names},
+            agent[f"count_{group}"],
+            lrs[group],
+            n["b1"],
+            n["b2"],
+            n["eps"],
+            omb1=n["omb1"],
+            omb2=n["omb2"],
+            log_b1=n["log_b1"],
+            log_b2=n["log_b2"],
+        )
+        if "tau" in params:
+            params["tau"] = _maximum(params["tau"], _number(n["tau_min"], params["tau"]))
         for k in names:
-            d = clipped[k]
-            m = hp["b1"] * agent[f"mu_{k}"] + hp["one_minus_b1"] * d
-            v = hp["b2"] * agent[f"nu_{k}"] + hp["one_minus_b2"] * d * d
-            p = agent[k] + lr * (m / correction1) / (ops.sqrt(v / correction2) + hp["eps"])
-            if k == "tau":  # the CT-RNN's time constants only
-                p = _maximum(p, hp["tau_min"])
-            changed[k], changed[f"mu_{k}"], changed[f"nu_{k}"] = p, m, v
-        changed[f"count_{group}"] = ops.cast(count, "int32")
+            changed[k] = params[k]
+            changed[f"mu_{k}"], changed[f"nu_{k}"] = mu[k], nu[k]
+        changed[f"count_{group}"] = count
         info[f"grad_norm_{group}"] = norm
     return changed, info
 
 
-def step_core(
-    s: Config,
-    hp: Mapping[str, Any],
+def step(
+    config: Config,
     agent: Mapping[str, Any],
     obs: Any,
     reward: Any,
     done: Any,
     noise: Any,
+    *,
+    numbers: Mapping[str, Any] | None = None,
 ) -> tuple[Agent, Any, Agent]:
-    """The step on the structure ``s`` (:func:`split_config`) and numbers ``hp``.
+    """One RTRRL step, eager and pure: :func:`rtrrl_spec.agent.step_unchecked`, stage by stage.
 
-    Pure: reads ``agent``, returns a new dict. Follows ``rtrrl_spec.agent.step_unchecked``
-    numbered step by numbered step.
+    Inputs are cast to the agent's dtype, not validated. ``numbers`` (:func:`hyperparams`)
+    replace ``config``'s, which may then be its structure alone (the compiled step's static).
     """
-    agent = dict(agent)
-    dtype = keras.backend.standardize_dtype(agent["W_A"].dtype)
-    obs, reward, noise = (ops.cast(a, dtype) for a in (obs, reward, noise))
-    done = ops.cast(done, "bool")
+    dtype = _dtype(agent["W_A"])
+    n = tensor_numbers(config, dtype) if numbers is None else numbers
+    obs, reward, noise = (_cast(a, dtype) for a in (obs, reward, noise))
+    done = _cast(done, "bool")
     new = dict(agent)
 
     # 1-2. RNN input; at an episode boundary the previous action and reward are not fed.
-    if s.meta_rl:
-        if s.discrete:
-            a_in = ops.one_hot(agent["a_prev"], int(s.n_actions), dtype=dtype)  # type: ignore[arg-type]
+    if config.meta_rl:
+        if config.discrete:
+            a_in = ops.one_hot(agent["a_prev"], int(config.n_actions), dtype=dtype)  # type: ignore[arg-type]
         else:
             a_in = agent["a_prev"]
         a_in = _reset(done, a_in)
@@ -480,142 +617,137 @@ def step_core(
     else:
         x = obs
 
-    # 3. Body: features for the heads, the new body state and, when the body learns, the
-    # projection of a signal on the features into its parameters' gradients (J'ᵀ g).
+    # 3. Body: features for the heads, the new body state and, when the body learns, how a
+    # signal on the features projects into its parameters' gradients (J'ᵀ g).
     project = None
-    if s.body == "ctrnn":
-        features, body_state, project = _ctrnn_body(s, hp, agent, x, done)
-        new.update(body_state)
-    elif s.body == "lru":
-        features, body_state, project = _lru_body(s, agent, x, done)
-        new.update(body_state)
+    if config.body == "ctrnn":
+        W, tau = agent["W"], agent["tau"]
+        h = _reset(done, agent["h"])
+        s = ctrnn_step(W, tau, h, x, n["dt"])
+        features = new["h"] = s.h_next
+        if config.trains_body:
+            J_W, J_tau = _reset(done, agent["J_W"]), _reset(done, agent["J_tau"])
+            if config.jacobian == "rflo":
+                J_W, J_tau = rflo_update(J_W, J_tau, tau, h, s, n["dt"])
+                project_ctrnn = project_rflo
+            else:
+                J_W, J_tau = rtrl_update(J_W, J_tau, W, tau, h, s, n["dt"], config.input_dim)
+                project_ctrnn = project_rtrl
+            new.update(J_W=J_W, J_tau=J_tau)
+
+            def project(signal: Any) -> Agent:
+                grad_W, grad_tau = project_ctrnn(signal, J_W, J_tau)
+                return {"W": grad_W, "tau": grad_tau}
+
+    elif config.body == "lru":
+        params = {k: agent[k] for k in LRU_PARAMS}
+        h_re, h_im = _reset(done, agent["h_re"]), _reset(done, agent["h_im"])
+        s_lru = lru_step(params, h_re, h_im, x)
+        new["h_re"], new["h_im"] = s_lru.h_re, s_lru.h_im
+        features = s_lru.y
+        if config.trains_body:
+            J = {k: _reset(done, agent[k]) for k in LRU_SENSITIVITIES}
+            J = lru_sensitivity_update(J, h_re, h_im, x, s_lru)
+            new.update(J)
+
+            def project(signal: Any) -> Agent:
+                return project_lru(signal, params, J, s_lru)
+
     else:
         features = x
 
     # 4. Heads, with the parameters as they were before this step's update.
     W_A, W_C, b_C = agent["W_A"], agent["W_C"], agent["b_C"]
-    value = _matmul(features, W_C[:, 0]) + b_C[0]
-    pol = _policy(s, hp, _matmul(features, W_A), noise)
-    c = pol["scale"][:, None]
+    value = critic_value(features, W_C, b_C)
+    pol = policy_step(config, _matmul(features, W_A), noise, numbers=n)
+    c = pol.scale[:, None]
 
     # 5. Immediate gradients (the dutch critic trace takes the unscaled gradient).
-    critic_scale = ops.ones_like(c) if s.trace == "dutch" else c
+    critic_scale = ops.ones_like(c) if config.trace == "dutch" else c
     grad = {
         "W_C": critic_scale[:, :, None] * features[:, :, None],
         "b_C": critic_scale,
-        "W_A": c[:, :, None] * features[:, :, None] * pol["dlogp"][:, None, :],
+        "W_A": c[:, :, None] * features[:, :, None] * pol.dlogp_dout[:, None, :],
     }
-    entropy_grad = {"W_A": c[:, :, None] * features[:, :, None] * pol["dent"][:, None, :]}
+    entropy_grad = {"W_A": c[:, :, None] * features[:, :, None] * pol.dent_dout[:, None, :]}
     if project is not None:
-        B_A = agent["B_A"] if s.feedback_alignment else W_A
-        B_C = agent["B_C"] if s.feedback_alignment else W_C
-        signal = c * (B_C[:, 0][None, :] + hp["eta_pi"] * _matmul(pol["dlogp"], ops.transpose(B_A)))
-        entropy_signal = c * _matmul(pol["dent"], ops.transpose(B_A))
+        B_A = agent["B_A"] if config.feedback_alignment else W_A
+        B_C = agent["B_C"] if config.feedback_alignment else W_C
+        signal = c * (
+            B_C[:, 0][None, :] + n["eta_pi"] * _matmul(pol.dlogp_dout, ops.transpose(B_A))
+        )
+        entropy_signal = c * _matmul(pol.dent_dout, ops.transpose(B_A))
         grad.update(project(signal))
         entropy_grad.update(project(entropy_signal))
 
-    # 6. TD error (rtrrl_spec.agent.td_error).
-    not_done = 1.0 - ops.cast(done, dtype)
-    delta = reward + hp["gamma"] * not_done * value - agent["v_prev"]
-    if s.reward_rate_lr is not None:
-        delta = reward - agent["reward_rate"] + hp["gamma"] * not_done * value - agent["v_prev"]
+    # 6. TD error.
+    reward_rate = agent["reward_rate"] if config.reward_rate_lr is not None else 0.0
+    delta = td_error(reward, done, value, agent["v_prev"], n["gamma"], reward_rate)
     d = delta[:, None]
 
-    # 7. Update directions from the traces as they were; batch mean; clip, Adam, tau clip.
-    eta_h = hp["entropy_rate"]
+    # 7. Update: directions from the traces as they were, batch mean, clip, Adam, tau clip.
     per_env = {
         "W_C": d[:, :, None] * agent["e_W_C"],
         "b_C": d * agent["e_b_C"],
-        "W_A": d[:, :, None] * agent["e_W_A"] + eta_h * entropy_grad["W_A"],
+        "W_A": d[:, :, None] * agent["e_W_A"] + n["entropy_rate"] * entropy_grad["W_A"],
     }
-    if s.trace == "dutch":
+    if config.trace == "dutch":
+        # True-online TD(λ): v̂_prev is the previous features' value under the current weights.
         value_now = ops.sum(agent["x_W_C"][:, :, 0] * W_C[:, 0], axis=-1) + (
             agent["x_b_C"][:, 0] * b_C[0]
         )
         correction = (value_now - agent["v_prev"])[:, None]
         per_env["W_C"] = per_env["W_C"] - correction[:, :, None] * agent["x_W_C"]
         per_env["b_C"] = per_env["b_C"] - correction * agent["x_b_C"]
-    for k in rtrrl_spec.rnn_params(s):
+    for k in rnn_params(config):
         trace = agent[f"e_{k}"]
         per_env[k] = (
             ops.reshape(delta, (-1,) + (1,) * (len(trace.shape) - 1)) * trace
-            + eta_h * entropy_grad[k]
+            + n["entropy_rate"] * entropy_grad[k]
         )
     direction = {k: _mean(v, 0) for k, v in per_env.items()}
 
-    changed, info = _apply_update(s, hp, agent, direction)
+    changed, info = apply_update(config, agent, direction, numbers=n)
     new.update(changed)
-    if s.reward_rate_lr is not None:
-        new["reward_rate"] = agent["reward_rate"] + hp["reward_rate_lr"] * _mean(delta, 0)
+    if config.reward_rate_lr is not None:
+        new["reward_rate"] = agent["reward_rate"] + n["reward_rate_lr"] * _mean(delta, 0)
 
     # 8. Traces: reset at the boundary, then decay and add this step's gradients.
-    def decayed(name: str, gamma_lambda: Any) -> Any:
-        return gamma_lambda * _reset(done, agent[name])
-
-    if s.trace == "dutch":
-        e_W_C = decayed("e_W_C", hp["gl_critic"])
-        e_b_C = decayed("e_b_C", hp["gl_critic"])
+    if config.trace == "dutch":
+        e_W_C = decay_trace(agent["e_W_C"], done, n["gl_critic"])
+        e_b_C = decay_trace(agent["e_b_C"], done, n["gl_critic"])
         inner = ops.sum(e_W_C * grad["W_C"], axis=(1, 2)) + ops.sum(e_b_C * grad["b_C"], axis=1)
-        weight = (1.0 - hp["lr_td"] * inner)[:, None]
+        weight = (1.0 - n["lr_td"] * inner)[:, None]  # e_W_C was already multiplied by γλ
         new["e_W_C"] = e_W_C + weight[:, :, None] * grad["W_C"]
         new["e_b_C"] = e_b_C + weight * grad["b_C"]
         new["x_W_C"], new["x_b_C"] = grad["W_C"], grad["b_C"]
     else:
-        new["e_W_C"] = decayed("e_W_C", hp["gl_critic"]) + grad["W_C"]
-        new["e_b_C"] = decayed("e_b_C", hp["gl_critic"]) + grad["b_C"]
-    new["e_W_A"] = decayed("e_W_A", hp["gl_actor"]) + grad["W_A"]
-    for k in rtrrl_spec.rnn_params(s):
-        new[f"e_{k}"] = decayed(f"e_{k}", hp["gl_rnn"]) + grad[k]
+        new["e_W_C"] = decay_trace(agent["e_W_C"], done, n["gl_critic"]) + grad["W_C"]
+        new["e_b_C"] = decay_trace(agent["e_b_C"], done, n["gl_critic"]) + grad["b_C"]
+    new["e_W_A"] = decay_trace(agent["e_W_A"], done, n["gl_actor"]) + grad["W_A"]
+    for k in rnn_params(config):
+        new[f"e_{k}"] = decay_trace(agent[f"e_{k}"], done, n["gl_rnn"]) + grad[k]
 
     # 9. Carry.
     new["v_prev"] = value
-    new["a_prev"] = ops.cast(pol["action"], keras.backend.standardize_dtype(agent["a_prev"].dtype))
+    new["a_prev"] = ops.cast(pol.action, _dtype(agent["a_prev"]))
 
     info.update(
         td_error=delta,
         value=value,
-        log_prob=pol["log_prob"],
-        entropy=pol["entropy"],
-        sample=pol["sample"],
+        log_prob=pol.log_prob,
+        entropy=pol.entropy,
+        sample=pol.sample,
         features=features,
     )
     for k, v in direction.items():
         info[f"direction.{k}"] = v
         info[f"update.{k}"] = new[k] - agent[k]
-    return new, pol["action"], info
+    return new, pol.action, info
 
 
-def step(
-    config: Config, agent: Mapping[str, Any], obs: Any, reward: Any, done: Any, noise: Any
-) -> tuple[Agent, Any, Agent]:
-    """One eager RTRRL step (``rtrrl_spec.step``'s contract) under the current Keras backend."""
-    dtype = keras.backend.standardize_dtype(agent["W_A"].dtype)
-    return step_core(
-        split_config(config), _hyperparams_cached(config, dtype), agent, obs, reward, done, noise
-    )
-
-
-@functools.cache
-def _jax_compiled() -> Callable[..., tuple[Agent, Any, Agent]]:
-    import jax  # the compiled variant is the one place that names the framework
-
-    return jax.jit(step_core, static_argnums=0)
-
-
-def step_compiled(
-    config: Config, agent: Mapping[str, Any], obs: Any, reward: Any, done: Any, noise: Any
-) -> tuple[Agent, Any, Agent]:
-    """:func:`step` under ``jax.jit`` (Keras on JAX only), compiled once per config structure."""
-    dtype = keras.backend.standardize_dtype(agent["W_A"].dtype)
-    return _jax_compiled()(
-        split_config(config),
-        _hyperparams_cached(config, dtype),
-        dict(agent),
-        obs,
-        reward,
-        done,
-        noise,
-    )
+# The compiled step (Keras on JAX): the structure static, the numbers traced.
+step_compiled = compile_step(step, tensor_numbers)
 
 
 # --- conversion -------------------------------------------------------------------------------
@@ -648,7 +780,8 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 class _KerasBackend(BackendBase):
-    """Shared by ``keras-jax`` and ``keras-torch``; the subclass names the Keras backend."""
+    """Shared by ``keras-jax`` and ``keras-torch``: conversion, init and random state. Each
+    subclass names its Keras backend and defines the one step variant it offers."""
 
     keras_backend_name = ""
 
@@ -695,16 +828,6 @@ class _KerasBackend(BackendBase):
             )
         return self.from_numpy(rtrrl_spec.init(config, batch_size, seed, dtype=dtype))
 
-    def step(
-        self, config: Config, agent: dict, obs: Any, reward: Any, done: Any, noise: Any
-    ) -> tuple[dict, Any, dict]:
-        """The eager step (:func:`step`); see :meth:`step_variants` for the compiled one."""
-        return step(config, agent, obs, reward, done, noise)
-
-    def step_variants(self) -> dict[str, Callable[..., tuple[dict, Any, dict]]]:
-        """``"eager"`` always; ``"compiled"`` (``jax.jit``) under Keras on JAX."""
-        return {"eager": step}
-
     def rng(self, seed: int) -> keras.random.SeedGenerator:
         return keras.random.SeedGenerator(seed)
 
@@ -721,9 +844,25 @@ class _KerasBackend(BackendBase):
         u = keras.random.uniform(shape, minval=0.0, maxval=1.0, dtype=dtype, seed=rng)
         return _clip(u, tiny, below_one), rng
 
+    def rng_state(self, rng: keras.random.SeedGenerator) -> dict[str, np.ndarray]:
+        """The generator's whole state: its ``(seed, counter)`` variable."""
+        return {"seed_state": _to_numpy(rng.state.value)}
+
+    def rng_from_state(self, state: Mapping[str, np.ndarray]) -> keras.random.SeedGenerator:
+        value = np.asarray(state["seed_state"])
+        rng = keras.random.SeedGenerator(int(value[0]))
+        rng.state.assign(ops.convert_to_tensor(value, dtype=rng.state.dtype))
+        return rng
+
 
 class KerasJaxBackend(_KerasBackend):
-    """RTRRL in ``keras.ops`` with Keras on JAX (``KERAS_BACKEND=jax``)."""
+    """RTRRL in ``keras.ops`` with Keras on JAX (``KERAS_BACKEND=jax``), run under ``jax.jit``.
+
+    Under JAX, Keras code is meant to run jitted: op by op, JAX compiles every primitive for
+    each new shape (seconds per step of a new shape). So :meth:`step` is the compiled step and
+    :meth:`step_functions` the spec's functions jitted; the eager code is the same ``keras.ops``
+    code that ``keras-torch`` runs (and :func:`step` is still callable here).
+    """
 
     name = "keras-jax"
     keras_backend_name = "jax"
@@ -731,21 +870,50 @@ class KerasJaxBackend(_KerasBackend):
     def step(
         self, config: Config, agent: dict, obs: Any, reward: Any, done: Any, noise: Any
     ) -> tuple[dict, Any, dict]:
-        """The compiled step (:func:`step_compiled`): under JAX, Keras code is meant to run
-        jitted, and op-by-op execution recompiles every primitive for each new shape (seconds
-        per step). The eager function is :func:`step`, checked by conformance under
-        ``keras-torch``: it is the same ``keras.ops`` code."""
+        """:func:`step_compiled`: ``jax.jit``, compiled once per config structure."""
         return step_compiled(config, agent, obs, reward, done, noise)
 
     def step_variants(self) -> dict[str, Callable[..., tuple[dict, Any, dict]]]:
+        """``{"compiled": step_compiled}``: the only variant offered (see the class)."""
         return {"compiled": step_compiled}
+
+    def step_functions(self) -> dict[str, Callable[..., Any]]:
+        """The module's functions under ``jax.jit``: ``step`` is :func:`step_compiled` (the
+        config's structure static, its numbers traced); every other function is
+        :func:`~rtrrl.backends._keras_speed.jit_static` of it (arrays traced; configs,
+        ``None`` and Python numbers static)."""
+        return dict(_jitted_step_functions())
+
+
+@functools.cache
+def _jitted_step_functions() -> dict[str, Callable[..., Any]]:
+    # One wrapper per function for the whole process, so its compilations are reused.
+    module = globals()
+    return {
+        name: step_compiled if name == "step" else jit_static(module[name])
+        for name in rtrrl_spec.STEP_FUNCTIONS
+    }
 
 
 class KerasTorchBackend(_KerasBackend):
-    """RTRRL in ``keras.ops`` with Keras on PyTorch (``KERAS_BACKEND=torch``)."""
+    """RTRRL in ``keras.ops`` with Keras on PyTorch (``KERAS_BACKEND=torch``), run eagerly.
+
+    No ``torch.compile`` variant: the plain ``torch`` backend has one; here the step stays the
+    portable Keras code. :meth:`step_functions` is the module's functions themselves.
+    """
 
     name = "keras-torch"
     keras_backend_name = "torch"
+
+    def step(
+        self, config: Config, agent: dict, obs: Any, reward: Any, done: Any, noise: Any
+    ) -> tuple[dict, Any, dict]:
+        """The eager step, :func:`step`."""
+        return step(config, agent, obs, reward, done, noise)
+
+    def step_variants(self) -> dict[str, Callable[..., tuple[dict, Any, dict]]]:
+        """``{"eager": step}``: the only variant offered."""
+        return {"eager": step}
 
 
 # --- the Keras object -------------------------------------------------------------------------
@@ -835,7 +1003,7 @@ class RTRRLAgent(keras.Model):
         Returns ``(action, info)`` as the functional step does.
         """
         # The same function as the backend's step: compiled under JAX, eager otherwise.
-        functional = step_compiled if keras.backend.backend() == "jax" else step
+        functional = step_compiled if keras_backend() == "jax" else step
         new, action, info = functional(self.agent_config, self.state(), obs, reward, done, noise)
         self.assign_state(new)
         return action, info

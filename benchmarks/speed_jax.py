@@ -12,12 +12,29 @@ Variants (one row each):
 - ``population-P`` (only at ``B = 1``, one row per size in :data:`POPULATIONS`, default 256;
   ``step_speed.py --population 256,4096`` sets it): P independent agents (seeds 0..P-1) under
   one ``jax.vmap`` of the step, scanned; agent-steps count every member.
+
+Run as a script, it compares two versions of the backend in one process, paired::
+
+    python benchmarks/speed_jax.py --against /path/to/other/backends/jax.py [--quick]
+
+The other version is loaded from that file under another module name; both step the same
+agents on the same inputs in interleaved rounds (one timed call of each per round, the
+order alternating), and each row gives the median over rounds of (this checkout's time ÷
+the other's), with quartiles, in wall time and in the process's CPU time (all its threads,
+``time.process_time``: less sensitive to other processes on a shared machine). Load that
+drifts over the run cancels, as in step_speed's paired ratios. Nothing is written to
+``benchmarks/results``.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import math
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -136,3 +153,137 @@ def _population_row(config: rtrrl_spec.Config, size: int, steps: int, dtype: str
     run_population = _scanned(pop_step, (p_obs, p_reward, p_done, p_noise), steps)
     per_call, _ = _time(run_population, agents)
     return _row(f"population-{size}", config, 1, size * steps / per_call, per_call / steps)
+
+
+# --- paired comparison of two versions of the backend ---------------------------------------
+
+
+def load_backend(path: str | Path) -> Any:
+    """Another version of ``backends/jax.py``, loaded from ``path`` as its own module."""
+    spec = importlib.util.spec_from_file_location("rtrrl_bench_other_jax", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def runners(
+    backend: Any, config: rtrrl_spec.Config, B: int, steps: int, dtype: str
+) -> dict[str, tuple[int, Callable[[], None]]]:
+    """Per variant, ``(agent-steps per call, call)``; each call runs and syncs its steps.
+
+    ``scan``: ``steps`` steps in one jitted ``lax.scan``; ``scan-packed``: the same with the
+    Adam moments packed (``pack_moments``, as the fused training epoch carries them);
+    ``call``: ``steps`` jitted steps from Python; ``population-P`` (at ``B = 1``): ``P``
+    agents, vmapped, scanned.
+    """
+    inputs = _inputs(config, B, dtype)
+    scan = _scanned(backend.make_step(config, dtype), inputs, steps)
+    start = backend.JaxBackend().init(config, B, 0, dtype)
+    state = {"scan": start, "call": start, "packed": backend.pack_moments(config, start)}
+
+    def run_scan() -> None:
+        state["scan"] = jax.block_until_ready(scan(state["scan"]))
+
+    def run_packed() -> None:
+        state["packed"] = jax.block_until_ready(scan(state["packed"]))
+
+    def run_calls() -> None:
+        agent = state["call"]
+        for _ in range(steps):
+            agent = backend.step(config, agent, *inputs)[0]
+        state["call"] = jax.block_until_ready(agent)
+
+    out = {
+        "scan": (B * steps, run_scan),
+        "scan-packed": (B * steps, run_packed),
+        "call": (B * steps, run_calls),
+    }
+    for size in POPULATIONS if B == 1 else ():
+        pop_inputs = _inputs(config, 1, dtype, lead=(size,))
+        pop_step = backend.make_population_step(config, dtype, jit=False)
+        pop_scan = _scanned(pop_step, pop_inputs, max(2, steps // 10))
+        key = f"population-{size}"
+        state[key] = backend.init_population(config, range(size), 1, dtype)
+
+        def run_population(key: str = key, fn: Any = pop_scan) -> None:
+            state[key] = jax.block_until_ready(fn(state[key]))
+
+        out[key] = (size * max(2, steps // 10), run_population)
+    return out
+
+
+def compare(
+    other: Any, config: rtrrl_spec.Config, B: int, steps: int, dtype: str, rounds: int
+) -> list[dict[str, Any]]:
+    """Rows of this checkout's backend against ``other``, timed in interleaved rounds."""
+    ours, theirs = runners(jb, config, B, steps, dtype), runners(other, config, B, steps, dtype)
+    rows = []
+    for variant, (n, run_ours) in ours.items():
+        run_theirs = theirs[variant][1]
+        for run in (run_ours, run_theirs, run_ours, run_theirs):  # compile, warm up
+            run()
+        wall: dict[str, list[float]] = {"ours": [], "theirs": []}
+        cpu: dict[str, list[float]] = {"ours": [], "theirs": []}
+        for r in range(rounds):
+            pair = [("ours", run_ours), ("theirs", run_theirs)]
+            for who, run in pair if r % 2 == 0 else pair[::-1]:
+                c0, t0 = time.process_time(), time.perf_counter()
+                run()
+                t1, c1 = time.perf_counter(), time.process_time()
+                wall[who].append((t1 - t0) / n)
+                cpu[who].append((c1 - c0) / n)
+        rows.append(
+            {
+                "variant": variant,
+                "jacobian": config.jacobian,
+                "B": B,
+                "ours_us": float(np.median(wall["ours"])) * 1e6,
+                "theirs_us": float(np.median(wall["theirs"])) * 1e6,
+                "ratio": _quartiles(np.array(wall["ours"]) / np.array(wall["theirs"])),
+                "cpu_ratio": _quartiles(np.array(cpu["ours"]) / np.array(cpu["theirs"])),
+            }
+        )
+    return rows
+
+
+def _quartiles(values: np.ndarray) -> tuple[float, float, float]:
+    q1, q2, q3 = np.percentile(values, [25, 50, 75])
+    return float(q2), float(q1), float(q3)
+
+
+def _fmt(quartiles: tuple[float, float, float]) -> str:
+    mid, lo, hi = quartiles
+    return f"{mid:.3f} ({lo:.3f}–{hi:.3f})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="paired: this backend against another jax.py")
+    parser.add_argument("--against", required=True, help="path of the other backends/jax.py")
+    parser.add_argument("--quick", action="store_true", help="B in (1, 64), fewer rounds")
+    parser.add_argument("--jacobians", default="rflo,rtrl")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args(argv)
+    other = load_backend(args.against)
+    batches = (1, 64) if args.quick else (1, 64, 1024)
+    rounds = args.rounds or (15 if args.quick else 30)
+    print(f"`python {' '.join([sys.argv[0], *(argv or sys.argv[1:])])}`\n")
+    print("| variant | jacobian | B | this (µs/agent-step) | other (µs/agent-step) ", end="")
+    print("| this ÷ other, wall | this ÷ other, CPU time |\n|---|---|---:|---:|---:|---:|---:|")
+    for jacobian in args.jacobians.split(","):
+        config = rtrrl_spec.Config(obs_dim=4, n_actions=2, n_hidden=32, jacobian=jacobian)
+        for B in batches:
+            steps = max(2, min(50, 2_000 // (B * (20 if jacobian == "rtrl" else 1))))
+            for row in compare(other, config, B, steps, args.dtype, rounds):
+                wall, cpu = (_fmt(row[k]) for k in ("ratio", "cpu_ratio"))
+                print(
+                    f"| {row['variant']} | {jacobian} | {B} | {row['ours_us']:,.2f} "
+                    f"| {row['theirs_us']:,.2f} | {wall} | {cpu} |",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

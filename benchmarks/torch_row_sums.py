@@ -2,14 +2,14 @@
 
 ``python benchmarks/torch_row_sums.py [--batch 64,1024,4096] [--rounds 40] [--record]``
 
-On one CPU thread (this script sets it) the compiled RFLO step takes its two sums over the
-batch as ``index_add_`` over (B·N, Z) rows, which inductor fuses into the trace update
-(``TorchBackend.row_sums_min_batch``, see docs/backends/torch.md). Per batch size, three
-steppers interleaved (``step_speed.interleaved``): the NumPy reference
-(``rtrrl_spec.step_unchecked``, the baseline of the paired ratios), the compiled step with
-the row sums at any B (``row_sums_min_batch = 1``), and the compiled step without them
-(``None``). RFLO, N = 32,
-CartPole-sized agent, float32, buffer pool on (the default from B = 64).
+On one CPU thread (this script sets it) the compiled RFLO step takes its batch means as
+``index_add_`` of every environment into one slot (``_torch_speed.row_batch_mean``), which
+inductor fuses into the loop of the trace update (``TorchBackend.row_sums_min_batch``, see
+docs/backends/torch.md). Per batch size, three steppers interleaved
+(``step_speed.interleaved``): the NumPy reference (``rtrrl_spec.step_unchecked``, the
+baseline of the paired ratios), the compiled step with the row sums at any B
+(``row_sums_min_batch = 1``), and the compiled step without them (``None``). RFLO, N = 32,
+CartPole-sized agent, float32.
 
 Prints a Markdown table; ``--record`` appends it with the command, date and machine to
 ``benchmarks/results/step_speed.md``.
@@ -46,7 +46,7 @@ def main() -> None:
     for B in (int(b) for b in args.batch.split(",")):
         steppers = step_speed.numpy_steppers(step_speed.bench_config("rflo", 32), B, "float32")[
             :1
-        ] + [stepper("compiled", True, B, row_sums=flag) for flag in (True, False)]
+        ] + [stepper("compiled", B, row_sums=flag) for flag in (True, False)]
         rows = step_speed.interleaved(steppers, chunk=2, rounds=args.rounds, max_s=120.0)
         ref, row_sums, product = rows
         (r2, r1, r3), (p2, p1, p3) = row_sums["paired_wall"], product["paired_wall"]

@@ -3,6 +3,7 @@ populations."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import rtrrl_spec  # noqa: E402
 from rtrrl.backends import jax as jax_backend  # noqa: E402
 from rtrrl.backends.base import Backend  # noqa: E402
 from rtrrl.backends.jax import JaxBackend, x64_enabled  # noqa: E402
+from rtrrl_spec.lru import LRU_SENSITIVITIES  # noqa: E402
 
 pytestmark = pytest.mark.jax
 
@@ -80,6 +82,134 @@ def test_satisfies_protocol(be: JaxBackend) -> None:
     want = ("float32", "float64") if x64_enabled() else ("float32",)
     assert be.supported_dtypes == want
     assert set(be.step_variants()) == {"jit", "eager"}
+    for jit in (True, False):
+        assert list(be.step_functions(jit=jit)) == list(rtrrl_spec.STEP_FUNCTIONS)
+
+
+def test_module_reads_like_the_spec() -> None:
+    """Every spec function is defined at module level, in the spec's order, with the
+    reference's positional parameters (extra ones keyword-only)."""
+    reference = rtrrl_spec.step_functions()
+    lines = []
+    for name in rtrrl_spec.STEP_FUNCTIONS:
+        fn = getattr(jax_backend, name)
+        assert fn.__module__ == jax_backend.__name__, name
+        lines.append(inspect.getsourcelines(fn)[1])
+        ours, theirs = inspect.signature(fn), inspect.signature(reference[name])
+        positional = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.POSITIONAL_ONLY)
+        names = [p.name for p in ours.parameters.values() if p.kind in positional]
+        assert names == list(theirs.parameters), name
+        extra = [p for p in ours.parameters.values() if p.kind not in positional]
+        assert all(p.kind == p.KEYWORD_ONLY and p.default is not p.empty for p in extra), name
+    assert lines == sorted(lines), "the functions are not in rtrrl_spec.STEP_FUNCTIONS order"
+
+
+def _to_jax(tree):
+    if isinstance(tree, np.ndarray):
+        return jnp.asarray(tree)
+    if isinstance(tree, dict):
+        return {k: _to_jax(v) for k, v in tree.items()}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*map(_to_jax, tree))
+    return tree
+
+
+def _leaves(tree, path=""):
+    """``(path, leaf)`` pairs; NamedTuples by field, dicts by sorted key (jit sorts them)."""
+    if isinstance(tree, dict):
+        for k in sorted(tree):
+            yield from _leaves(tree[k], f"{path}.{k}")
+    elif isinstance(tree, tuple):
+        for k, v in zip(getattr(tree, "_fields", range(len(tree))), tree, strict=True):
+            yield from _leaves(v, f"{path}.{k}")
+    else:
+        yield path, tree
+
+
+def _spec_calls(config: rtrrl_spec.Config, B: int = 3) -> list[tuple[str, tuple]]:
+    """One call of each spec function on this config's shapes, with the reference's argument
+    types (Python floats for the numbers, NamedTuples from the reference's own functions)."""
+    rng = np.random.default_rng(0)
+    agent = rtrrl_spec.init(config, B, 0)
+
+    def f32(*shape):
+        return rng.uniform(-1, 1, shape).astype(np.float32)
+
+    N, n_in = config.n_hidden, config.input_dim
+    x, h, done = f32(B, n_in), f32(B, N), np.array([True, False, False][:B])
+    calls = []
+    if config.body == "ctrnn":
+        W, tau, Z = agent["W"], agent["tau"], n_in + N + 1
+        s = rtrrl_spec.step_functions()["ctrnn_step"](W, tau, h, x, 0.7)
+        calls += [
+            ("ctrnn_step", (W, tau, h, x, 0.7)),
+            ("rflo_update", (f32(B, N, Z), f32(B, N), tau, h, s, 0.7)),
+            ("rtrl_update", (f32(B, N, N, Z), f32(B, N, N), W, tau, h, s, 0.7, n_in)),
+            ("project_rflo", (f32(B, N), f32(B, N, Z), f32(B, N))),
+            ("project_rtrl", (f32(B, N), f32(B, N, N, Z), f32(B, N, N))),
+        ]
+    else:
+        params = {k: agent[k] for k in rtrrl_spec.LRU_PARAMS}
+        h_im = f32(B, N)
+        s = rtrrl_spec.step_functions()["lru_step"](params, h, h_im, x)
+        J = {k: f32(*agent[k].shape) for k in LRU_SENSITIVITIES}
+        calls += [
+            ("lru_lambda", (params["log_nu"], params["log_theta"])),
+            ("lru_step", (params, h, h_im, x)),
+            ("lru_sensitivity_update", (J, h, h_im, x, s)),
+            ("project_lru", (f32(B, N), params, J, s)),
+        ]
+    K = config.n_actions if config.discrete else 2 * config.action_dim
+    noise = rtrrl_spec.draw_noise(config, B, rng, "float32")
+    group, step = {"a": f32(3, 2), "b": f32(4)}, {"a": f32(3, 2), "b": f32(4)}
+    moments = [{"a": f32(3, 2), "b": f32(4)}, {"a": f32(3, 2) ** 2, "b": f32(4) ** 2}]
+    direction = {k: f32(*agent[k].shape) for k in rtrrl_spec.params_of(config)}
+    return calls + [
+        ("critic_value", (h, agent["W_C"], agent["b_C"])),
+        ("policy_step", (config, 3 * f32(B, K), noise)),
+        ("td_error", (f32(B), done, f32(B), f32(B), 0.97, np.asarray(0.3, np.float32))),
+        ("td_error", (f32(B), done, f32(B), f32(B), 0.97)),
+        ("decay_trace", (f32(B, N, 2), done, 0.93)),
+        ("global_norm", (group,)),
+        ("clip_by_global_norm", (group, 0.5)),
+        ("clip_by_global_norm", (group, None)),
+        ("adam_step", (group, step, *moments, np.asarray(4, np.int32), 0.01, 0.9, 0.999, 1e-8)),
+        ("apply_update", (config, agent, direction)),
+        ("step", (config, agent, f32(B, config.obs_dim), f32(B), done, noise)),
+    ]
+
+
+@pytest.mark.parametrize("name", ["bounded-rtrl-nofa", "lru-meta"])
+def test_step_functions_match_the_reference(be: JaxBackend, name: str) -> None:
+    """Each function of step_functions() (jitted, Python numbers static) against the
+    reference's, on the reference's argument types; both configs together call all of them."""
+    config = CONFIGS[name]
+    ours, reference = be.step_functions(), rtrrl_spec.step_functions()
+    for fn_name, args in _spec_calls(config):
+        got, want = ours[fn_name](*_to_jax(args)), reference[fn_name](*args)
+        if isinstance(want, tuple) and hasattr(want, "_fields"):
+            assert type(got) is type(want), fn_name  # the reference's own NamedTuple
+        got, want = list(_leaves(got)), list(_leaves(want))
+        assert [p for p, _ in got] == [p for p, _ in want], fn_name
+        for (path, g), (_, w) in zip(got, want, strict=True):
+            g, w = np.asarray(g), np.asarray(w)
+            # The reference's continuous log_prob / entropy come out float64 (its ln(2π)/2 is
+            # a NumPy float64 scalar); the step casts them back.
+            if path not in (".log_prob", ".entropy"):
+                assert g.dtype == w.dtype, (fn_name, path, g.dtype, w.dtype)
+            np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6, err_msg=f"{fn_name}{path}")
+
+
+def test_rng_state_round_trip(be: JaxBackend) -> None:
+    config = CONFIGS["discrete-rflo"]
+    _, key = be.draw_noise(config, 2, be.rng(5), "float32")
+    state = be.rng_state(key)
+    assert all(isinstance(v, np.ndarray) for v in state.values())
+    restored = be.rng_from_state({k: v.copy() for k, v in state.items()})
+    for _ in range(3):
+        a, key = be.draw_noise(config, 4, key, "float32")
+        b, restored = be.draw_noise(config, 4, restored, "float32")
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int32", "bool", "float64", "int64"])
@@ -309,18 +439,26 @@ def test_adam_bias_correction_is_exact_in_float32() -> None:
         {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in agent.items()},
         {k: v.astype(np.float64) for k, v in direction.items()},
     )
-    got, _ = jax_backend.apply_update(
-        jax_backend.split_config(config),
-        jax_backend.hyperparams(config, "float32"),
-        {k: jnp.asarray(v) for k, v in agent.items()},
-        {k: jnp.asarray(v) for k, v in direction.items()},
-    )
-    for k in rtrrl_spec.params_of(config):
-        step_ref = expected[k] - agent[k].astype(np.float64)
-        step_got = np.asarray(got[k], np.float64) - agent[k].astype(np.float64)
-        # |step| = lr at t = 1: the error is float32 rounding of the parameter, not 1e-5 lr.
-        np.testing.assert_allclose(step_got, step_ref, rtol=0, atol=2e-7 + 1e-6 * 0.05, err_msg=k)
-    assert int(got["count_td"]) == 1 and got["count_td"].dtype == np.int32
+    jax_agent = {k: jnp.asarray(v) for k, v in agent.items()}
+    jax_direction = {k: jnp.asarray(v) for k, v in direction.items()}
+    # As the spec calls it (the config's own numbers), and as the compiled step calls it (the
+    # structure, with the numbers traced).
+    numbers = jax_backend.hyperparams(config, "float32")
+    structure = jax_backend.split_config(config)
+    for how, got in {
+        "spec's arguments": jax_backend.apply_update(config, jax_agent, jax_direction)[0],
+        "traced numbers": jax.jit(
+            lambda a, d, n: jax_backend.apply_update(structure, a, d, numbers=n)[0]
+        )(jax_agent, jax_direction, numbers),
+    }.items():
+        for k in rtrrl_spec.params_of(config):
+            step_ref = expected[k] - agent[k].astype(np.float64)
+            step_got = np.asarray(got[k], np.float64) - agent[k].astype(np.float64)
+            # |step| = lr at t = 1: the error is float32 rounding of the parameter, not 1e-5 lr.
+            np.testing.assert_allclose(
+                step_got, step_ref, rtol=0, atol=2e-7 + 1e-6 * 0.05, err_msg=f"{how}: {k}"
+            )
+        assert int(got["count_td"]) == 1 and got["count_td"].dtype == np.int32
 
 
 @pytest.mark.parametrize("name", ["lru-frozen-dutch", "ctrnn-frozen"])

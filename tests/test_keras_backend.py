@@ -345,3 +345,292 @@ def test_keras_adam_is_not_the_spec_adam(tmp_path: Path, framework: str) -> None
     print("OK")
     """
     assert_ok(run_python(code, tmp_path, framework))
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_module_is_the_spec_function_for_function(tmp_path: Path, framework: str) -> None:
+    """backends/keras.py defines every name of rtrrl_spec.STEP_FUNCTIONS, in that order, with
+    the reference's positional parameters (extras keyword-only, with defaults); its numbers
+    are rtrrl_spec.numbers_of's; each backend class offers exactly one step variant, and its
+    step and step_functions()["step"] are that variant."""
+    code = """
+    import inspect
+    import numpy as np
+    import rtrrl, rtrrl_spec
+    from rtrrl.backends import keras as kb
+
+    be = rtrrl.use("keras-FRAMEWORK")
+    names = rtrrl_spec.STEP_FUNCTIONS
+    lines = [inspect.getsourcelines(getattr(kb, n))[1] for n in names]
+    assert lines == sorted(lines), list(zip(names, lines))
+    reference = rtrrl_spec.step_functions()
+    for name in names:
+        ours = inspect.signature(getattr(kb, name)).parameters.values()
+        positional = [p.name for p in ours if p.kind != p.KEYWORD_ONLY]
+        assert positional == list(inspect.signature(reference[name]).parameters), name
+        assert all(p.default is not p.empty for p in ours if p.kind == p.KEYWORD_ONLY), name
+    functions = be.step_functions()
+    assert tuple(functions) == names, tuple(functions)
+    for name, fn in functions.items():  # jitted or not, the signature is the function's
+        assert list(inspect.signature(fn).parameters)[:3] == list(
+            inspect.signature(reference[name]).parameters)[:3], name
+
+    assert kb.split_config is rtrrl_spec.structure_of
+    assert not hasattr(kb, "_hyperparams_numpy") and not hasattr(kb, "step_core")
+    for config in (rtrrl_spec.Config(obs_dim=2, n_actions=2, clip_norm=None),
+                   rtrrl_spec.Config(obs_dim=2, action_dim=2, action_low=(-1.0, 0.5),
+                                     action_high=(1.0, 2.0), reward_rate_lr=0.1)):
+        for dtype in be.supported_dtypes:
+            want = rtrrl_spec.numbers_of(config, dtype)
+            got = be.to_numpy(kb.hyperparams(config, dtype))
+            assert sorted(got) == sorted(want), sorted(set(got) ^ set(want))
+            for k in want:
+                assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
+
+    variant = {"jax": "compiled", "torch": "eager"}["FRAMEWORK"]
+    step = {"compiled": kb.step_compiled, "eager": kb.step}[variant]
+    assert be.step_variants() == {variant: step}, be.step_variants()
+    assert functions["step"] is step
+    config = rtrrl_spec.Config(obs_dim=2, n_actions=2, n_hidden=3)
+    agent = be.init(config, 2, 0)
+    args = [be.from_numpy(a) for a in (np.ones((2, 2), "float32"), np.ones(2, "float32"),
+                                       np.array([True, False]), np.full((2, 2), 0.5, "float32"))]
+    by_backend, by_variant = be.step(config, agent, *args)[0], step(config, agent, *args)[0]
+    for k, v in be.to_numpy(by_variant).items():
+        assert np.array_equal(be.to_numpy(by_backend[k]), v), k
+    print("OK")
+    """
+    assert_ok(run_python(code.replace("FRAMEWORK", framework), tmp_path, framework))
+
+
+STEP_FUNCTIONS_CODE = """
+import numpy as np
+import rtrrl, rtrrl_spec
+from rtrrl_spec import ctrnn, lru
+
+be = rtrrl.use("keras-FRAMEWORK")
+from rtrrl.backends import keras as kb
+
+TABLES = {"module": {n: getattr(kb, n) for n in rtrrl_spec.STEP_FUNCTIONS},
+          "step_functions": be.step_functions()}
+reference = rtrrl_spec.step_functions()
+
+
+def to_backend(x, numbers):
+    # numbers "python": Python floats as they are; "tensor": 0-d float64 tensors.
+    if isinstance(x, np.ndarray):
+        return be.from_numpy(x)
+    if isinstance(x, dict):
+        return {k: to_backend(v, numbers) for k, v in x.items()}
+    if isinstance(x, tuple):
+        items = [to_backend(v, numbers) for v in x]
+        return type(x)(*items) if hasattr(x, "_fields") else tuple(items)
+    if isinstance(x, float) and numbers == "tensor":
+        return be.from_numpy(np.asarray(x, np.float64))
+    return x
+
+
+def compare(name, got, want, dtype, path=""):
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(want), (name, path, sorted(got))
+        for k in want:
+            compare(name, got[k], want[k], dtype, f"{path}.{k}")
+    elif isinstance(want, tuple):
+        # The reference's NamedTuples themselves (CTRNNStep, LRUStep, PolicyStep) or tuples.
+        assert type(got) is type(want) and len(got) == len(want), (name, path, type(got))
+        for i, (g, w) in enumerate(zip(got, want)):
+            compare(name, g, w, dtype, f"{path}[{i}]")
+    else:
+        g, w = be.to_numpy(got), np.asarray(want)
+        assert g.shape == w.shape, (name, path, g.shape, w.shape)
+        if w.dtype.kind == "f":
+            assert g.dtype == np.dtype(dtype), (name, path, g.dtype, dtype)
+            rtol, atol = (1e-10, 1e-13) if dtype == "float64" else (1e-4, 1e-6)
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=f"{name}{path}")
+        else:
+            assert g.dtype == w.dtype and np.array_equal(g, w), (name, path, g, w)
+
+
+def calls(config, dtype, seed):
+    # (name, args): every spec function on arguments as the reference takes them.
+    rng = np.random.default_rng(seed)
+    B, N, I = 3, config.n_hidden, config.input_dim
+    a = rtrrl_spec.init(config, B, seed, dtype)
+    for k, v in a.items():  # non-zero state, traces and moments
+        if v.dtype.kind == "f" and k.startswith(("h", "J_", "e_", "x_", "mu_", "nu_", "v_")):
+            a[k] = np.abs(rng.standard_normal(v.shape) * 0.1).astype(dtype)
+    a["count_td"] = np.asarray(5, np.int32)
+    f = lambda *shape: rng.uniform(-1, 1, shape).astype(dtype)
+    x, done = f(B, I), np.array([True, False, False])
+    out = []
+    if config.body == "ctrnn":
+        s = ctrnn.ctrnn_step(a["W"], a["tau"], a["h"], x, config.dt)
+        J_W, J_tau, J_W4, J_tau3 = f(B, N, I + N + 1), f(B, N), f(B, N, N, I + N + 1), f(B, N, N)
+        out += [
+            ("ctrnn_step", (a["W"], a["tau"], a["h"], x, config.dt)),
+            ("rflo_update", (J_W, J_tau, a["tau"], a["h"], s, config.dt)),
+            ("rtrl_update", (J_W4, J_tau3, a["W"], a["tau"], a["h"], s, config.dt, I)),
+            ("project_rflo", (f(B, N), J_W, J_tau)),
+            ("project_rtrl", (f(B, N), J_W4, J_tau3)),
+        ]
+    if config.body == "lru":
+        params = {k: a[k] for k in rtrrl_spec.LRU_PARAMS}
+        J = {k: a[k] for k in lru.LRU_SENSITIVITIES}
+        s = lru.lru_step(params, f(B, N), f(B, N), x)
+        out += [
+            ("lru_lambda", (a["log_nu"], a["log_theta"])),
+            ("lru_step", (params, f(B, N), f(B, N), x)),
+            ("lru_sensitivity_update", (J, f(B, N), f(B, N), x, s)),
+            ("project_lru", (f(B, N), params, J, s)),
+        ]
+    features = x if config.body == "linear" else f(B, N)
+    group = {k: f(*a[k].shape) for k in rtrrl_spec.TD_PARAMS}
+    moments = {p: {k: a[f"{p}_{k}"] for k in group} for p in ("mu", "nu")}
+    noise = rtrrl_spec.draw_noise(config, B, rng, dtype)
+    out += [
+        ("critic_value", (features, a["W_C"], a["b_C"])),
+        ("policy_step", (config, features @ a["W_A"], noise)),
+        ("td_error", (f(B), done, f(B), f(B), config.gamma)),
+        ("td_error", (f(B), done, f(B), f(B), config.gamma, np.asarray(0.25, dtype))),
+        ("decay_trace", (a["e_W_A"], done, config.gamma * config.lambda_actor)),
+        ("global_norm", (group,)),
+        ("clip_by_global_norm", (group, None)),
+        ("clip_by_global_norm", (group, 0.5)),
+        ("clip_by_global_norm", (group, 100.0)),
+        ("adam_step", ({k: a[k] for k in group}, group, moments["mu"], moments["nu"],
+                       a["count_td"], config.lr_td, config.adam_b1, config.adam_b2,
+                       config.adam_eps)),
+        ("apply_update", (config, a, {k: f(*a[k].shape) for k in rtrrl_spec.params_of(config)})),
+        ("step", (config, a, f(B, config.obs_dim), f(B), done, noise)),
+    ]
+    return out
+
+
+C = rtrrl_spec.Config
+CONFIGS = {
+    "ctrnn": C(obs_dim=2, action_dim=2, action_low=(-1.0, 0.0), action_high=(2.0, 1.0),
+               n_hidden=3, trace="dutch", reward_rate_lr=0.01, dt=0.5, tau_min=0.5),
+    "lru": C(obs_dim=3, n_actions=3, n_hidden=4, body="lru", lru_r_min=0.5, clip_norm=None),
+    "linear": C(obs_dim=3, action_dim=1, body="linear", meta_rl=False, adam_b1=0.0),
+}
+seen = set()
+for table, bodies, dtype, numbers in RUNS:
+    for body in bodies:
+        for name, args in calls(CONFIGS[body], dtype, 1):
+            want = reference[name](*args)
+            compare(name, TABLES[table][name](*to_backend(args, numbers)), want, dtype)
+            seen.add(name)
+assert seen == set(rtrrl_spec.STEP_FUNCTIONS), set(rtrrl_spec.STEP_FUNCTIONS) - seen
+print("OK")
+"""
+
+# (which functions, bodies, dtype, numbers as): every body and dtype eagerly under torch;
+# under JAX, where every call compiles, the jitted step_functions() on fewer combinations,
+# among them float64 numbers handed to a float32 computation (JAX would promote it).
+STEP_FUNCTION_RUNS = {
+    "torch": [
+        ("module", ("ctrnn", "lru", "linear"), dtype, numbers)
+        for dtype in ("float32", "float64")
+        for numbers in ("python", "tensor")
+    ],
+    "jax": [
+        ("step_functions", ("ctrnn", "lru"), "float32", "tensor"),
+        ("step_functions", ("ctrnn",), "float64", "python"),
+        ("module", ("linear",), "float32", "tensor"),
+    ],
+}
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_step_functions_compute_the_spec_functions(tmp_path: Path, framework: str) -> None:
+    """Each of the spec's functions, called with the reference's arguments alone (numbers as
+    Python floats or as 0-d float64 tensors), returns the reference's structure (its
+    NamedTuples, dict keys, tuple lengths), the arrays' dtype and values within rounding."""
+    code = STEP_FUNCTIONS_CODE.replace("FRAMEWORK", framework)
+    code = code.replace("RUNS", repr(STEP_FUNCTION_RUNS[framework]))
+    assert_ok(run_python(code, tmp_path, framework, JAX_ENABLE_X64="1"))
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_step_reads_only_the_structure_with_numbers_given(tmp_path: Path, framework: str) -> None:
+    """step(structure_of(config), ..., numbers=hyperparams(config)) is step(config, ...) bit for
+    bit, with every number away from its default: what the compiled step relies on when it
+    passes the structure static and the numbers traced. The compiled step agrees too."""
+    code = """
+    import numpy as np
+    import rtrrl, rtrrl_spec
+    from rtrrl.backends import keras as kb
+
+    be = rtrrl.use("keras-FRAMEWORK")
+    numbers = dict(dt=0.5, tau_min=0.6, gamma=0.9, lambda_actor=0.8, lambda_critic=0.7,
+                   lambda_rnn=0.6, eta_pi=0.5, entropy_rate=0.01, reward_rate_lr=0.05,
+                   lr_td=0.01, lr_rnn=0.02, adam_b1=0.8, adam_b2=0.99, adam_eps=1e-6,
+                   clip_norm=0.3)
+    configs = [
+        rtrrl_spec.Config(obs_dim=2, action_dim=2, action_low=(-1.0, 0.5),
+                          action_high=(1.0, 2.0), n_hidden=3, jacobian="rtrl",
+                          trace="dutch", **numbers),
+        rtrrl_spec.Config(obs_dim=2, n_actions=3, n_hidden=3, body="lru", **numbers),
+    ]
+    rng = np.random.default_rng(0)
+    # Op by op, JAX compiles every primitive anew for each shape: fewer steps there.
+    steps, configs = (1, configs[:1]) if "FRAMEWORK" == "jax" else (2, configs)
+    for config in configs:
+        structure = rtrrl_spec.structure_of(config)
+        assert structure != config
+        B, dtype = 2, "float32"
+        agent = be.init(config, B, 1, dtype)
+        for t in range(steps):
+            args = [be.from_numpy(a) for a in (
+                rng.uniform(-1, 1, (B, 2)).astype(dtype), rng.uniform(-1, 1, B).astype(dtype),
+                np.array([t == 0, False]), rtrrl_spec.draw_noise(config, B, rng, dtype))]
+            full = kb.step(config, agent, *args)
+            split = kb.step(structure, agent, *args, numbers=kb.hyperparams(config, dtype))
+            for got, want in zip(split, full):
+                got, want = be.to_numpy(got), be.to_numpy(want)
+                if isinstance(want, dict):
+                    assert sorted(got) == sorted(want)
+                    for k in want:
+                        assert np.array_equal(got[k], want[k]), (config.body, k)
+                else:
+                    assert np.array_equal(got, want)
+            if "FRAMEWORK" == "jax":
+                compiled = be.to_numpy(kb.step_compiled(config, agent, *args)[0])
+                for k, v in be.to_numpy(full[0]).items():
+                    np.testing.assert_allclose(compiled[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+            agent = full[0]
+    print("OK")
+    """
+    assert_ok(run_python(code.replace("FRAMEWORK", framework), tmp_path, framework))
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_rng_state_restores_the_generator(tmp_path: Path, framework: str) -> None:
+    """rng_state is NumPy arrays; rng_from_state makes a new generator that draws exactly
+    what the saved one draws next, for both noise kinds, and leaves the original alone."""
+    code = """
+    import numpy as np
+    import rtrrl, rtrrl_spec
+
+    be = rtrrl.use("keras-FRAMEWORK")
+    for config in (rtrrl_spec.Config(obs_dim=2, n_actions=3),
+                   rtrrl_spec.Config(obs_dim=2, action_dim=2)):
+        rng = be.rng(123)
+        for _ in range(3):
+            _, rng = be.draw_noise(config, 4, rng, "float32")
+        state = be.rng_state(rng)
+        assert sorted(state) == ["seed_state"], state
+        assert all(isinstance(v, np.ndarray) for v in state.values()), state
+        copy = be.rng_from_state({k: v.copy() for k, v in state.items()})
+        assert copy is not rng
+        ahead = [be.to_numpy(be.draw_noise(config, 4, rng, "float32")[0]) for _ in range(3)]
+        again = [be.to_numpy(be.draw_noise(config, 4, copy, "float32")[0]) for _ in range(3)]
+        for a, b in zip(ahead, again):
+            assert np.array_equal(a, b)
+        assert not np.array_equal(ahead[0], ahead[1])
+        assert np.array_equal(be.rng_state(rng)["seed_state"], be.rng_state(copy)["seed_state"])
+        other = be.to_numpy(be.draw_noise(config, 4, be.rng(124), "float32")[0])
+        assert not np.array_equal(other, ahead[0])
+    print("OK")
+    """
+    assert_ok(run_python(code.replace("FRAMEWORK", framework), tmp_path, framework))

@@ -315,8 +315,8 @@ def test_compiled_variant_agrees_with_eager(
     threads: int, min_batch: int, row_sums: bool, torch_threads
 ) -> None:
     """On one thread and from row_sums_min_batch environments on, the compiled RFLO step takes
-    its batch sums over (B·N, Z) rows (see _make_step); otherwise it does not. Both forms must
-    give the eager step's results and shapes."""
+    its batch means as a scatter-add (_torch_speed.row_batch_mean); otherwise it does not.
+    Both forms must give the eager step's results and shapes."""
     torch_threads(threads)
     be = CompiledTorchBackend()
     be.row_sums_min_batch = min_batch
@@ -326,7 +326,7 @@ def test_compiled_variant_agrees_with_eager(
     inputs = _inputs(be, config, 5, "float64", seed=11)
     eager = be.step_eager(config, agent, *inputs)
     compiled = be.step_compiled(config, agent, *inputs)
-    assert [key[-1] for key in be._compiled] == [row_sums]
+    assert [key[-1] for key in be._compiled.made()] == [row_sums]
     assert torch.equal(eager[1], compiled[1])
     for i in (0, 2):
         assert set(eager[i]) == set(compiled[i])
@@ -419,7 +419,7 @@ def test_compiled_variant_conforms_on_fixed_cases(
 ) -> None:
     """The conformance harness on the compiled step (the suite itself draws too many configs
     to compile each; see docs/backends/torch.md); RFLO once more on one thread, where the
-    step sums over the batch row by row (see _make_step)."""
+    step takes its batch means as a scatter-add (_torch_speed.row_batch_mean)."""
     from rtrrl.conformance.cases import Case
     from rtrrl.conformance.harness import check_free_running, check_teacher_forced
 
@@ -448,67 +448,39 @@ def _same_agent(a, b) -> None:
     ],
     ids=["rflo", "rtrl", "rflo-compiled", "rflo-compiled-row-sums"],
 )
-def test_buffer_reuse_never_writes_into_a_kept_agent(
+def test_steps_never_write_into_kept_agents(
     config, variant: str, threads: int | None, torch_threads
 ) -> None:
-    """The CPU CT-RNN step reuses the J_W (eager RTRL: product) and, with RFLO, e_W buffers
-    of an agent the caller dropped, and only those: agents still held keep their values, and
-    the results equal a fresh backend's, which allocates every result."""
+    """A loop that keeps every agent it was handed: none of them changes afterwards (RTRL adds
+    its diagonal in place, into the product it just made), and the loop's results equal those
+    of a second backend stepping copies."""
     assert config.body == "ctrnn" and config.trains_body
     if threads is not None:
         torch_threads(threads)
     be, fresh = CompiledTorchBackend(), CompiledTorchBackend()
     be.row_sums_min_batch = fresh.row_sums_min_batch = 1
-    be.buffer_min_batch = 1  # buffers at any batch size
-    fresh.buffer_min_batch = 10**9  # never
     step = getattr(be, f"step_{variant}")
     inputs = _inputs(be, config, 3, "float64", seed=4)
     agent = _warm_agent(be, config, 3, "float64")
     kept = [agent]
-    for _ in range(4):  # every agent kept: no buffer may be reused
+    for _ in range(4):
         agent, _, _ = step(config, agent, *inputs)
         kept.append(agent)
     copies = [{k: v.clone() for k, v in a.items()} for a in kept]
-    ptrs = []
-    for _ in range(4):  # the usual loop: old agents dropped, buffers reused
+    for _ in range(4):
         agent, _, _ = step(config, agent, *inputs)
-        ptrs.append(agent["J_W"].untyped_storage().data_ptr())
         for a, c in zip(kept, copies, strict=True):
             _same_agent(a, c)
-    ref = kept[-1]
+    ref = copies[-1]
     for _ in range(4):
         ref, _, _ = getattr(fresh, f"step_{variant}")(config, ref, *inputs)
     _same_agent(agent, ref)
-    assert not fresh._buffer_pool
-    names = {"rflo": {"J_W", "e_W"}, "rtrl": {"rtrl"}}[config.jacobian]
-    assert {name for *_, name in be._buffer_pool} == names
-    assert all(len(pool) <= 2 for pool in be._buffer_pool.values())
-    # The loop above did reuse: from its second step on, two buffers take turns.
-    assert ptrs[3] == ptrs[1] != ptrs[2]
-
-
-def test_eager_and_compiled_loops_side_by_side_each_reuse_their_buffers() -> None:
-    """Two loops on one backend, eager and compiled (as benchmarks/step_speed.py runs them):
-    each keeps reusing its own two buffers instead of taking the other's and allocating."""
-    config = CONFIGS[0]
-    be = CompiledTorchBackend()
-    be.buffer_min_batch = 1
-    inputs = _inputs(be, config, 3, "float64", seed=5)
-    agents = {v: _warm_agent(be, config, 3, "float64") for v in ("eager", "compiled")}
-    ptrs: dict[str, list[int]] = {"eager": [], "compiled": []}
-    for _ in range(4):
-        for variant in agents:
-            agents[variant], _, _ = getattr(be, f"step_{variant}")(config, agents[variant], *inputs)
-            ptrs[variant].append(agents[variant]["e_W"].untyped_storage().data_ptr())
-    for p in ptrs.values():
-        assert p[3] == p[1] != p[2]
-    assert len(be._buffer_pool) == 4  # (eager, compiled) × (J_W, e_W)
 
 
 @pytest.mark.parametrize("config", CONFIGS[:2])
-def test_flat_memo_follows_replaced_and_modified_tensors(config) -> None:
-    """The eager step's memo of its flat optimizer rows is used only for the very tensors it
-    handed out; a replaced parameter or an in-place change is seen."""
+def test_step_reads_the_agent_it_is_given(config) -> None:
+    """A replaced parameter, or an in-place change to a tensor the previous step handed out,
+    is what the next step computes with."""
     be = TorchBackend()
     inputs = _inputs(be, config, 2, "float64", seed=3)
     agent = _warm_agent(be, config, 2, "float64")
@@ -516,10 +488,223 @@ def test_flat_memo_follows_replaced_and_modified_tensors(config) -> None:
     replaced = dict(agent, W_A=agent["W_A"] * 2.0)
     with torch.inference_mode():
         modified = dict(agent)
-        modified["mu_W_A"].add_(0.5)  # in place on a handed-out view
+        modified["mu_W_A"].add_(0.5)  # in place on a handed-out tensor
     for variant in (replaced, modified):
         new, _, _ = be.step_eager(config, variant, *inputs)
         ref, _, _ = TorchBackend().step_eager(
             config, {k: v.clone() for k, v in variant.items()}, *inputs
         )
         _same_agent(new, ref)
+
+
+def test_step_functions_are_this_modules_in_spec_order(be: TorchBackend) -> None:
+    """step_functions() (BackendBase) reads the module-level translations; they are defined
+    in the order of rtrrl_spec.STEP_FUNCTIONS, so the module reads like the spec."""
+    import inspect
+
+    import rtrrl.backends.torch as module
+
+    functions = be.step_functions()
+    assert tuple(functions) == rtrrl_spec.STEP_FUNCTIONS
+    assert all(fn is getattr(module, name) for name, fn in functions.items())
+    lines = [inspect.getsourcelines(fn)[1] for fn in functions.values()]
+    assert lines == sorted(lines)
+    assert CompiledTorchBackend().step_functions() == functions
+
+
+def _to_backend(be: TorchBackend, value, numbers_as_tensors: bool):
+    """A reference argument in the backend's types: arrays (also inside dicts and the spec's
+    NamedTuples) to tensors; Python floats kept, or made 0-d float64 tensors as from_numpy
+    makes them."""
+    if isinstance(value, np.ndarray):
+        return be.from_numpy(value)
+    if isinstance(value, dict):
+        return {k: _to_backend(be, v, numbers_as_tensors) for k, v in value.items()}
+    if isinstance(value, tuple):
+        items = [_to_backend(be, v, numbers_as_tensors) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    if isinstance(value, float) and numbers_as_tensors:
+        return be.from_numpy(np.asarray(value))
+    return value
+
+
+def _assert_close(be: TorchBackend, got, want, rtol: float, where: str) -> None:
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) >= set(want), where
+        for k in want:
+            _assert_close(be, got[k], want[k], rtol, f"{where}.{k}")
+    elif isinstance(want, tuple):
+        assert isinstance(got, tuple) and len(got) == len(want), where
+        if hasattr(want, "_fields"):
+            assert type(got) is type(want), where
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            _assert_close(be, g, w, rtol, f"{where}[{i}]")
+    else:
+        got, want = be.to_numpy(got), np.asarray(want)
+        assert got.shape == want.shape, where
+        if want.dtype.kind in "iub":
+            np.testing.assert_array_equal(got, want, err_msg=where)
+        else:
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol, err_msg=where)
+
+
+def _spec_calls(dtype: str):
+    """(name, reference args) of every function of STEP_FUNCTIONS, from warm reference agents."""
+    from rtrrl_spec import ctrnn, lru
+
+    def warm(config, B=3):
+        agent = rtrrl_spec.init(config, B, seed=4, dtype=dtype)
+        rng = np.random.default_rng(0)
+        for t in range(3):
+            obs = rng.uniform(-1, 1, (B, config.obs_dim)).astype(dtype)
+            noise = rtrrl_spec.draw_noise(config, B, rng, dtype)
+            done = np.array([t == 0, False, t == 2])
+            agent, _, info = rtrrl_spec.step(config, agent, obs, rng.uniform(-1, 1, B), done, noise)
+        return agent, info, rng
+
+    rflo, rtrl, cont = CONFIGS[0], CONFIGS[1], CONFIGS[2]
+    a, info, rng = warm(rflo)
+    x = rng.uniform(-1, 1, (3, rflo.input_dim)).astype(dtype)
+    s = ctrnn.ctrnn_step(a["W"], a["tau"], a["h"], x, 0.5)
+    g = rng.standard_normal((3, rflo.n_hidden)).astype(dtype)
+    r, _, _ = warm(rtrl)
+    xr = rng.uniform(-1, 1, (3, rtrl.input_dim)).astype(dtype)
+    sr = ctrnn.ctrnn_step(r["W"], r["tau"], r["h"], xr, 0.5)
+    gr = rng.standard_normal((3, rtrl.n_hidden)).astype(dtype)
+    L, _, _ = warm(LRU)
+    xl = rng.uniform(-1, 1, (3, LRU.input_dim)).astype(dtype)
+    p = {k: L[k] for k in rtrrl_spec.LRU_PARAMS}
+    J = {k: L[k] for k in lru.LRU_SENSITIVITIES}
+    sl = lru.lru_step(p, L["h_re"], L["h_im"], xl)
+    gl = rng.standard_normal((3, LRU.n_hidden)).astype(dtype)
+    out = rng.standard_normal((3, cont.n_out)).astype(dtype)
+    done = np.array([True, False, False])
+    names = rtrrl_spec.params_of(rflo)
+    direction = {k: info[f"direction.{k}"] for k in names}
+    rf = rng.uniform(-1, 1, 3).astype(dtype)
+    obs = rng.uniform(-1, 1, (3, rflo.obs_dim)).astype(dtype)
+    return [
+        ("ctrnn_step", (a["W"], a["tau"], a["h"], x, 0.5)),
+        ("rflo_update", (a["J_W"], a["J_tau"], a["tau"], a["h"], s, 0.5)),
+        ("rtrl_update", (r["J_W"], r["J_tau"], r["W"], r["tau"], r["h"], sr, 0.5, rtrl.input_dim)),
+        ("project_rflo", (g, a["J_W"], a["J_tau"])),
+        ("project_rtrl", (gr, r["J_W"], r["J_tau"])),
+        ("lru_lambda", (L["log_nu"], L["log_theta"])),
+        ("lru_step", (p, L["h_re"], L["h_im"], xl)),
+        ("lru_sensitivity_update", (J, L["h_re"], L["h_im"], xl, sl)),
+        ("project_lru", (gl, p, J, sl)),
+        ("critic_value", (a["h"], a["W_C"], a["b_C"])),
+        ("policy_step", (rflo, a["h"] @ a["W_A"], rtrrl_spec.draw_noise(rflo, 3, rng, dtype))),
+        ("policy_step", (cont, out, rtrrl_spec.draw_noise(cont, 3, rng, dtype))),
+        ("td_error", (rf, done, a["v_prev"] + 1, a["v_prev"], 0.9)),
+        ("td_error", (rf, done, a["v_prev"] + 1, a["v_prev"], 0.9, np.asarray(0.3, dtype))),
+        ("decay_trace", (a["e_W"], done, 0.9 * 0.8)),
+        ("global_norm", (direction,)),
+        ("clip_by_global_norm", (direction, 1e-3)),
+        ("clip_by_global_norm", (direction, None)),
+        (
+            "adam_step",
+            (
+                {k: a[k] for k in names},
+                direction,
+                {k: a[f"mu_{k}"] for k in names},
+                {k: a[f"nu_{k}"] for k in names},
+                a["count_td"],
+                0.01,
+                0.8,
+                0.99,
+                1e-6,
+            ),
+        ),
+        ("apply_update", (rflo.replace(lr_rnn=0.02, clip_norm=1e-3), a, direction)),
+        ("step", (rflo, a, obs, rf, done, rtrrl_spec.draw_noise(rflo, 3, rng, dtype))),
+    ]
+
+
+@pytest.mark.parametrize("numbers_as_tensors", [False, True], ids=["floats", "tensors"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_step_functions_match_the_reference(
+    be: TorchBackend, dtype: str, numbers_as_tensors: bool
+) -> None:
+    """Each translation, called with the reference's arguments (numbers as Python floats, or
+    as the 0-d float64 tensors from_numpy makes of them), returns what the reference does."""
+    ours, spec = be.step_functions(), rtrrl_spec.step_functions()
+    rtol = 1e-4 if dtype == "float32" else 1e-10
+    seen = set()
+    for name, args in _spec_calls(dtype):
+        want = spec[name](*args)
+        got = ours[name](*_to_backend(be, args, numbers_as_tensors))
+        _assert_close(be, got, want, rtol, name)
+        seen.add(name)
+    assert seen == set(rtrrl_spec.STEP_FUNCTIONS)
+
+
+def test_rng_state_round_trip(be: TorchBackend) -> None:
+    """rng_state is the generator's whole state as NumPy arrays; rng_from_state makes a new
+    generator that draws what the saved one draws next."""
+    config = CONFIGS[0]
+    gen = be.rng(5)
+    be.draw_noise(config, 7, gen, "float32")  # advanced past its seed
+    state = be.rng_state(gen)
+    assert all(isinstance(v, np.ndarray) for v in state.values())
+    restored = be.rng_from_state({k: v.copy() for k, v in state.items()})
+    assert restored is not gen and restored.device == gen.device
+    for dtype in ("float32", "float64"):
+        want, _ = be.draw_noise(config, 9, gen, dtype)
+        got, _ = be.draw_noise(config, 9, restored, dtype)
+        assert torch.equal(got, want)
+    # The saved arrays are a copy: the generator moving on does not change them.
+    assert np.array_equal(be.rng_state(be.rng_from_state(state))["torch"], state["torch"])
+
+
+@pytest.mark.parametrize("config", CONFIGS + [CONFIGS[0].replace(lr_rnn=0.02, clip_norm=None)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_packed_update_is_apply_update(config, dtype: str) -> None:
+    """_torch_speed.PackedUpdate (the eager step's update) gives what apply_update gives,
+    parameter by parameter: also on the agent it handed out itself (its packed rows reused),
+    and after an in-place change to one of those tensors."""
+    from rtrrl.backends import _torch_speed
+    from rtrrl.backends import torch as module
+
+    be = TorchBackend()
+    agent = _warm_agent(be, config, 2, dtype)
+    with torch.inference_mode():
+        _, _, info = be.step(config, agent, *_inputs(be, config, 2, dtype, seed=6))
+        direction = {k: info[f"direction.{k}"] for k in rtrrl_spec.params_of(config)}
+        numbers = module.config_numbers(config, agent["W_A"].dtype, agent["W_A"].device)
+        packed = _torch_speed.PackedUpdate(
+            config, agent["W_A"], numbers, module.clip_by_global_norm, module.adam_step
+        )
+        rtol = 1e-5 if dtype == "float32" else 1e-12
+        for round_ in range(3):
+            want, want_info = module.apply_update(config, agent, direction)
+            got, got_info = packed(config, agent, direction, numbers=numbers)
+            assert set(got) == set(want)
+            assert set(got_info) == set(want_info) | {f"update.{k}" for k in direction}
+            for name in want:
+                torch.testing.assert_close(got[name], want[name], rtol=rtol, atol=rtol)
+            for name in want_info:
+                torch.testing.assert_close(got_info[name], want_info[name], rtol=rtol, atol=rtol)
+            for k in direction:
+                torch.testing.assert_close(got_info[f"update.{k}"], got[k] - agent[k])
+            agent = {**agent, **got}  # the next call finds the tensors it handed out
+            if round_ == 1:
+                agent["mu_W_A"].add_(0.25)  # in place, on a view of its packed rows
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_eager_step_is_the_same_packed_or_not(be: TorchBackend, config) -> None:
+    """TorchBackend.packed_update changes how the update runs, not what it computes."""
+    agent = _warm_agent(be, config, 3, "float64")
+    inputs = _inputs(be, config, 3, "float64", seed=8)
+    per_parameter = TorchBackend()
+    per_parameter.packed_update = False
+    packed_out = be.step_eager(config, agent, *inputs)
+    plain_out = per_parameter.step_eager(config, agent, *inputs)
+    assert torch.equal(packed_out[1], plain_out[1])
+    for i in (0, 2):
+        assert set(packed_out[i]) == set(plain_out[i])
+        for name in plain_out[i]:
+            torch.testing.assert_close(
+                packed_out[i][name], plain_out[i][name], rtol=1e-12, atol=1e-14
+            )
