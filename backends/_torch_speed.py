@@ -131,7 +131,15 @@ class CompiledSteps:
         ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
             return step(structure, agent, obs, reward, done, noise, numbers=numbers, **options)
 
-        return torch.compile(_fresh_code(compiled_step), dynamic=False, fullgraph=True)
+        # inplace_buffers off: inductor (torch 2.13) let a frozen CT-RNN's h' take, in place,
+        # the slot of h inside the buffer of ζ = [x, h, 1], then reused that whole buffer
+        # while h' was still an output (test_compiled_frozen_ctrnn_keeps_its_state).
+        return torch.compile(
+            _fresh_code(compiled_step),
+            dynamic=False,
+            fullgraph=True,
+            options={"inplace_buffers": False},
+        )
 
 
 class PackedUpdate:

@@ -334,6 +334,29 @@ def test_compiled_variant_agrees_with_eager(
             torch.testing.assert_close(compiled[i][name], eager[i][name], rtol=1e-12, atol=1e-14)
 
 
+def test_compiled_frozen_ctrnn_keeps_its_state() -> None:
+    """A frozen CT-RNN, compiled: inductor once computed h' in place into the slot of h inside
+    the buffer of ζ = [x, h, 1] and then reused that buffer, so h' (an output) came back
+    overwritten (found by the conformance suite on CompiledTorchBackend)."""
+    config = rtrrl_spec.Config(
+        obs_dim=2,
+        action_dim=1,
+        action_low=(0.0,),
+        action_high=(0.5,),
+        n_hidden=5,
+        feedback_alignment=False,
+        freeze_rnn=True,
+    )
+    be = CompiledTorchBackend()
+    agent = be.init(config, 1, seed=0, dtype="float32")
+    inputs = _inputs(be, config, 1, "float32", seed=0)
+    eager = be.step_eager(config, agent, *inputs)
+    compiled = be.step_compiled(config, agent, *inputs)
+    for i in (0, 2):
+        for name in eager[i]:
+            torch.testing.assert_close(compiled[i][name], eager[i][name], msg=name)
+
+
 def test_compiled_step_repeats_bit_for_bit_on_two_threads(torch_threads) -> None:
     """Parallel, the row-order batch sums would be atomic adds in a varying order; the compiled
     step must not use them there, so the same inputs give the same bits every time."""
