@@ -1,13 +1,15 @@
 """Run one benchmark script on an earlier commit and on the working tree, alternating, in one run.
 
-    python benchmarks/against_commit.py BASE [--rounds 2] [--metric COLUMN] -- SCRIPT [ARGS...]
+    python benchmarks/against_commit.py BASE [--head REV] [--rounds 2] [--metric COLUMN] \\
+        -- SCRIPT [ARGS...]
 
 e.g. ``python benchmarks/against_commit.py HEAD~3 -- step_speed.py --quick --no-write``.
 
 ``BASE`` is checked out into a temporary git worktree, and the packages there are made
 importable under their installed names (``rtrrl``, ``rtrrl.backends``, ``rtrrl.envs``,
 ``rtrrl.conformance``, ``rtrrl_spec``) through a folder of links put first on ``PYTHONPATH``;
-the working tree runs with this interpreter's own install. Each round runs the script once on
+the working tree runs with this interpreter's own install (with ``--head REV``, that commit
+runs instead, from a worktree of its own, script included). Each round runs the script once on
 each side (the order alternates), so slow drifts of a shared machine's load hit both sides.
 From every markdown table the script prints, rows are keyed by their text columns; for the
 ``--metric`` column (higher is better, e.g. ``agent-steps/s``) the table here gives, per row,
@@ -98,34 +100,48 @@ def _run(script: list[str], pythonpath: str | None) -> str:
     return out.stdout
 
 
-def compare(base: str, script: list[str], rounds: int, metric: str) -> str:
-    """Run ``script`` ``rounds`` times on each side; the markdown section of the comparison."""
+def compare(base: str, script: list[str], rounds: int, metric: str, head: str | None = None) -> str:
+    """Run ``script`` ``rounds`` times on each side; the markdown section of the comparison.
+
+    ``head``: a commit to measure instead of the working tree (then the script and the
+    modules next to it come from that commit too, so edits in progress change nothing)."""
     base_sha = _git("rev-parse", "--short", base).strip()
-    head_sha = _git("rev-parse", "--short", "HEAD").strip()
-    changed = _git("status", "--porcelain", "--untracked-files=no")
+    head_sha = _git("rev-parse", "--short", head or "HEAD").strip()
+    changed = _git("status", "--porcelain", "--untracked-files=no") if head is None else ""
     dirty = " + uncommitted changes" if changed else ""
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="rtrrl-base-") as tmp:
-        checkout = Path(tmp) / "tree"
-        _git("worktree", "add", "--detach", str(checkout), base_sha)
+        trees = {"base": (Path(tmp) / "base", base_sha)}
+        if head is not None:
+            trees["head"] = (Path(tmp) / "head", head_sha)
+        for checkout, sha in trees.values():
+            _git("worktree", "add", "--detach", str(checkout), sha)
         try:
-            pythonpath = str(import_tree(checkout, Path(tmp) / "imports"))
+            paths = {
+                side: str(import_tree(checkout, Path(tmp) / f"imports-{side}"))
+                for side, (checkout, _) in trees.items()
+            }
+            if head is not None:
+                script = [str(trees["head"][0] / Path(script[0]).relative_to(ROOT)), *script[1:]]
             sides: dict[str, list[Table]] = {"base": [], "head": []}
             for r in range(rounds):
                 order = ["base", "head"] if r % 2 == 0 else ["head", "base"]
                 for side in order:
-                    text = _run(script, pythonpath if side == "base" else None)
+                    text = _run(script, paths.get(side))
                     sides[side].append(parse_tables(text, metric))
         finally:
-            _git("worktree", "remove", "--force", str(checkout))
+            for checkout, _ in trees.values():
+                _git("worktree", "remove", "--force", str(checkout))
     keys = [k for k in sides["head"][0] if all(k in t for t in sides["base"] + sides["head"])]
     lines = [
         f"## {time.strftime('%a %b %d %H:%M:%S %Z %Y')}",
         "",
-        f"`python benchmarks/against_commit.py {base} --rounds {rounds} --metric '{metric}' -- "
+        f"`python benchmarks/against_commit.py {base} --rounds {rounds} --metric '{metric}'"
+        f"{f' --head {head}' if head else ''} -- "
         f"{shlex.join([Path(script[0]).name, *script[1:]])}`",
         "",
-        f"Base {base_sha}, working tree {head_sha}{dirty}. Machine: {machine(load)}. "
+        f"Base {base_sha}, {'commit' if head else 'working tree'} {head_sha}{dirty}. "
+        f"Machine: {machine(load)}. "
         f"{rounds} round(s), each running the script once per side, alternating which goes "
         f"first. `{metric}`: median over rounds; ratio = working tree ÷ base "
         "(above 1: faster now).",
@@ -146,15 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--metric", default="agent-steps/s")
     parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("script", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
-    args = parser.parse_args(argv)
-    script = args.script[1:] if args.script[:1] == ["--"] else args.script
+    parser.add_argument("--head", help="a commit to measure instead of the working tree")
+    parser.add_argument("script", nargs="*", help="-- SCRIPT [ARGS...]")
+    argv = sys.argv[1:] if argv is None else argv
+    # Split at the first "--" by hand: argparse's REMAINDER after a positional would swallow
+    # this script's own options (``BASE --rounds 3 -- ...``).
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    script = argv[cut + 1 :] + args.script
     if not script:
         parser.error("give the benchmark after --, e.g. -- step_speed.py --quick --no-write")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     script[0] = str(HERE / script[0]) if not Path(script[0]).exists() else script[0]
-    section = compare(args.base, script, args.rounds, args.metric)
+    section = compare(args.base, script, args.rounds, args.metric, args.head)
     print(section)
     if not args.no_write:
         append_section(RESULTS, section, "# Benchmarks against an earlier commit")
