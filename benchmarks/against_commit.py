@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give the benchmark after --, e.g. -- step_speed.py --quick --no-write")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    script[0] = str(HERE / script[0]) if not Path(script[0]).exists() else script[0]
+    script[0] = str(HERE / script[0] if not Path(script[0]).exists() else Path(script[0]).resolve())
     section = compare(args.base, script, args.rounds, args.metric, args.head)
     print(section)
     if not args.no_write:
