@@ -20,6 +20,7 @@ __all__ = [
     "REQUIRED_METHODS",
     "Backend",
     "BackendBase",
+    "check_step",
     "map_tree",
     "missing_members",
 ]
@@ -65,7 +66,16 @@ class Backend(Protocol):
     def step(
         self, config: Any, agent: dict, obs: Any, reward: Any, done: Any, noise: Any
     ) -> tuple[dict, Any, dict]:
-        """One pure RTRRL step: ``(agent, action, info)``; no hidden randomness."""
+        """One pure RTRRL step: ``(agent, action, info)``; no hidden randomness.
+
+        Refuses what ``rtrrl_spec.step`` refuses, with its :class:`~rtrrl_spec.SpecError`
+        messages (bad shapes or dtypes, non-finite inputs, ``done`` flags that are not
+        0/1, a config that does not match the agent), so a caller never gets silent garbage.
+        The in-tree backends take a keyword ``check`` (default ``True``): ``check=False`` skips
+        those checks, for loops whose inputs are known good; callers that may meet any backend
+        call ``step`` without it. A backend deriving from :class:`BackendBase` checks in one
+        line with :meth:`BackendBase.check_step`.
+        """
         ...
 
     def rng(self, seed: int) -> Any:
@@ -135,9 +145,90 @@ def map_tree(fn: Callable[[Any], Any], tree: Any) -> Any:
     return fn(tree)
 
 
+def check_step(
+    config: Any,
+    agent: Mapping[str, Any],
+    obs: Any,
+    reward: Any,
+    done: Any,
+    noise: Any,
+    to_numpy: Callable[[Any], Any] | None = None,
+) -> None:
+    """Refuse the arguments of one step that ``rtrrl_spec.step`` refuses, with its messages.
+
+    The reference's own checks (:class:`rtrrl_spec.SpecError`), so every backend refuses the
+    same things in the same words:
+
+    - the config's type and the agent's names, shapes and dtypes against
+      ``rtrrl_spec.layout(config, B)`` (:func:`rtrrl_spec.validate_layout`, on zero-strided
+      NumPy stand-ins of the agent's arrays: only shapes and dtypes are read, nothing is
+      copied off a device; a layout seen once is remembered, so this costs a dict lookup);
+    - the inputs (:func:`rtrrl_spec.check_inputs` on NumPy copies): shapes, numeric dtypes,
+      finite ``obs``, ``reward`` and ``noise``, ``done`` booleans or 0/1, discrete noise
+      strictly inside (0, 1).
+
+    Not the agent's values (finite, ``tau > 0``, ``a_prev`` in range): that would copy the
+    whole agent to the host every step. Training checks them at every epoch boundary;
+    ``rtrrl_spec.validate_agent(config, backend.to_numpy(agent))`` checks them on demand.
+
+    ``to_numpy`` converts one input to NumPy (a backend's ``to_numpy``); default
+    ``numpy.asarray``. Import-cheap: NumPy and the spec are imported on the first call.
+    """
+    import numpy as np
+
+    from rtrrl_spec import check_inputs
+
+    float_dtype, B = _checked_layout(config, agent)
+    convert = np.asarray if to_numpy is None else to_numpy
+    check_inputs(config, B, float_dtype, *(convert(x) for x in (obs, reward, done, noise)))
+
+
+#: (config, agent signature) -> (float dtype, B) of layouts that passed; bounded.
+_LAYOUTS_SEEN: dict[tuple[Any, tuple[Any, ...]], tuple[str, int]] = {}
+_LAYOUTS_KEPT = 256
+
+
+def _checked_layout(config: Any, agent: Mapping[str, Any]) -> tuple[str, int]:
+    from rtrrl_spec import Config, validate_layout
+
+    try:
+        signature = tuple((k, tuple(v.shape), v.dtype) for k, v in agent.items())
+        key = (config, signature) if isinstance(config, Config) else None
+        found = _LAYOUTS_SEEN.get(key) if key is not None else None
+    except (AttributeError, TypeError):  # not arrays (lists, say): no shortcut
+        key = found = None
+    if found is None:
+        views = {k: _stand_in(v) for k, v in agent.items()} if isinstance(agent, Mapping) else agent
+        found = validate_layout(config, views)
+        if key is not None:
+            if len(_LAYOUTS_SEEN) >= _LAYOUTS_KEPT:
+                _LAYOUTS_SEEN.clear()
+            _LAYOUTS_SEEN[key] = found
+    return found
+
+
+def _stand_in(value: Any) -> Any:
+    """A zero-strided NumPy array with ``value``'s shape and dtype (no copy of its data), or
+    ``value`` itself when it has no shape or no dtype NumPy knows."""
+    import numpy as np
+
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is None or dtype is None:
+        return value
+    try:
+        np_dtype = np.dtype(dtype)
+    except TypeError:  # torch.float32 and the like: NumPy knows the name after the dot
+        try:
+            np_dtype = np.dtype(str(dtype).rpartition(".")[2])
+        except TypeError:
+            return value
+    return np.broadcast_to(np.zeros((), np_dtype), tuple(shape))
+
+
 class BackendBase:
-    """Optional mixin for backends: ``with backend:`` support, a readable ``repr`` and
-    :meth:`step_functions` read from the module that defines the class.
+    """Optional mixin for backends: ``with backend:`` support, a readable ``repr``,
+    :meth:`step_functions` read from the module that defines the class, and
+    :meth:`check_step`, the reference's checks of a step's arguments.
 
     ``rtrrl.use(name)`` returns the backend object itself when its class derives from this
     mixin; ``with rtrrl.use(name) as be:`` then restores the previous backend on exit.
@@ -150,6 +241,19 @@ class BackendBase:
 
     def __exit__(self, *exc_info: object) -> None:
         _selection.exit_()
+
+    def check_step(
+        self, config: Any, agent: Mapping[str, Any], obs: Any, reward: Any, done: Any, noise: Any
+    ) -> None:
+        """:func:`check_step` with this backend's ``to_numpy``: what a ``step`` calls first
+        (unless ``check=False``) to refuse what ``rtrrl_spec.step`` refuses, in its words::
+
+            def step(self, config, agent, obs, reward, done, noise, *, check=True):
+                if check:
+                    self.check_step(config, agent, obs, reward, done, noise)
+                ...
+        """
+        check_step(config, agent, obs, reward, done, noise, self.to_numpy)
 
     def step_functions(self) -> dict[str, Callable[..., Any]]:
         """The module-level functions named as the spec's, from this class's module."""

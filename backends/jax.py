@@ -20,6 +20,14 @@ jitted. What is JAX's own:
   arguments alone (Python floats, a full config), every function computes the reference's.
 - The functions index from the end (``x[..., :, None]``), so each one serves a batch of
   environments and, under ``jax.vmap``, a population of agents alike.
+- :func:`step` (and :meth:`JaxBackend.step`, :func:`step_eager`) refuses what
+  ``rtrrl_spec.step`` refuses, with its messages, unless called with ``check=False``:
+  checked by default, because a direct caller may pass anything and a NaN observation would
+  otherwise turn the whole agent into NaN without a word; off where the inputs are known good.
+  The fused training scan traces :func:`make_step`, which never checks: a check there would
+  leave the compiled code for the host every step, and the scan's agents are checked for
+  non-finite values at each epoch boundary instead. What the check costs is in
+  ``docs/backends/index.md`` ("Checked and unchecked steps").
 - The optimizer is the spec's clip + Adam written out in ``jnp``, not optax
   (``docs/backends/jax.md``: optax's float32 bias correction cancels). The Adam moments may
   be carried packed, one flat vector per group (:mod:`rtrrl.backends._jax_speed`).
@@ -43,7 +51,7 @@ import numpy as np
 
 import rtrrl_spec
 from rtrrl.backends._jax_speed import flat, is_packed, pack_moments, split, unpack_moments
-from rtrrl.backends.base import BackendBase, map_tree
+from rtrrl.backends.base import BackendBase, check_step, map_tree
 from rtrrl_spec import Config
 from rtrrl_spec.config import structure_of
 from rtrrl_spec.ctrnn import CTRNNStep
@@ -709,6 +717,20 @@ def step_unchecked(
     return new, pol.action, info
 
 
+def _check(
+    config: Config, agent: Mapping[str, Any], obs: Any, reward: Any, done: Any, noise: Any
+) -> None:
+    """:func:`rtrrl.backends.base.check_step`: the reference's checks and messages, on the
+    agent's shapes and dtypes and on the inputs copied to NumPy (a few small arrays: the
+    step's inputs, never the agent). Inside someone else's ``jax.jit`` the inputs are tracers
+    whose values do not exist yet; there the check is skipped (tracing checks the shapes;
+    :func:`make_step` is the step meant for traces)."""
+    arrays = (obs, reward, done, noise, agent.get("W_A") if isinstance(agent, Mapping) else None)
+    if any(isinstance(x, jax.core.Tracer) for x in arrays):
+        return
+    check_step(config, agent, obs, reward, done, noise)
+
+
 def _step_with_numbers(
     structure: Config,
     numbers: Mapping[str, jax.Array],
@@ -736,8 +758,19 @@ def step(
     reward: jax.Array,
     done: jax.Array,
     noise: jax.Array,
+    *,
+    check: bool = True,
 ) -> tuple[Agent, jax.Array, Agent]:
-    """``rtrrl_spec.step`` in JAX, jitted; one compile per config structure and shapes."""
+    """``rtrrl_spec.step`` in JAX, jitted; one compile per config structure and shapes.
+
+    ``check`` (default): first refuse what ``rtrrl_spec.step`` refuses, with its messages
+    (:func:`_check`). ``check=False``: the bare jitted step, bit for bit what it computes
+    after a passed check, for loops whose inputs are known good; the fused training scan
+    traces :func:`make_step`, which never checks (its agents are checked at each epoch
+    boundary).
+    """
+    if check:
+        _check(config, agent, obs, reward, done, noise)
     dtype = np.dtype(agent["W_A"].dtype).name
     return _step_jit(
         split_config(config), hyperparams(config, dtype), agent, obs, reward, done, noise
@@ -751,8 +784,13 @@ def step_eager(
     reward: jax.Array,
     done: jax.Array,
     noise: jax.Array,
+    *,
+    check: bool = True,
 ) -> tuple[Agent, jax.Array, Agent]:
-    """The same function as :func:`step`, run op by op under ``jax.disable_jit()``."""
+    """The same function as :func:`step`, run op by op under ``jax.disable_jit()``; ``check``
+    as for :func:`step`."""
+    if check:
+        _check(config, agent, obs, reward, done, noise)
     hp = hyperparams(config, np.dtype(agent["W_A"].dtype).name)
     with jax.disable_jit():
         return _step_with_numbers(split_config(config), hp, agent, obs, reward, done, noise)
@@ -913,8 +951,11 @@ class JaxBackend(BackendBase):
         reward: Any,
         done: Any,
         noise: Any,
+        *,
+        check: bool = True,
     ) -> tuple[dict[str, jax.Array], jax.Array, dict[str, jax.Array]]:
-        return step(config, agent, obs, reward, done, noise)
+        """:func:`step`: checked like ``rtrrl_spec.step`` unless ``check=False``."""
+        return step(config, agent, obs, reward, done, noise, check=check)
 
     def step_variants(self) -> dict[str, Callable[..., Any]]:
         """``{"jit": step, "eager": step_eager}``: one function, compiled or op by op."""

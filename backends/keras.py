@@ -596,8 +596,9 @@ def step(
 ) -> tuple[Agent, Any, Agent]:
     """One RTRRL step, eager and pure: :func:`rtrrl_spec.agent.step_unchecked`, stage by stage.
 
-    Inputs are cast to the agent's dtype, not validated. ``numbers`` (:func:`hyperparams`)
-    replace ``config``'s, which may then be its structure alone (the compiled step's static).
+    Inputs are cast to the agent's dtype, not validated (the unchecked kernel: ``backend.step``
+    checks first). ``numbers`` (:func:`hyperparams`) replace ``config``'s, which may then be
+    its structure alone (the compiled step's static).
     """
     dtype = _dtype(agent["W_A"])
     n = tensor_numbers(config, dtype) if numbers is None else numbers
@@ -868,9 +869,22 @@ class KerasJaxBackend(_KerasBackend):
     keras_backend_name = "jax"
 
     def step(
-        self, config: Config, agent: dict, obs: Any, reward: Any, done: Any, noise: Any
+        self,
+        config: Config,
+        agent: dict,
+        obs: Any,
+        reward: Any,
+        done: Any,
+        noise: Any,
+        *,
+        check: bool = True,
     ) -> tuple[dict, Any, dict]:
-        """:func:`step_compiled`: ``jax.jit``, compiled once per config structure."""
+        """:func:`step_compiled`: ``jax.jit``, compiled once per config structure. ``check``
+        (default): first refuse what ``rtrrl_spec.step`` refuses, with its messages
+        (:meth:`~rtrrl.backends.base.BackendBase.check_step`); ``check=False``: the bare
+        compiled step, for loops whose inputs are known good."""
+        if check:
+            self.check_step(config, agent, obs, reward, done, noise)
         return step_compiled(config, agent, obs, reward, done, noise)
 
     def step_variants(self) -> dict[str, Callable[..., tuple[dict, Any, dict]]]:
@@ -906,9 +920,19 @@ class KerasTorchBackend(_KerasBackend):
     keras_backend_name = "torch"
 
     def step(
-        self, config: Config, agent: dict, obs: Any, reward: Any, done: Any, noise: Any
+        self,
+        config: Config,
+        agent: dict,
+        obs: Any,
+        reward: Any,
+        done: Any,
+        noise: Any,
+        *,
+        check: bool = True,
     ) -> tuple[dict, Any, dict]:
-        """The eager step, :func:`step`."""
+        """The eager step, :func:`step`; ``check`` as for :meth:`KerasJaxBackend.step`."""
+        if check:
+            self.check_step(config, agent, obs, reward, done, noise)
         return step(config, agent, obs, reward, done, noise)
 
     def step_variants(self) -> dict[str, Callable[..., tuple[dict, Any, dict]]]:
@@ -934,8 +958,14 @@ class RTRRLAgent(keras.Model):
     Variables are non-trainable (the update is explicit, not a Keras gradient step) and named
     by their canonical names (``W``, ``tau``, ``J_W``, ``mu_W_A``, ``count_td``, ...; an LRU
     agent's are ``log_nu``, ``B_re``, ``h_re``, ``J_lam_re``, ...; see
-    ``rtrrl_spec.layout``). :meth:`step` runs the functional :func:`step` on the variables'
-    values and assigns the new ones, so the object steps exactly like the function.
+    ``rtrrl_spec.layout``).
+
+    Acting and learning are one method, :meth:`step` (RTRRL learns online, from every step
+    it takes): it runs the functional :func:`step` on the variables' values and assigns the
+    new ones, so the object steps exactly like the function. Calling the model
+    (``agent((obs, reward, done, noise))``, ``agent.predict(...)``) only *computes* the
+    action :meth:`step` would take and changes no variable: prediction never learns (no
+    parameter, trace, Adam moment, step count or hidden state moves).
 
     Saving: ``agent.save("agent.keras")`` and ``keras.saving.load_model("agent.keras")``
     (importing ``rtrrl.backends.keras`` registers the class), or ``save_weights`` /
@@ -998,20 +1028,26 @@ class RTRRLAgent(keras.Model):
             self.agent_variables[name].assign(agent[name])
 
     def step(self, obs: Any, reward: Any, done: Any, noise: Any) -> tuple[Any, dict[str, Any]]:
-        """One functional :func:`step` on the variables, which then hold the new agent.
+        """Act and learn: one functional :func:`step` on the variables, which then hold the
+        new agent (parameters, traces, optimizer state and hidden state all advance).
 
         Returns ``(action, info)`` as the functional step does.
         """
-        # The same function as the backend's step: compiled under JAX, eager otherwise.
-        functional = step_compiled if keras_backend() == "jax" else step
-        new, action, info = functional(self.agent_config, self.state(), obs, reward, done, noise)
+        new, action, info = self._functional_step(obs, reward, done, noise)
         self.assign_state(new)
         return action, info
 
     def call(self, inputs: tuple[Any, Any, Any, Any]) -> Any:
-        """``agent((obs, reward, done, noise))``: :meth:`step`, returning the action."""
+        """``agent((obs, reward, done, noise))`` and ``agent.predict(...)``: the action
+        :meth:`step` would take on these inputs, computed without assigning any variable
+        (prediction must not learn). Use :meth:`step` to act and learn."""
         obs, reward, done, noise = inputs
-        return self.step(obs, reward, done, noise)[0]
+        return self._functional_step(obs, reward, done, noise)[1]
+
+    def _functional_step(self, obs: Any, reward: Any, done: Any, noise: Any) -> Any:
+        # The same function as the backend's step: compiled under JAX, eager otherwise.
+        functional = step_compiled if keras_backend() == "jax" else step
+        return functional(self.agent_config, self.state(), obs, reward, done, noise)
 
     def get_config(self) -> dict[str, Any]:
         return {

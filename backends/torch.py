@@ -22,8 +22,14 @@ eager step's packed update, the compiled variant and its fused batch means) live
 - The config's numbers are those of :func:`rtrrl_spec.numbers_of`, as 0-d tensors of the
   agent's dtype (:func:`config_numbers`): an op between a tensor and a Python float wraps and
   casts the float on every call, which at small B costs as much as the op itself.
-- Inputs are not validated on the hot path (no ``.item()`` syncs, no Python-side checks);
-  ``rtrrl_spec.validate_agent(config, backend.to_numpy(agent))`` checks an agent on demand.
+- :meth:`TorchBackend.step` (and ``step_eager``, ``step_compiled``) refuses what
+  ``rtrrl_spec.step`` refuses, with its messages, unless called with ``check=False``
+  (:meth:`~rtrrl.backends.base.BackendBase.check_step`: the agent's shapes and dtypes, and
+  the four inputs copied to NumPy, a sync on a GPU). Checked by default, because a direct
+  caller may pass anything and a NaN observation would otherwise turn the whole agent into
+  NaN without a word. The module-level :func:`step` is the unchecked core. The agent's values
+  are not checked per step (a copy of the whole agent);
+  ``rtrrl_spec.validate_agent(config, backend.to_numpy(agent))`` checks them on demand.
 """
 
 from __future__ import annotations
@@ -776,17 +782,21 @@ class TorchBackend(BackendBase):
         reward: Any,
         done: Any,
         noise: Any,
+        *,
+        check: bool = True,
     ) -> tuple[Agent, Tensor, Agent]:
         """One pure step (:func:`rtrrl_spec.step`); the compiled one when ``compile=True``.
 
         ``agent`` is not modified; the returned agent holds new tensors except for arrays the
         step does not change (``B_A``, ``B_C``, a frozen body's parameters), which are the
         input's own tensors. Inputs may be tensors or NumPy arrays; they are cast to the
-        agent's float dtype and device.
+        agent's float dtype and device. ``check`` (default): first refuse what
+        ``rtrrl_spec.step`` refuses, with its messages; ``check=False`` skips that, for
+        loops whose inputs are known good (the result is the same on good inputs).
         """
         if self.compile:
-            return self.step_compiled(config, agent, obs, reward, done, noise)
-        return self.step_eager(config, agent, obs, reward, done, noise)
+            return self.step_compiled(config, agent, obs, reward, done, noise, check=check)
+        return self.step_eager(config, agent, obs, reward, done, noise, check=check)
 
     def rng(self, seed: int) -> torch.Generator:
         """A ``torch.Generator`` on this device, seeded with ``seed``."""
@@ -840,9 +850,13 @@ class TorchBackend(BackendBase):
         reward: Any,
         done: Any,
         noise: Any,
+        *,
+        check: bool = True,
     ) -> tuple[Agent, Tensor, Agent]:
         """The step op by op (:func:`step`, no compilation), its update packed
-        (``_torch_speed.PackedUpdate``)."""
+        (``_torch_speed.PackedUpdate``); ``check`` as for :meth:`step`."""
+        if check:
+            self.check_step(config, agent, obs, reward, done, noise)
         with torch.inference_mode():
             inputs = self._inputs(agent, obs, reward, done, noise)
             W_A = agent["W_A"]
@@ -866,9 +880,14 @@ class TorchBackend(BackendBase):
         reward: Any,
         done: Any,
         noise: Any,
+        *,
+        check: bool = True,
     ) -> tuple[Agent, Tensor, Agent]:
         """:func:`step` through ``torch.compile`` (one graph per config structure, dtype,
-        device and batch size; see ``_torch_speed.CompiledSteps``)."""
+        device and batch size; see ``_torch_speed.CompiledSteps``); ``check`` as for
+        :meth:`step` (the check runs outside the compiled graph)."""
+        if check:
+            self.check_step(config, agent, obs, reward, done, noise)
         with torch.inference_mode():
             inputs = self._inputs(agent, obs, reward, done, noise)
             W_A = agent["W_A"]

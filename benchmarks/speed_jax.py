@@ -8,7 +8,10 @@ Variants (one row each):
 - ``scan``: ``steps`` agent steps in one jitted ``lax.scan`` on fixed inputs (what a training
   loop fused with a JAX environment runs); compiled by a warm-up call first, timed with
   ``block_until_ready``.
-- ``call``: the jitted step called from a Python loop (one dispatch per step).
+- ``call``: the jitted step called from a Python loop (one dispatch per step), unchecked
+  (``step(..., check=False)``).
+- ``call-checked``: the same with the default ``check=True``: the reference's checks of the
+  arguments (the agent's layout, the four inputs copied to NumPy) before each step.
 - ``population-P`` (only at ``B = 1``, one row per size in :data:`POPULATIONS`, default 256;
   ``step_speed.py --population 256,4096`` sets it): P independent agents (seeds 0..P-1) under
   one ``jax.vmap`` of the step, scanned; agent-steps count every member.
@@ -29,7 +32,9 @@ drifts over the run cancels, as in step_speed's paired ratios. Nothing is writte
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
+import inspect
 import math
 import sys
 import time
@@ -97,7 +102,8 @@ def _state_bytes(config: rtrrl_spec.Config, B: int, dtype: str) -> int:
 def measure(
     config: rtrrl_spec.Config, batch_size: int, steps: int, dtype: str
 ) -> list[dict[str, Any]]:
-    """Rows ``scan`` and ``call`` (and ``population-P`` at ``B = 1``); see module docstring."""
+    """Rows ``scan``, ``call`` and ``call-checked`` (and ``population-P`` at ``B = 1``); see
+    the module docstring."""
     be = jb.JaxBackend()
     B = batch_size
     rows: list[dict[str, Any]] = []
@@ -119,13 +125,15 @@ def measure(
     # One jitted call per step from Python: the dispatch cost of ordinary host loops.
     n = max(2, min(100, 2_000 // B))
 
-    def host_loop(agent):
-        for _ in range(n):
-            agent, _, _ = jb.step(config, agent, obs, reward, done, noise)
-        return agent
+    for variant, check in (("call", False), ("call-checked", True)):
 
-    per_call, _ = _time(host_loop, agent)
-    rows.append(_row("call", config, B, B * n / per_call, per_call / n))
+        def host_loop(agent, check=check):
+            for _ in range(n):
+                agent, _, _ = jb.step(config, agent, obs, reward, done, noise, check=check)
+            return agent
+
+        per_call, _ = _time(host_loop, agent)
+        rows.append(_row(variant, config, B, B * n / per_call, per_call / n))
 
     for size in POPULATIONS if B == 1 else ():
         rows.append(_population_row(config, size, steps, dtype))
@@ -174,11 +182,15 @@ def runners(
 
     ``scan``: ``steps`` steps in one jitted ``lax.scan``; ``scan-packed``: the same with the
     Adam moments packed (``pack_moments``, as the fused training epoch carries them);
-    ``call``: ``steps`` jitted steps from Python; ``population-P`` (at ``B = 1``): ``P``
+    ``call``: ``steps`` jitted steps from Python, unchecked; ``population-P`` (at ``B = 1``): ``P``
     agents, vmapped, scanned.
     """
     inputs = _inputs(config, B, dtype)
     scan = _scanned(backend.make_step(config, dtype), inputs, steps)
+    # The unchecked step of either version (a version before the checked mode has no keyword).
+    step = backend.step
+    if "check" in inspect.signature(step).parameters:
+        step = functools.partial(step, check=False)
     start = backend.JaxBackend().init(config, B, 0, dtype)
     state = {"scan": start, "call": start, "packed": backend.pack_moments(config, start)}
 
@@ -191,7 +203,7 @@ def runners(
     def run_calls() -> None:
         agent = state["call"]
         for _ in range(steps):
-            agent = backend.step(config, agent, *inputs)[0]
+            agent = step(config, agent, *inputs)[0]
         state["call"] = jax.block_until_ready(agent)
 
     out = {

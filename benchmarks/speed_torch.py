@@ -18,6 +18,7 @@ thread can be many times faster; see docs/backends/torch.md.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -37,7 +38,9 @@ import step_speed  # noqa: E402
 
 __all__ = ["measure", "steppers", "VARIANTS"]
 
-VARIANTS = ("eager", "compiled")
+#: ``eager`` and ``compiled`` unchecked (``check=False``); ``-checked``: the same step with the
+#: default ``check=True`` (the reference's checks of the arguments first).
+VARIANTS = ("eager", "eager-checked", "compiled", "compiled-checked")
 
 
 def _sync(device: torch.device) -> None:
@@ -77,7 +80,8 @@ def steppers(
     fns = {"eager": backend.step_eager, "compiled": backend.step_compiled}
     out = []
     for variant in variants:
-        step = fns[variant]
+        kind, _, checked = variant.partition("-")
+        step = functools.partial(fns[kind], check=checked == "checked")
         _sync(dev)
         t0 = time.perf_counter()
         agent, _, _ = step(config, start, obs, reward, first_done, noise)
@@ -92,7 +96,7 @@ def steppers(
             state[0] = step(config, state[0], obs, reward, done, noise)[0]
             _sync(dev)
 
-        compiled = variant == "compiled"
+        compiled = kind == "compiled"
         template = {
             "backend": "torch",
             "variant": variant,

@@ -6,8 +6,11 @@
 
 The driver always measures the NumPy reference: ``rtrrl_spec.step_unchecked`` on inputs that
 were validated once (the fair baseline, no boundary checks: row ``numpy / unchecked``) and the
-checked ``rtrrl_spec.step`` (row ``numpy / checked``). Backends are discovered as modules
-``benchmarks/speed_<name>.py`` next to this file, each exposing one or both of::
+checked ``rtrrl_spec.step`` (row ``numpy / checked``). The jax and torch rows are their
+unchecked steps (``check=False``); rows ``call-checked`` (jax), ``eager-checked`` and
+``compiled-checked`` (torch) time the same steps with the default ``check=True``. Backends
+are discovered as modules ``benchmarks/speed_<name>.py`` next to this file, each exposing one
+or both of::
 
     def steppers(config, batch_size: int, dtype: str) -> list[tuple[dict, Callable[[], None]]]
     def measure(config, batch_size: int, steps: int, dtype: str) -> list[dict]

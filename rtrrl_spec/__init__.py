@@ -40,6 +40,7 @@ from rtrrl_spec.layout import (
     params_of,
     rnn_params,
     validate_agent,
+    validate_layout,
 )
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "step_unchecked",
     "structure_of",
     "validate_agent",
+    "validate_layout",
 ]
 
 # The functions one step is made of, in the order a reader meets them: the CT-RNN body and its

@@ -82,9 +82,7 @@ def step(
         SpecError: for a config/agent mismatch, a wrong shape or dtype, a non-finite value in
             the inputs or the agent, or noise outside its domain.
     """
-    if not isinstance(config, Config):
-        raise SpecError(f"config must be an rtrrl_spec.Config, got {type(config).__name__}")
-    float_dtype, B = validate_agent(config, agent)
+    float_dtype, B = validate_agent(config, agent)  # the config's type first
     obs, reward, done, noise = check_inputs(config, B, float_dtype, obs, reward, done, noise)
     return step_unchecked(config, dict(agent), obs, reward, done, noise)
 

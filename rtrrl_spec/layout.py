@@ -33,6 +33,7 @@ __all__ = [
     "params_of",
     "float_dtype_of",
     "validate_agent",
+    "validate_layout",
 ]
 
 FLOAT_DTYPES = ("float32", "float64")
@@ -184,8 +185,20 @@ def batch_size_of(agent: Mapping[str, np.ndarray]) -> int:
     return int(v_prev.shape[0])
 
 
-def validate_agent(config: Config, agent: Mapping[str, np.ndarray]) -> tuple[str, int]:
-    """Check names, shapes, dtypes and finiteness of every array; return (float dtype, B)."""
+def validate_layout(config: Config, agent: Mapping[str, np.ndarray]) -> tuple[str, int]:
+    """Check the config's type and the names, shapes and dtypes of every array against
+    :func:`layout`; return (float dtype, B). Reads each array's shape and dtype only, never
+    its values: a compiling backend checks an agent that lives on a device through
+    zero-strided NumPy stand-ins of its arrays (``rtrrl.backends.base.check_step``)."""
+    float_dtype, B, _ = _checked_layout(config, agent)
+    return float_dtype, B
+
+
+def _checked_layout(
+    config: Config, agent: Mapping[str, np.ndarray]
+) -> tuple[str, int, dict[str, ArraySpec]]:
+    if not isinstance(config, Config):
+        raise SpecError(f"config must be an rtrrl_spec.Config, got {type(config).__name__}")
     float_dtype = float_dtype_of(agent)
     B = batch_size_of(agent)
     expected = layout(config, B)
@@ -204,6 +217,15 @@ def validate_agent(config: Config, agent: Mapping[str, np.ndarray]) -> tuple[str
         want = spec.numpy_dtype(float_dtype)
         if array.dtype != want:
             raise SpecError(f"agent[{name!r}] has dtype {array.dtype}, expected {want}")
+    return float_dtype, B, expected
+
+
+def validate_agent(config: Config, agent: Mapping[str, np.ndarray]) -> tuple[str, int]:
+    """:func:`validate_layout`, then the values: every float array finite, ``a_prev`` a valid
+    action, ``tau`` positive; return (float dtype, B)."""
+    float_dtype, B, expected = _checked_layout(config, agent)
+    for name, spec in expected.items():
+        array = np.asarray(agent[name])
         if spec.dtype == "float" and not np.all(np.isfinite(array)):
             bad = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
             raise SpecError(

@@ -634,3 +634,40 @@ def test_rng_state_restores_the_generator(tmp_path: Path, framework: str) -> Non
     print("OK")
     """
     assert_ok(run_python(code.replace("FRAMEWORK", framework), tmp_path, framework))
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_predict_does_not_learn(tmp_path: Path, framework: str) -> None:
+    """Calling the model or ``predict`` computes the action ``step`` would take and leaves
+    every variable (parameters, traces, Adam moments, step counts, hidden state) bit for bit
+    as it was; ``step`` is what learns."""
+    code = """
+    import numpy as np
+    import rtrrl, rtrrl_spec
+    from rtrrl.backends.keras import RTRRLAgent
+
+    be = rtrrl.use("keras-FRAMEWORK")
+    config = rtrrl_spec.Config(obs_dim=2, n_actions=3, n_hidden=4)
+    B = 2
+    model = RTRRLAgent(config, batch_size=B, seed=1)
+    rng = np.random.default_rng(0)
+    warmup = (rng.standard_normal((B, 2)).astype("float32"), np.ones(B, "float32"),
+              np.array([True, False]), rng.uniform(0.1, 0.9, (B, 3)).astype("float32"))
+    model.step(*[be.from_numpy(a) for a in warmup])  # moments and counts away from zero
+    before = {v.path: np.array(v.numpy(), copy=True) for v in model.variables}
+    inputs = (rng.standard_normal((B, 2)).astype("float32"), np.zeros(B, "float32"),
+              np.array([False, False]), rng.uniform(0.1, 0.9, (B, 3)).astype("float32"))
+    predicted = np.asarray(model.predict(inputs, batch_size=B, verbose=0))
+    called = be.to_numpy(model(tuple(be.from_numpy(a) for a in inputs)))
+    after = {v.path: np.array(v.numpy(), copy=True) for v in model.variables}
+    assert sorted(after) == sorted(before)
+    for k in before:
+        assert before[k].dtype == after[k].dtype and np.array_equal(before[k], after[k]), k
+    assert int(after[[k for k in after if k.endswith("count_td")][0]]) == 1
+    action, _ = model.step(*[be.from_numpy(a) for a in inputs])  # acts and learns
+    assert np.array_equal(be.to_numpy(action), predicted), (action, predicted)
+    assert np.array_equal(called, predicted)
+    assert int(model.state_numpy()["count_td"]) == 2
+    print("OK")
+    """
+    assert_ok(run_python(code.replace("FRAMEWORK", framework), tmp_path, framework))
