@@ -7,19 +7,31 @@ contract (same-step auto-reset, ``terminated`` vs ``truncated``).
 
 Importing this package needs only NumPy; gymnax, gymnasium and popgym load when a task of
 theirs is made (``pip install "rtrrl[envs]"``).
+
+Custom environments (``docs/tasks.md``): a gymnasium environment registered by a module of
+yours (``--import MODULE``, then ``gymnasium:<id>``), a function of yours returning one
+(``"module:function"``), or, in Python, the function or an environment object itself
+(``rtrrl.train(task=make_env)``, :func:`register_task`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rtrrl.envs._core import EnvSpec, HostEnv, UnknownTaskError, flat_to_multi_discrete
+from rtrrl.envs._core import (
+    EnvSpec,
+    HostEnv,
+    TaskUnavailableError,
+    UnknownTaskError,
+    flat_to_multi_discrete,
+)
 from rtrrl.envs._registry import (
     Task,
     describe_tasks,
     make_host,
     make_jax,
     paper_tasks,
+    register_task,
     task_names,
 )
 
@@ -35,12 +47,14 @@ __all__ = [
     "HostEnv",
     "JaxEnv",
     "Task",
+    "TaskUnavailableError",
     "UnknownTaskError",
     "describe_tasks",
     "flat_to_multi_discrete",
     "make_host",
     "make_jax",
     "paper_tasks",
+    "register_task",
     "task_names",
 ]
 

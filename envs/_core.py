@@ -79,7 +79,9 @@ class HostEnv(Protocol):
         ...
 
     def get_state(self) -> Any:
-        """Everything needed to continue exactly from here (RNG and environment states)."""
+        """Everything needed to continue exactly from here (RNG and environment states), or
+        ``None`` when the environment cannot be snapshotted (the run then has no resumable
+        environment state; see :class:`rtrrl.envs.GymnasiumHostEnv`)."""
         ...
 
     def set_state(self, state: Any) -> None:
@@ -92,22 +94,37 @@ class HostEnv(Protocol):
 
 
 class UnknownTaskError(KeyError):
-    """No task of that name; the message suggests close matches."""
+    """No task of that name; the message suggests close matches.
 
-    def __init__(self, name: str, candidates: list[str]) -> None:
+    ``detail`` (what the package behind the name said) and ``advice`` (what to do instead of
+    the generic listing) make the message specific where the name's form is known.
+    """
+
+    def __init__(
+        self, name: str, candidates: list[str], detail: str = "", advice: str = ""
+    ) -> None:
         close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        detail = f" ({detail})" if detail else ""
         self.name = name
         self.suggestions = close
-        self.message = (
-            f"unknown task {name!r}.{hint} `rtrrl tasks` lists them all; any gymnax id "
-            "(e.g. 'Acrobot-v1'), 'gymnasium:<id>' and 'popgym:<class>' work too."
+        self.message = f"unknown task {name!r}{detail}.{hint} " + (
+            advice
+            or "`rtrrl tasks` lists them all; any gymnax id (e.g. 'Acrobot-v1'), "
+            "'gymnasium:<id>', 'popgym:<class>' and 'module:function' (a function of yours "
+            "returning a gymnasium environment) work too; --import MODULE imports a module "
+            "that registers its environments first."
         )
         super().__init__(self.message)
 
     def __str__(self) -> str:
         # KeyError's own __str__ repr()s the message, which would quote it.
         return self.message
+
+
+class TaskUnavailableError(ImportError):
+    """The task is known but cannot be built here: a package it needs is missing, or
+    installed but failing to load (the message says which, and what to install or set)."""
 
 
 def flat_to_multi_discrete(nvec: np.ndarray, action: np.ndarray) -> np.ndarray:

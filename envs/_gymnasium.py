@@ -8,6 +8,7 @@ ends, the returned observation is already the next episode's first one, which is
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -73,8 +74,12 @@ class GymnasiumHostEnv:
     Seeding: ``reset(seed)`` seeds sub-environment ``i`` with ``seed + i`` (gymnasium's rule).
     ``get_state`` pickles the sub-environments (wrappers, time-limit counters and their
     ``np_random`` included); that works for pure-Python environments such as classic control
-    and popgym, and fails with a clear error for environments holding unpicklable handles
-    (renderers, simulators without pickle support, external processes).
+    and popgym. An environment that cannot be pickled (a lambda in a wrapper, a renderer, a
+    simulator handle, an external process) has no snapshot: ``get_state`` warns once and
+    returns ``None`` from then on (``snapshots`` is ``False``). A run on it still trains every
+    seed on its own continuing environment: :meth:`detach` hands the live sub-environments
+    over to the caller and the next :meth:`reset` builds fresh ones, :meth:`attach` takes
+    them back; only a run resumed in a new process has to restart it with a fresh reset.
     """
 
     def __init__(
@@ -87,10 +92,21 @@ class GymnasiumHostEnv:
         import gymnasium
 
         self.num_envs = int(num_envs)
+        self._make_one = make_one
         self._vec = gymnasium.vector.SyncVectorEnv(
             [make_one for _ in range(self.num_envs)],
             autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP,
         )
+        if len({id(e) for e in self._vec.envs}) != self.num_envs:
+            raise ValueError(
+                f"{name}: the environment factory returned one object several times; it must "
+                "build a new environment on every call"
+            )
+        #: ``False`` once a snapshot failed: :meth:`get_state` then returns ``None``.
+        self.snapshots = True
+        self._detached = False
+        # Sub-environment lists handed out by detach(), closed with this object.
+        self._handed_out: list[list[Any]] = []
         self._obs_space = self._vec.single_observation_space
         self._act_space = self._vec.single_action_space
         if max_episode_steps is None:
@@ -110,6 +126,9 @@ class GymnasiumHostEnv:
 
     def reset(self, seed: int) -> np.ndarray:
         """Start every environment (env ``i`` from ``seed + i``); return the observations."""
+        if self._detached:  # the previous sub-environments belong to someone else now
+            self._vec.envs = [self._make_one() for _ in range(self.num_envs)]
+            self._detached = False
         obs, _ = self._vec.reset(seed=int(seed))
         return _flatten_batch(self._obs_space, obs, self.num_envs)
 
@@ -135,15 +154,23 @@ class GymnasiumHostEnv:
             np.asarray(truncated, dtype=bool).reshape(self.num_envs),
         )
 
-    def get_state(self) -> bytes:
-        """The pickled sub-environments (state, wrappers and RNGs)."""
+    def get_state(self) -> bytes | None:
+        """The pickled sub-environments (state, wrappers and RNGs), or ``None`` for an
+        environment that cannot be pickled (said once, in a ``RuntimeWarning``)."""
+        if not self.snapshots:
+            return None
         try:
             return pickle.dumps(self._vec.envs)
         except Exception as exc:  # what fails to pickle depends on the environment
-            raise TypeError(
-                f"{self.spec.name}: this environment cannot be snapshotted ({exc}); "
-                "get_state needs picklable sub-environments"
-            ) from exc
+            self.snapshots = False
+            warnings.warn(
+                f"{self.spec.name}: this environment cannot be snapshotted ({exc}); the run "
+                "goes on without resumable environment state (each seed keeps its own "
+                "environment), and a resumed run restarts the environment with a fresh reset",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
 
     def set_state(self, state: bytes) -> None:
         """Continue from a :meth:`get_state` snapshot."""
@@ -152,7 +179,30 @@ class GymnasiumHostEnv:
             raise ValueError(f"state holds {len(envs)} environments, this has {self.num_envs}")
         # SAME_STEP mode keeps no per-env bookkeeping besides the sub-environments themselves.
         self._vec.envs = envs
+        self._detached = False
+
+    def detach(self) -> list[Any]:
+        """Hand over the live sub-environments (the state of an environment without
+        snapshots); the next :meth:`reset` builds new ones, :meth:`attach` takes them back."""
+        envs = self._vec.envs
+        if all(envs is not other for other in self._handed_out):
+            self._handed_out.append(envs)
+        self._detached = True
+        return envs
+
+    def attach(self, envs: list[Any]) -> None:
+        """Continue with sub-environments that :meth:`detach` handed out."""
+        if len(envs) != self.num_envs:
+            raise ValueError(f"{len(envs)} environments given, this has {self.num_envs}")
+        self._vec.envs = envs
+        self._detached = False
 
     def close(self) -> None:
-        """Close the sub-environments."""
+        """Close the sub-environments, those handed out by :meth:`detach` included."""
+        current = self._vec.envs
+        for envs in self._handed_out:
+            if envs is not current:
+                for env in envs:
+                    env.close()
+        self._handed_out = []
         self._vec.close()

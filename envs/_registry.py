@@ -1,8 +1,11 @@
 """The task registry: the paper's task names and how each is built.
 
-A name resolves, in order, to: a fixed registry entry, a parametrised family
-(``MemoryChain-<k>``, ``DeepSea-<k>``, popgym ``<Task>-Easy|-Medium|-Hard``), any gymnax id,
-``gymnasium:<id>`` or ``popgym:<class>`` (popgym's own NumPy environment, on the host).
+A name resolves, in order, to: a Python environment registered in this process
+(:func:`register_task`, what ``rtrrl.train(task=make_env)`` calls), a fixed registry entry, a
+parametrised family (``MemoryChain-<k>``, ``DeepSea-<k>``, popgym
+``<Task>-Easy|-Medium|-Hard``), ``gymnasium:<id>`` or ``popgym:<class>`` (popgym's own NumPy
+environment, on the host), any gymnax id, or ``module:function`` (a function of the user's
+returning a gymnasium environment, imported by name).
 
 The paper's six popgym tasks resolve to our pure-JAX ports of them
 (:mod:`rtrrl.envs._popgym_jax`, source ``"jax-port"``), which train on the fused path as
@@ -11,12 +14,17 @@ gymnax tasks do; ``popgym:<class>`` still reaches popgym's originals.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import importlib.util
 import re
+import sys
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rtrrl.envs._core import HostEnv, UnknownTaskError
+from rtrrl.envs._core import HostEnv, TaskUnavailableError, UnknownTaskError
 
 
 @dataclass(frozen=True)
@@ -25,9 +33,10 @@ class Task:
 
     Attributes:
         name: registry name (for families, the template, e.g. ``"MemoryChain-<k>"``).
-        source: ``"gymnax"``, ``"jax-port"`` (our JAX port of a popgym class), ``"gymnasium"``
-            or ``"popgym"``.
-        target: the underlying id (gymnax id, gymnasium id or popgym class name).
+        source: ``"gymnax"``, ``"jax-port"`` (our JAX port of a popgym class), ``"gymnasium"``,
+            ``"popgym"`` or ``"python"`` (a user's environment factory).
+        target: the underlying id (gymnax id, gymnasium id, popgym class name, or the
+            ``module:function`` / registered name of a Python factory).
         description: one line for ``rtrrl tasks``.
         obs_indices: observed entries of the flattened observation, ``None`` for all.
         env_kwargs: keyword arguments of the gymnax environment's constructor.
@@ -152,16 +161,148 @@ def _popgym_task(name: str) -> Task | None:
     return Task(name, "jax-port", cls + level, f"{desc} ({level}; JAX port)")
 
 
+_GYMNAX_INSTALL = "pip install 'rtrrl[envs]' (gymnax, six)"
+
+
 def _gymnax_ids() -> list[str]:
-    try:
-        import gymnax
-    except ImportError:
+    if importlib.util.find_spec("gymnax") is None:
         return []
+    gymnax = _import_framework("gymnax", "a gymnax id", _GYMNAX_INSTALL)
     return list(gymnax.registered_envs)
+
+
+# --- Python environments: register_task and "module:function" -------------------------------
+
+#: Environments given as Python objects in this process: name -> (the object, its factory).
+_PYTHON: dict[str, tuple[Any, Callable[[], Any]]] = {}
+#: ``module:function`` (dotted names on both sides): a factory found by importing it.
+_IMPORT_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+#: Every environment a user's factory returned, to catch one object returned twice (two
+#: "copies" that would step each other's state).
+_RETURNED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def register_task(task: Any, name: str | None = None) -> str:
+    """Make a Python environment a task; returns the task name to train on.
+
+    ``rtrrl.train(task=...)`` calls this for anything that is not a name. A run needs several
+    environments (``num_envs`` to train, ``eval_episodes`` to evaluate), so:
+
+    - a *factory* (any callable returning a new ``gymnasium.Env`` per call) is called once per
+      environment;
+    - an *environment object* is a template: every environment is a ``copy.deepcopy`` of it,
+      and the object itself is never stepped (one that cannot be deep-copied is refused:
+      give a factory).
+
+    The name is ``"module:function"`` when the factory can be imported by that name (a
+    module-level function of an importable module: ``rtrrl eval`` and ``--resume`` find it
+    again in any process), else ``"python:<its name>"`` (or ``name``), known in this process
+    only: resuming such a run elsewhere needs ``register_task(factory, name)`` first.
+    """
+    if isinstance(task, str):
+        return task
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    factory, label = _factory_of(task)
+    if name is None:
+        importable = _import_name(task)
+        if importable is not None:
+            return importable
+        base = name = f"python:{label}"
+        n = 1
+        while name in _PYTHON and _PYTHON[name][0] is not task:
+            n += 1
+            name = f"{base}-{n}"
+    _PYTHON[name] = (task, factory)
+    return name
+
+
+def _is_env(obj: Any) -> bool:
+    gymnasium = sys.modules.get("gymnasium")
+    return gymnasium is not None and isinstance(obj, gymnasium.Env)
+
+
+def _factory_of(task: Any) -> tuple[Callable[[], Any], str]:
+    """``(factory, label)`` of an environment object or factory given as a task."""
+    if _is_env(task):
+        spec = getattr(task, "spec", None)
+        label = getattr(spec, "id", None) or type(task.unwrapped).__name__
+
+        def copy_of() -> Any:
+            try:
+                return copy.deepcopy(task)
+            except Exception as err:
+                raise ValueError(
+                    f"the environment object given as the task cannot be copied ({err}); a "
+                    "run needs several environments: give a function that returns a new one"
+                ) from err
+
+        return copy_of, label
+    if callable(task):
+        return task, getattr(task, "__qualname__", None) or type(task).__name__
+    raise ValueError(
+        f"a task is a name (`rtrrl tasks`), a gymnasium environment, or a function returning "
+        f"one; got {task!r}"
+    )
+
+
+def _import_name(task: Any) -> str | None:
+    """``"module:qualname"`` when ``task`` is reachable by importing that name, else None."""
+    module, qualname = getattr(task, "__module__", None), getattr(task, "__qualname__", None)
+    if not module or not qualname or module == "__main__" or "<" in qualname:
+        return None
+    obj: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return f"{module}:{qualname}" if obj is task else None
+
+
+def _python_factory(task: Task) -> Callable[[], Any]:
+    """The checked factory of a ``"python"`` task: each call returns a new gymnasium.Env."""
+    if task.target in _PYTHON:
+        factory = _PYTHON[task.target][1]
+    else:
+        from rtrrl.settings import import_user_module
+
+        module_name, _, qualname = task.target.partition(":")
+        obj: Any = import_user_module(module_name)
+        for part in qualname.split("."):
+            if not hasattr(obj, part):
+                raise UnknownTaskError(
+                    task.name,
+                    [],
+                    detail=f"module {module_name!r} has no attribute {qualname!r}",
+                    advice="name a function of that module that returns a gymnasium environment.",
+                )
+            obj = getattr(obj, part)
+        factory = _factory_of(obj)[0]
+
+    def make_one() -> Any:
+        import gymnasium
+
+        env = factory()
+        if not isinstance(env, gymnasium.Env):
+            raise ValueError(
+                f"task {task.name!r}: the factory returned {type(env).__name__}, not a "
+                "gymnasium.Env; it must return a new gymnasium environment on every call"
+            )
+        if env in _RETURNED:
+            raise ValueError(
+                f"task {task.name!r}: the factory returned the same environment object twice; "
+                "a run steps several environments at once, so it must build a new one on "
+                "every call (or give the object itself as the task: rtrrl copies it)"
+            )
+        with contextlib.suppress(TypeError):  # no weak references: nothing to track
+            _RETURNED.add(env)
+        return env
+
+    return make_one
 
 
 def _resolve(name: str) -> Task:
     """The :class:`Task` a name stands for, or :class:`UnknownTaskError`."""
+    if name in _PYTHON:
+        return Task(name, "python", name, "Python environment (this process)")
     for task in _FIXED:
         if task.name == name:
             return task
@@ -183,13 +324,28 @@ def _resolve(name: str) -> Task:
         return Task(name, "gymnasium", name.removeprefix("gymnasium:"), "gymnasium environment")
     if name.startswith("popgym:"):
         return Task(name, "popgym", name.removeprefix("popgym:"), "popgym environment")
+    if name.startswith("python:"):
+        raise UnknownTaskError(
+            name,
+            list(_PYTHON),
+            advice="It was a Python environment given to rtrrl.train in another process: "
+            "register it again with rtrrl.envs.register_task(make_env, "
+            f"{name!r}) before rtrrl.resume / rtrrl.evaluate_checkpoint (a module-level "
+            "function of an importable module is found by name, from the command line too).",
+        )
     if name in _gymnax_ids():
         return Task(name, "gymnax", name, "gymnax environment")
+    if _IMPORT_NAME.fullmatch(name):
+        return Task(name, "python", name, "Python environment factory")
     raise UnknownTaskError(name, _all_candidates())
 
 
 def _all_candidates() -> list[str]:
-    return task_names() + [f.name for _, f in _FAMILIES] + _gymnax_ids()
+    try:
+        gymnax_ids = _gymnax_ids()
+    except TaskUnavailableError:
+        gymnax_ids = []
+    return task_names() + [f.name for _, f in _FAMILIES] + gymnax_ids
 
 
 def task_names() -> list[str]:
@@ -224,12 +380,7 @@ def paper_tasks() -> list[str]:
 
 def _make_gymnax(task: Task) -> Any:
     """The :class:`JaxEnv` of a gymnax task or of a JAX port (``source == "jax-port"``)."""
-    try:
-        import gymnax
-    except ImportError as exc:
-        raise ImportError(
-            f"{task.name} is a gymnax task: pip install 'rtrrl[envs]' (gymnax, six)"
-        ) from exc
+    gymnax = _import_framework("gymnax", f"task {task.name!r}", _GYMNAX_INSTALL)
     from rtrrl.envs._gymnax import JaxEnv
 
     if task.source == "jax-port":
@@ -243,16 +394,62 @@ def _make_gymnax(task: Task) -> Any:
     return JaxEnv(task.name, env, params, task.obs_indices)
 
 
-def _gymnasium_factory(task: Task) -> Any:
+def _import_framework(module: str, what: str, install: str) -> Any:
+    """Import the package behind ``task``; a missing one, or one that fails to start (a bad
+    ``JAX_ENABLE_X64``), is a one-line :class:`TaskUnavailableError` saying what to do."""
+    from rtrrl._registry import described, framework_hint, one_line
+
     try:
-        import gymnasium
+        return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(f"{task.name} needs gymnasium: pip install 'rtrrl[envs]'") from exc
+        raise TaskUnavailableError(
+            f"{what} needs {module}, which cannot be imported ({one_line(exc)}): {install}"
+        ) from exc
+    except Exception as exc:
+        raise TaskUnavailableError(
+            f"{what} needs {module}, whose import failed with {described(exc)}{framework_hint()}"
+        ) from exc
+
+
+def _gymnasium_make(task: Task) -> Any:
+    """``gymnasium.make(task.target)``, its errors made one-line and specific."""
+    import gymnasium
+
+    from rtrrl._registry import one_line
+
+    try:
+        return gymnasium.make(task.target)
+    except gymnasium.error.DependencyNotInstalled as exc:
+        hint = " (the paper used brax's Swimmer)" if task.name == "Swimmer" else ""
+        raise TaskUnavailableError(
+            f"task {task.name!r} ({task.target}) needs packages that are not installed{hint}: "
+            f"{one_line(exc)}"
+        ) from exc
+    except (gymnasium.error.UnregisteredEnv, gymnasium.error.DeprecatedEnv) as exc:
+        raise UnknownTaskError(
+            task.name,
+            [f"gymnasium:{k}" for k in gymnasium.registry],
+            detail=f"gymnasium: {one_line(exc)}",
+            advice="gymnasium.pprint_registry() lists gymnasium's ids; if a module of yours "
+            "registers this one, import it first (--import MODULE on the command line).",
+        ) from exc
+    except ImportError as exc:
+        raise TaskUnavailableError(
+            f"task {task.name!r} ({task.target}) cannot be made: {one_line(exc)}"
+        ) from exc
+
+
+def _gymnasium_factory(task: Task) -> Any:
+    gymnasium = _import_framework("gymnasium", f"task {task.name!r}", "pip install 'rtrrl[envs]'")
+    if task.source == "python":
+        make_one = _python_factory(task)
+        make_one().close()  # fail here, with a clear message, rather than inside SyncVectorEnv
+        return make_one
     if task.source == "popgym":
         try:
             from popgym import envs as popgym_envs
         except ImportError as exc:
-            raise ImportError(
+            raise TaskUnavailableError(
                 f"{task.name} is a popgym task: pip install popgym (see docs/tasks.md)"
             ) from exc
 
@@ -266,15 +463,9 @@ def _gymnasium_factory(task: Task) -> Any:
         return cls
 
     def make_one() -> Any:
-        try:
-            return gymnasium.make(task.target)
-        except gymnasium.error.DependencyNotInstalled as exc:
-            hint = " (the paper used brax's Swimmer)" if task.name == "Swimmer" else ""
-            raise ImportError(
-                f"{task.name} ({task.target}) needs extra packages{hint}: {exc}"
-            ) from exc
+        return _gymnasium_make(task)
 
-    make_one()  # fail here, with the hint, rather than inside SyncVectorEnv
+    make_one().close()  # fail here, with a clear message, rather than inside SyncVectorEnv
     return make_one
 
 

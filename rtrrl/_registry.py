@@ -6,7 +6,15 @@ imported lazily (``import rtrrl`` imports no framework), and the current backend
 without touching ``sys.modules`` or any global.
 
 Names resolve in this order: built-in names (:data:`BUILTIN_BACKENDS`), then entry points in
-the ``rtrrl.backends`` group, then ``"package.module:Attribute"`` import strings.
+the ``rtrrl.backends`` group, then ``"package.module:Attribute"`` import strings. Built-in
+names are case-insensitive (``"Jax"``, ``" JAX "`` and ``"keras_jax"`` are ``"jax"`` and
+``"keras-jax"``): :func:`canonical_name` spells them once, and everything that compares
+names (the run settings, the engine choice, the Keras set-up of the command line) uses its
+spelling. Entry-point names and import strings are taken as written.
+
+A framework that is installed but cannot start (``JAX_PLATFORMS=cuda`` without a GPU,
+``RTRRL_TORCH_DEVICE=cuda`` without CUDA, ``JAX_ENABLE_X64=maybe``) is a
+:class:`BackendStartError` whose one-line message names the environment variables it read.
 """
 
 from __future__ import annotations
@@ -32,11 +40,16 @@ __all__ = [
     "BackendInfo",
     "BackendNotFoundError",
     "BackendNotInstalledError",
+    "BackendStartError",
     "InvalidBackendError",
     "available_backends",
     "backend_infos",
+    "canonical_name",
     "current",
+    "described",
+    "framework_hint",
     "get_backend",
+    "one_line",
     "use",
 ]
 
@@ -65,6 +78,11 @@ class InvalidBackendError(BackendError, TypeError):
     """The object found does not implement the backend protocol."""
 
 
+class BackendStartError(BackendError, RuntimeError):
+    """The framework is installed but fails to start here (a device or a setting read from
+    the environment); the message names the variables to check."""
+
+
 class BackendInfo(NamedTuple):
     """One row of :func:`backend_infos`."""
 
@@ -74,6 +92,28 @@ class BackendInfo(NamedTuple):
     extra: str | None
     installed: bool
     reason: str  # why it is not installed; "" when it is
+    #: What to set for it to load when its packages are installed but this process cannot
+    #: load it (``"KERAS_BACKEND=jax"``); "" otherwise.
+    needs: str = ""
+
+
+#: Environment variables the built-in frameworks read when they start: named in
+#: :class:`BackendStartError` messages when they are set.
+FRAMEWORK_VARIABLES = (
+    "JAX_PLATFORMS",
+    "JAX_ENABLE_X64",
+    "CUDA_VISIBLE_DEVICES",
+    "RTRRL_TORCH_DEVICE",
+    "KERAS_BACKEND",
+    "XLA_FLAGS",
+)
+
+# Built-in backends that load only with an environment variable set to a value: keras-jax
+# and keras-torch need KERAS_BACKEND (Keras reads it once, at import).
+_NEEDS_VARIABLE = {
+    "keras-jax": ("KERAS_BACKEND", "jax", ("keras", "jax")),
+    "keras-torch": ("KERAS_BACKEND", "torch", ("keras", "torch")),
+}
 
 
 # --- state ----------------------------------------------------------------------------------
@@ -127,8 +167,44 @@ def available_backends() -> dict[str, bool]:
     return {info.name: info.installed for info in backend_infos()}
 
 
+def canonical_name(name: str) -> str:
+    """The registry's spelling of a backend name: built-in names in lower case with ``-``
+    (``"Jax"`` → ``"jax"``, ``"Keras_Torch"`` → ``"keras-torch"``); any other name (an entry
+    point, an import string) stripped and otherwise as given."""
+    key = name.strip()
+    builtin = key.lower().replace("_", "-")
+    return builtin if builtin in BUILTIN_BACKENDS else key
+
+
+def framework_hint() -> str:
+    """``"; it read JAX_PLATFORMS='cuda' from the environment: fix or unset it"`` for the
+    framework variables that are set, else ``""``: the end of a start-up error message."""
+    found = [f"{v}={os.environ[v]!r}" for v in FRAMEWORK_VARIABLES if os.environ.get(v)]
+    if not found:
+        return ""
+    return f"; set in the environment: {', '.join(found)}: fix or unset what does not fit"
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (its lines joined), for one-line errors."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text or f"{type(err).__name__} (without a message)"
+
+
+def described(err: BaseException) -> str:
+    """``"ValueError: its message"`` on one line (``"AssertionError (without a message)"``:
+    JAX answers ``JAX_PLATFORMS=cuda`` without a GPU with a bare assertion)."""
+    text = one_line(err)
+    return text if text.startswith(type(err).__name__) else f"{type(err).__name__}: {text}"
+
+
 def backend_infos() -> list[BackendInfo]:
-    """Built-in and entry-point backends, with where they come from and whether they load."""
+    """Built-in and entry-point backends, with where they come from and whether they load.
+
+    A backend whose packages are installed but which needs an environment variable this
+    process does not have (``keras-jax`` without ``KERAS_BACKEND=jax``) is not installed
+    *here*, and its ``needs`` says what to set.
+    """
     rows = []
     for name, (target, extra) in BUILTIN_BACKENDS.items():
         rows.append((name, target, "built-in", extra))
@@ -141,10 +217,26 @@ def backend_infos() -> list[BackendInfo]:
             _resolve(name)
         except (BackendError, ImportError) as exc:
             reason = str(exc).splitlines()[0]
-            infos.append(BackendInfo(name, target, source, extra, False, reason))
+            needs = _needs(name)
+            infos.append(BackendInfo(name, target, source, extra, False, reason, needs))
         else:
             infos.append(BackendInfo(name, target, source, extra, True, ""))
     return infos
+
+
+def _needs(name: str) -> str:
+    """``"KERAS_BACKEND=jax"`` when ``name`` needs that variable, its packages are installed
+    and the variable is set otherwise; else ``""``."""
+    if name not in _NEEDS_VARIABLE:
+        return ""
+    variable, value, packages = _NEEDS_VARIABLE[name]
+    if os.environ.get(variable) == value:
+        return ""
+    from importlib.util import find_spec
+
+    if any(find_spec(package) is None for package in packages):
+        return ""
+    return f"{variable}={value}"
 
 
 # --- `with` support for backends that only satisfy the protocol ----------------------------
@@ -197,7 +289,7 @@ def _resolve(spec: Any) -> Any:
             return _cached(f"{spec.__module__}:{spec.__qualname__}", lambda: _instantiate(spec))
         return _check(spec, where=repr(spec))
     key = spec.strip()
-    builtin = key.lower().replace("_", "-")
+    builtin = canonical_name(key)
     if builtin in BUILTIN_BACKENDS:
         target, extra = BUILTIN_BACKENDS[builtin]
         return _cached(target, lambda: _load(target, label=f"backend {builtin!r}", extra=extra))
@@ -274,6 +366,13 @@ def _load(target: str, *, label: str, extra: str | None) -> Any:
             f"The {label} needs the Python module {missing!r}, which is not installed. {how}",
             name=missing,
         ) from exc
+    except (ImportError, BackendError):
+        raise
+    except Exception as exc:  # a framework that is installed but refuses to start
+        raise BackendStartError(
+            f"The {label} cannot start: importing {module_name!r} failed with "
+            f"{described(exc)}{framework_hint()}"
+        ) from exc
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -295,6 +394,12 @@ def _instantiate(obj: Any, where: str | None = None) -> Any:
         except TypeError as exc:
             raise InvalidBackendError(
                 f"{where}: cannot create the backend by calling {obj!r} with no arguments: {exc}"
+            ) from exc
+        except BackendError:
+            raise
+        except Exception as exc:  # e.g. torch asked for CUDA where there is none
+            raise BackendStartError(
+                f"{where} cannot start here: {described(exc)}{framework_hint()}"
             ) from exc
     return _check(obj, where)
 

@@ -17,8 +17,15 @@ def _backends(args: argparse.Namespace) -> int:
     print(f"{'backend':<{width}}  {'status':<13}  source")
     for info in infos:
         status = "installed" if info.installed else "not installed"
+        if info.needs:
+            status = "needs setting"
         line = f"{info.name:<{width}}  {status:<13}  {info.source}"
-        if not info.installed and args.verbose:
+        if info.needs:
+            line += (
+                f"  (its packages are installed; it loads with {info.needs} set before Python "
+                f"starts; `rtrrl train/eval --backend {info.name}` set it themselves)"
+            )
+        elif not info.installed and args.verbose:
             line += f"\n{'':<{width}}  {info.reason}"
         elif not info.installed and info.extra:
             line += f'  (pip install "rtrrl[{info.extra}]")'
@@ -50,7 +57,9 @@ def _tasks(args: argparse.Namespace) -> int:
     print(
         "\nAlso: any gymnax id (e.g. Acrobot-v1), gymnasium:<id> (e.g. gymnasium:CartPole-v1), "
         "popgym:<class> (popgym's own NumPy environment, e.g. popgym:CountRecallEasy), "
-        "MemoryChain-<k> / DeepSea-<k> for any k, and -Medium / -Hard for the popgym tasks."
+        "MemoryChain-<k> / DeepSea-<k> for any k, -Medium / -Hard for the popgym tasks, and "
+        "your own environments: module:function (a function returning a gymnasium "
+        "environment) or an id your module registers (--import MODULE); see docs/tasks.md."
     )
     return 0
 
@@ -78,6 +87,7 @@ def _keras_environment(backend: str | None) -> str | None:
     written to ``~/.keras``). Returns an error message when ``KERAS_BACKEND`` names another
     framework (or keras is already loaded with one), else ``None``.
     """
+    backend = _registry.canonical_name(backend) if backend else backend
     if not backend or not backend.startswith("keras-"):
         return None
     framework = backend[len("keras-") :]

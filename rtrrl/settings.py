@@ -26,22 +26,37 @@ The protocol (``docs/training.md``):
 ``done`` for the agent is ``terminated | truncated``: a time-limit truncation is treated as
 termination, as the spec does; bootstrapping through truncation is not offered.
 
-This module imports nothing beyond the standard library, so ``rtrrl train --help`` stays cheap.
+Numbers are checked the same way wherever they come from (Python, the command line, a
+``config.json``): an integer setting takes any integer, NumPy's included (``np.int64(5)`` is
+stored as ``5``), never a bool or a float; zero is zero (an error where a setting must be
+positive), never "the default".
+
+This module imports nothing beyond the standard library and :mod:`rtrrl._registry` (itself
+framework-free), so ``rtrrl train --help`` stays cheap.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import importlib
+import numbers
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Literal
+
+from rtrrl._registry import canonical_name
 
 __all__ = [
     "DEFAULT_TASK",
     "EVAL_MAX_STEPS",
     "TASK_FIELDS",
+    "ModuleImportError",
     "RunSettings",
     "eval_seed",
+    "import_user_module",
     "noise_seed",
     "parse_seeds",
 ]
@@ -75,14 +90,21 @@ class RunSettings:
 
     ``seeds`` may be given as a count ``N`` (seeds ``0..N-1``) or as the seeds themselves; it
     is stored as a tuple. Every value is checked here, so a zero budget or patience is an
-    error wherever it comes from (Python, the command line, a checkpoint).
+    error wherever it comes from (Python, the command line, a checkpoint). ``backend`` is
+    stored as the registry spells it (``"Jax"`` becomes ``"jax"``), so the engine choice and
+    the saved run never depend on the case typed.
+
+    ``imports`` names modules that register the task (custom environments, e.g. with
+    ``gymnasium.register``); they are imported when the settings are made, so a run read back
+    from its ``config.json`` (``rtrrl eval``, ``--resume``) finds its task again.
     """
 
     task: str = field(
         default=DEFAULT_TASK, metadata=_doc("task name (`rtrrl tasks`)", metavar="TASK")
     )
     backend: str = field(
-        default="jax", metadata=_doc("backend name (`rtrrl backends`)", metavar="NAME")
+        default="jax",
+        metadata=_doc("backend name (`rtrrl backends`; any case)", metavar="NAME"),
     )
     seeds: tuple[int, ...] = field(
         default=(0, 1, 2, 3, 4),
@@ -135,23 +157,41 @@ class RunSettings:
             shown="auto",
         ),
     )
+    imports: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "import MODULE before the task is looked up (a module of yours that registers a "
+            "custom environment, e.g. with gymnasium.register); repeat for several. Saved with "
+            "the run, so `rtrrl eval` and --resume import it again",
+            cli="--import",
+            metavar="MODULE",
+            shown="none",
+        ),
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", _as_seeds(self.seeds))
         for name in ("steps", "epoch_steps", "eval_every", "eval_episodes", "patience", "num_envs"):
-            _check_positive(name, getattr(self, name))
+            object.__setattr__(self, name, _positive_int(name, getattr(self, name)))
         for name in ("eval_steps", "threads"):
             if getattr(self, name) is not None:
-                _check_positive(name, getattr(self, name), "None or ")
+                value = _positive_int(name, getattr(self, name), "None or ")
+                object.__setattr__(self, name, value)
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {self.seeds}")
         for name in ("task", "backend"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        object.__setattr__(self, "backend", canonical_name(self.backend))
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if self.fused not in (None, True, False):
+        if type(self.fused).__name__ == "bool_":  # NumPy's bool is a bool
+            object.__setattr__(self, "fused", bool(self.fused))
+        if self.fused is not None and not isinstance(self.fused, bool):
             raise ValueError(f"fused must be None, True or False, got {self.fused!r}")
+        object.__setattr__(self, "imports", _as_modules(self.imports))
+        for module in self.imports:
+            import_user_module(module)
 
     @classmethod
     def from_json(cls, saved: Mapping[str, Any]) -> RunSettings:
@@ -163,7 +203,7 @@ class RunSettings:
             raise ValueError(
                 f"run settings {unknown} are unknown to this rtrrl (written by a newer one?)"
             )
-        return cls(**saved)
+        return cls(**saved)  # ``imports`` are imported again here
 
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON values (what ``config.json`` stores under ``"protocol"``)."""
@@ -184,23 +224,73 @@ class RunSettings:
         return epoch % self.eval_every == 0 or epoch == self.max_epochs
 
 
-def _check_positive(name: str, value: object, prefix: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def _is_int(value: object) -> bool:
+    """An integer, NumPy's included, and not a bool (``True`` is no count)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _positive_int(name: str, value: object, prefix: str = "") -> int:
+    """``value`` as a Python int, or a ``ValueError`` naming the setting."""
+    if not _is_int(value) or int(value) < 1:  # type: ignore[call-overload]
         raise ValueError(f"{name} must be {prefix}a positive int, got {value!r}")
+    return int(value)  # type: ignore[call-overload]
 
 
 def _as_seeds(seeds: int | Sequence[int]) -> tuple[int, ...]:
-    if isinstance(seeds, bool):
-        raise ValueError(f"seeds must be a count or a list of seeds, got {seeds!r}")
-    if hasattr(seeds, "__index__"):  # a count: ints and NumPy integers alike
+    if _is_int(seeds):  # a count: ints and NumPy integers alike
         count = int(seeds)  # type: ignore[call-overload]
         if count < 1:
             raise ValueError(f"seeds must be at least 1 (seeds 0..N-1), got {count}")
         return tuple(range(count))
-    out = tuple(int(s) for s in seeds)
+    if isinstance(seeds, str | bytes | Mapping) or not isinstance(seeds, Iterable):
+        raise ValueError(f"seeds must be a count or a list of seeds, got {seeds!r}")
+    out = tuple(seeds)
+    bad = [s for s in out if not _is_int(s) or int(s) < 0]
+    if bad:
+        raise ValueError(f"seeds must be integers >= 0, got {bad[0]!r} in {seeds!r}")
     if not out:
         raise ValueError("give at least one seed")
-    return out
+    return tuple(int(s) for s in out)
+
+
+def _as_modules(modules: object) -> tuple[str, ...]:
+    if isinstance(modules, str):
+        modules = (modules,)
+    if not isinstance(modules, Sequence) or not all(
+        isinstance(m, str) and m.strip() for m in modules
+    ):
+        raise ValueError(f"imports must be module names, got {modules!r}")
+    return tuple(m.strip() for m in modules)
+
+
+class ModuleImportError(ModuleNotFoundError):
+    """A module named by ``--import`` / ``RunSettings.imports`` / a ``module:function`` task
+    is not found; the message says where to put it."""
+
+
+def import_user_module(name: str) -> ModuleType:
+    """Import a module of the user's (``--import``, ``RunSettings.imports``, a task given as
+    ``"module:function"``), looking in the working folder too, as ``python -m`` does.
+
+    The ``rtrrl`` console script does not put the working folder on ``sys.path``, so
+    ``--import my_envs`` beside ``my_envs.py`` would otherwise not find it. Raises
+    :class:`ModuleImportError` (a ``ModuleNotFoundError``) that says where to put the module
+    when it cannot be found.
+    """
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name is None or not (name == err.name or name.startswith(err.name + ".")):
+            raise  # the module was found but imports something missing: its own traceback
+        here = os.getcwd()
+        if here not in sys.path and "" not in sys.path:
+            sys.path.insert(0, here)
+            return import_user_module(name)
+        raise ModuleImportError(
+            f"cannot import module {name!r} ({err}); run from the folder that holds "
+            f"{name.split('.')[0]}.py, or install the package that provides it",
+            name=name,
+        ) from None
 
 
 def noise_seed(seed: int) -> int:

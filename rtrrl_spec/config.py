@@ -28,6 +28,10 @@ class SpecError(ValueError):
     """
 
 
+# The bool switches of Config: NumPy's bool is accepted for them (and refused as a number).
+_BOOL_FIELDS = ("feedback_alignment", "meta_rl", "var_scaling", "freeze_rnn")
+
+
 @dataclass(frozen=True)
 class Config:
     """Hyper-parameters of one RTRRL agent. Defaults are the paper's (appendix, Table 1).
@@ -107,14 +111,25 @@ class Config:
     lru_max_phase: float = 2 * math.pi
 
     def __post_init__(self) -> None:
-        # Bounds given as lists or arrays are normalized to tuples so the config stays hashable.
+        # Bounds given as lists or arrays are normalized to tuples of Python floats so the
+        # config stays hashable and JSON-ready.
         for name in ("action_low", "action_high"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, tuple):
+            if value is not None:
                 try:
                     object.__setattr__(self, name, tuple(float(v) for v in value))
-                except TypeError as err:
+                except (TypeError, ValueError) as err:
                     raise SpecError(f"{name} must be a sequence of floats, got {value!r}") from err
+        # NumPy scalars are numbers (np.float32(1e-3) is a learning rate, np.int64(8) a size):
+        # stored as the Python number they equal, so configs compare, hash and save alike.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.bool_) and f.name in _BOOL_FIELDS:
+                object.__setattr__(self, f.name, bool(value))
+            elif isinstance(value, np.integer):
+                object.__setattr__(self, f.name, int(value))
+            elif isinstance(value, np.floating) and type(value) is not float:
+                object.__setattr__(self, f.name, float(value))
         self._validate()
 
     def _validate(self) -> None:
@@ -123,6 +138,10 @@ class Config:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SpecError(f"{name} must be a positive int, got {value!r}")
 
+        for name in (*NUMERIC_FIELDS, "clip_norm", "reward_rate_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool | np.bool_):
+                raise SpecError(f"{name} must be a number, got the bool {value!r}")
         positive_int("obs_dim")
         positive_int("n_hidden")
         if (self.n_actions is None) == (self.action_dim is None):

@@ -71,7 +71,7 @@ def test_help_lists_every_run_setting_with_its_default(
 ) -> None:
     entries = _help(monkeypatch, capsys)
     for f in dataclasses.fields(RunSettings):
-        text = entries["--" + f.name.replace("_", "-")]
+        text = entries[f.metadata.get("cli", "--" + f.name.replace("_", "-"))]
         shown = f.metadata.get("shown", _expected(f.default))
         assert f"default: {shown}" in text, text
     assert "quick start: 30_000" in entries["--steps"]
@@ -201,3 +201,92 @@ def test_framework_threads_are_set_for_the_run_and_put_back() -> None:
     with framework_threads(None, None):
         assert torch.get_num_threads() == before
     assert torch.get_num_threads() == before
+
+
+# --- zero is zero everywhere; names in any case; --import (issue 19) --------------------------
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished numpy run of one seed (a fraction of a second)."""
+    pytest.importorskip("gymnax")
+    run = tmp_path_factory.mktemp("small") / "run"
+    training.train(
+        "MemoryChain-4",
+        "numpy",
+        out=run,
+        seeds=1,
+        steps=40,
+        epoch_steps=20,
+        eval_every=1,
+        eval_episodes=1,
+        n_hidden=4,
+    )
+    return run
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--episodes", "0"], "eval_episodes must be a positive int, got 0"),
+        (["--episodes", "-2"], "eval_episodes must be a positive int, got -2"),
+    ],
+)
+def test_eval_episodes_zero_is_an_error_not_the_default(
+    small_run: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    assert main(["eval", str(small_run), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rtrrl eval: error: ") and err.count("\n") == 1, err
+    assert message in err
+
+
+def test_backend_flag_in_any_case_is_the_registry_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _captured(monkeypatch)
+    argv = ["train", "--task", "MemoryChain-4", "--out", str(tmp_path), "--no-progress"]
+    assert main([*argv, "--backend", "NumPy"]) == 0
+    assert calls[0]["settings"].backend == "numpy"
+
+
+def test_keras_backend_in_any_case_sets_keras_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import sys
+
+    from rtrrl import cli
+
+    monkeypatch.setenv("KERAS_BACKEND", "unset below; put back afterwards")
+    monkeypatch.delenv("KERAS_BACKEND")
+    monkeypatch.setenv("KERAS_HOME", "/tmp/keras-home")
+    monkeypatch.delitem(sys.modules, "keras", raising=False)  # as in a fresh `rtrrl` process
+    assert cli._keras_environment("Keras-Torch") is None
+    assert os.environ["KERAS_BACKEND"] == "torch"
+
+
+def test_import_flag_imports_the_module_and_is_saved(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make_module: Any,
+) -> None:
+    calls = _captured(monkeypatch)
+    name = make_module("import os\nos.environ['RTRRL_TEST_IMPORTED'] = __name__\n")
+    monkeypatch.delenv("RTRRL_TEST_IMPORTED", raising=False)
+    argv = ["train", "--task", "MemoryChain-4", "--backend", "numpy", "--out", str(tmp_path)]
+    assert main([*argv, "--import", name, "--no-progress"]) == 0
+    import os
+
+    assert os.environ["RTRRL_TEST_IMPORTED"] == name
+    assert calls[0]["settings"].imports == (name,)
+
+
+def test_import_of_a_missing_module_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    argv = ["train", "--task", "MemoryChain-4", "--backend", "numpy", "--out", str(run)]
+    assert main([*argv, "--import", "rtrrl_no_such_module_xyz"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot import module 'rtrrl_no_such_module_xyz'" in err, err
+    assert "run from the folder that holds rtrrl_no_such_module_xyz.py" in err
+    assert not run.exists()

@@ -84,7 +84,9 @@ def test_saved_settings_of_earlier_runs_load() -> None:
 
 def _captured(monkeypatch: pytest.MonkeyPatch) -> list[loop.Session]:
     sessions: list[loop.Session] = []
-    monkeypatch.setattr(training, "_run", lambda session, be, restored: sessions.append(session))
+    monkeypatch.setattr(
+        training, "_run", lambda session, be, restored: sessions.append(session) or {}
+    )
     return sessions
 
 
@@ -122,3 +124,109 @@ def test_public_names() -> None:
     assert rtrrl.train is training.train
     assert rtrrl.resume is training.resume
     assert rtrrl.evaluate_checkpoint is training.evaluate_checkpoint
+
+
+# --- every number checked the same way (issue 19) --------------------------------------------
+
+
+def test_numpy_integers_are_integers_and_stored_as_int() -> None:
+    import numpy as np
+
+    s = RunSettings(
+        steps=np.int64(5000), patience=np.int32(3), seeds=np.int64(2), threads=np.int8(1)
+    )
+    assert (s.steps, s.patience, s.seeds, s.threads) == (5000, 3, (0, 1), 1)
+    assert all(type(v) is int for v in (s.steps, s.patience, s.threads, *s.seeds))
+    assert RunSettings(seeds=[np.int64(4), 9]).seeds == (4, 9)
+    import json
+
+    json.dumps(s.to_json())  # NumPy scalars would not serialize
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"steps": True}, "steps must be a positive int, got True"),
+        ({"patience": False}, "patience must be a positive int, got False"),
+        ({"seeds": [0, True]}, "seeds must be integers >= 0, got True"),
+        ({"seeds": [0.5]}, "seeds must be integers >= 0, got 0.5"),
+        ({"seeds": [-1]}, "seeds must be integers >= 0, got -1"),
+        ({"seeds": "3"}, "seeds must be a count or a list of seeds"),
+        ({"fused": 1}, "fused must be None, True or False, got 1"),
+        ({"eval_every": 2.0}, "eval_every must be a positive int, got 2.0"),
+    ],
+)
+def test_bools_and_floats_are_not_counts(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        RunSettings(**changes)
+
+
+def test_numpy_scalars_are_numbers_in_the_agent_config() -> None:
+    import json
+
+    import numpy as np
+
+    import rtrrl_spec
+
+    config = rtrrl_spec.Config(
+        obs_dim=np.int64(3),
+        n_actions=np.int32(2),
+        n_hidden=np.int64(8),
+        lr_td=np.float32(1e-3),
+        gamma=np.float64(0.9),
+        meta_rl=np.bool_(False),
+    )
+    assert config.lr_td == float(np.float32(1e-3)) and type(config.lr_td) is float
+    assert type(config.gamma) is float and type(config.n_hidden) is int
+    assert config.meta_rl is False
+    assert config == rtrrl_spec.Config(
+        obs_dim=3, n_actions=2, n_hidden=8, lr_td=float(np.float32(1e-3)), gamma=0.9, meta_rl=False
+    )
+    json.dumps(dataclasses.asdict(config))
+    bounded = rtrrl_spec.Config(
+        obs_dim=1, action_dim=1, action_low=(np.float32(-1),), action_high=np.array([2.0])
+    )
+    assert bounded.action_low == (-1.0,) and type(bounded.action_low[0]) is float
+
+
+@pytest.mark.parametrize("name", ["lr_td", "gamma", "dt", "clip_norm", "adam_eps"])
+def test_bools_are_not_numbers_in_the_agent_config(name: str) -> None:
+    import rtrrl_spec
+
+    with pytest.raises(rtrrl_spec.SpecError, match=f"{name} must be a number, got the bool True"):
+        rtrrl_spec.Config(obs_dim=3, n_actions=2, **{name: True})
+
+
+def test_train_takes_numpy_scalars(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    sessions = _captured(monkeypatch)
+    training.train(
+        "MemoryChain-4",
+        "numpy",
+        out=tmp_path / "a",
+        lr_td=np.float32(1e-3),
+        n_hidden=np.int64(8),
+        steps=np.int64(500),
+        seeds=np.int64(1),
+    )
+    (session,) = sessions
+    assert session.config.lr_td == float(np.float32(1e-3)) and session.config.n_hidden == 8
+    assert session.settings.steps == 500 and session.settings.seeds == (0,)
+
+
+# --- backend names: normalized once, in the registry -----------------------------------------
+
+
+def test_backend_names_are_case_insensitive_and_stored_as_the_registry_spells_them() -> None:
+    assert RunSettings(backend="Jax").backend == "jax"
+    assert RunSettings(backend=" NumPy ").backend == "numpy"
+    assert RunSettings(backend="Keras_Torch").backend == "keras-torch"
+    # Names that are not built in (entry points, import strings) are taken as written.
+    assert RunSettings(backend="pkg.mod:Backend").backend == "pkg.mod:Backend"
+
+
+def test_a_capitalised_jax_takes_the_fused_engine() -> None:
+    pytest.importorskip("jax")
+    settings = RunSettings(backend="Jax", task="MemoryChain-4")
+    assert training._pick_engine(settings) == "fused"
