@@ -28,7 +28,14 @@ from typing import Any
 
 from rtrrl.settings import TASK_FIELDS, RunSettings
 
-__all__ = ["QUICKSTART", "add_commands", "backend_of", "parse_overrides", "run_guarded"]
+__all__ = [
+    "QUICKSTART",
+    "add_commands",
+    "backend_of",
+    "import_modules",
+    "parse_overrides",
+    "run_guarded",
+]
 
 #: What ``rtrrl train`` without ``--task`` changes from :class:`RunSettings`' defaults: a
 #: small memory task (the settings' default task) that the fused JAX path learns in about a
@@ -196,6 +203,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     )
     hints = typing.get_type_hints(RunSettings)
     for f in dataclasses.fields(RunSettings):
+        if "cli" in f.metadata:  # a flag of its own, added below
+            continue
         quick = f", quick start: {_shown(QUICKSTART[f.name])}" if f.name in QUICKSTART else ""
         if f.name == "task":
             quick = ", the quick start when not given"
@@ -209,6 +218,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="use the host loop even on jax with a gymnax task (same as --no-fused)",
     )
+    _add_import_flag(run, {f.name: f for f in dataclasses.fields(RunSettings)}["imports"])
     agent = p.add_argument_group(
         "agent (rtrrl_spec.Config; defaults are the paper's; the task sets obs_dim, n_actions, "
         "action_dim and the action bounds)"
@@ -224,6 +234,33 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="an agent Config field by name, e.g. --set lr_td=3e-3 --set clip_norm=none",
     )
+
+
+def _add_import_flag(group: Any, f: dataclasses.Field | None = None) -> None:
+    """``--import MODULE`` (repeatable): modules imported before the task is looked up."""
+    help = (
+        f.metadata["help"] + " (default: none)"
+        if f is not None
+        else "import MODULE before the run's task is looked up (a module of yours that "
+        "registers its environment); the modules the run was trained with are imported anyway; "
+        "repeat for several"
+    )
+    group.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help=help.replace("%", "%%"),
+    )
+
+
+def import_modules(args: argparse.Namespace) -> None:
+    """Import the ``--import`` modules (before a task is looked up, on every command)."""
+    from rtrrl.settings import import_user_module
+
+    for module in getattr(args, "imports", None) or ():
+        import_user_module(module)
 
 
 # --- rtrrl train ----------------------------------------------------------------------------
@@ -258,21 +295,67 @@ def _agent_overrides(args: argparse.Namespace, flags: dict[str, Any]) -> dict[st
     return out
 
 
+def _check_resume_flags(
+    args: argparse.Namespace, run: dict[str, Any], agent: dict[str, Any]
+) -> None:
+    """Settings given with ``--resume`` must be the run's own: a run continues with the
+    settings it started with, so a value that differs (``--backend``, ``--dtype``, ``--host``,
+    ``--steps``, an agent field, another ``--out``) is refused, naming it, rather than
+    silently ignored. Values equal to the run's are accepted (a script may repeat them)."""
+    from rtrrl import checkpoint
+
+    flags = [_flag(k) for k in [*run, *agent]]
+    flags += ["--set"] * bool(args.set) + ["--out"] * (args.out is not None)
+    if not flags:
+        return
+    try:
+        ckpt = checkpoint.load_checkpoint(args.resume, state=False)
+        settings, config = checkpoint.read_run(ckpt["run"])
+    except checkpoint.CheckpointError as err:
+        raise ValueError(
+            f"--resume continues a run with its saved settings; drop {', '.join(flags)} ({err})"
+        ) from err
+    folder = Path(ckpt["path"]).parent
+    engine = ckpt["run"].get("engine")
+    differ = []
+    for key, value in run.items():
+        if key == "fused":  # the run's engine is what counts (unset, it was chosen)
+            same, saved = value is None or value == (engine == "fused"), f"the {engine} engine"
+        else:
+            saved = _shown(getattr(settings, key))
+            try:
+                same = dataclasses.replace(settings, **{key: value}) == settings
+            except (TypeError, ValueError):
+                same = False
+        if not same:
+            differ.append(f"{_flag(key)} {_shown(value)} (the run's: {saved})")
+    for key, value in {**parse_overrides(args.set), **agent}.items():
+        saved = getattr(config, key, "(no such field)")
+        if saved != value:
+            differ.append(f"{key} = {value!r} (the run's: {saved!r})")
+    if args.out is not None and Path(args.out).resolve() != folder.resolve():
+        differ.append(f"--out {args.out} (the run's folder: {folder})")
+    if differ:
+        raise ValueError(
+            f"--resume continues the run in {folder} with the settings it started with, and "
+            f"{'; '.join(differ)} differ from them: drop {', '.join(flags)} to continue it, or "
+            "start a new run with the new settings (rtrrl train --out NEW_FOLDER ...)"
+        )
+
+
 def _train(args: argparse.Namespace) -> int:
     from rtrrl import training
 
     run, agent, flags = _given(args)
     progress = not args.no_progress
     if args.resume:
-        flags += ["--out"] * (args.out is not None) + ["--set"] * bool(args.set)
-        if flags:
-            raise ValueError(
-                f"--resume continues a run with its saved settings; drop {', '.join(flags)}"
-            )
+        _check_resume_flags(args, run, agent)
         summary = training.resume(args.resume, progress=progress)
         out = Path(args.resume)
     else:
         overrides = _agent_overrides(args, agent)
+        if args.imports:
+            run["imports"] = tuple(args.imports)
         quick = "task" not in run
         settings = RunSettings(**({**QUICKSTART, **run} if quick else run))
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -297,16 +380,30 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from rtrrl import training
+    """``rtrrl eval``: reads agents and ``config.json`` only (arrays), never a pickle."""
+    from rtrrl import checkpoint, training
 
-    results = training.evaluate_checkpoint(args.run, args.backend, args.episodes, args.seed)
+    path, note = checkpoint.locate(args.run, args.which)
+    if note:
+        print(f"rtrrl eval: {note}", file=sys.stderr)
+    results = training.evaluate_checkpoint(path, args.backend, args.episodes, args.seed)
     if args.json:
         print(json.dumps({str(seed): float(score) for seed, score in results.items()}))
         return 0
-    backend = args.backend or training.load_checkpoint(args.run)["run"]["protocol"]["backend"]
-    print(f"evaluation on {backend} (env and noise seed {args.seed}):")
+    ckpt = checkpoint.load_checkpoint(path, state=False)
+    backend = args.backend or ckpt["run"]["protocol"]["backend"]
+    kind = "each seed's best agent" if ckpt["best"] is not None else "the last agents"
+    print(f"evaluation of {kind} ({path}) on {backend} (env and noise seed {args.seed}):")
+    best = {b["seed"]: b for b in ckpt["best"] or []}
     for seed, score in results.items():
-        print(f"  seed {seed}: {score:.6g}")
+        b = best.get(seed)
+        if b is None:
+            extra = ""
+        elif b["score"] is None:
+            extra = f"  (not evaluated in training yet: its agent at epoch {b['epoch']})"
+        else:
+            extra = f"  (best training evaluation {b['score']:.6g}, after epoch {b['epoch']})"
+        print(f"  seed {seed}: {score:.6g}{extra}")
     values = list(results.values())
     import numpy as np
 
@@ -340,12 +437,17 @@ def add_commands(sub: Any) -> None:
         "train",
         help="train agents with the paper's protocol and write a run folder",
         description="Train agents on a task (paper protocol) and write a run folder: "
-        "config.json, metrics.csv, curve.png, summary.json/.md, checkpoint.npz. Without "
+        "config.json, metrics.csv, curve.png, summary.json/.md, checkpoint.npz, best.npz. Without "
         f"--task, runs a one-minute quick start on {RunSettings().task}. Every flag not given "
         "takes the default shown.",
     )
     p.add_argument("--out", help="run folder (default: runs/TASK-BACKEND-TIME)")
-    p.add_argument("--resume", metavar="RUN", help="continue the stopped run in folder RUN")
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue the stopped run in folder RUN with its own settings (a setting given "
+        "with --resume must equal the run's)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_train_flags(p)
     p.set_defaults(func=_train)
@@ -353,10 +455,19 @@ def add_commands(sub: Any) -> None:
     e = sub.add_parser(
         "eval",
         help="evaluate a run's checkpoint on any backend",
-        description="Evaluate every seed's agent of RUN (frozen, host env, NumPy noise with a "
-        "fixed seed, so every backend gets the same environment and noise).",
+        description="Evaluate every seed's agent of RUN (its best one by default; frozen, host "
+        "env, NumPy noise with a fixed seed, so every backend gets the same environment and "
+        "noise). Only arrays are read: nothing in a checkpoint is unpickled.",
     )
-    e.add_argument("run", help="run folder (or its checkpoint.npz)")
+    e.add_argument("run", help="run folder (or a checkpoint file: checkpoint.npz, best.npz)")
+    e.add_argument(
+        "--which",
+        choices=("best", "last"),
+        help="best (default): each seed's agent at its best evaluation (best.npz; the run's "
+        "score is its best evaluation); last: the agents of the last checkpoint "
+        "(checkpoint.npz). A run of an earlier rtrrl has no best.npz: without --which it "
+        "evaluates its last agents and says so",
+    )
     e.add_argument("--backend", help="backend to evaluate on (default: the run's)")
     e.add_argument(
         "--episodes",
@@ -366,17 +477,46 @@ def add_commands(sub: Any) -> None:
     )
     e.add_argument("--seed", type=int, default=0, help="environment and noise seed")
     e.add_argument("--json", action="store_true", help="print {seed: reward} as JSON only")
+    _add_import_flag(e)
     e.set_defaults(func=_eval)
 
 
 def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a subcommand; expected errors become one clear line on stderr and status 2."""
-    from rtrrl import _registry
+    """Run a subcommand; expected errors become one clear line on stderr and status 2.
 
+    Expected: bad values (``ValueError``, ``KeyError`` such as an unknown task), a backend
+    or a task that cannot load or start here (``BackendError``, ``TaskUnavailableError``), a
+    module of ``--import`` that is not found (``ModuleImportError``), files (``OSError``)
+    and the training errors (``RuntimeError``). A message of several lines is joined into
+    one. Anything else is a bug and keeps its traceback. The ``--import`` modules are
+    imported first, so their tasks resolve.
+    """
+    from rtrrl import _registry
+    from rtrrl.envs import TaskUnavailableError
+    from rtrrl.interrupts import Terminated
+    from rtrrl.settings import ModuleImportError
+
+    expected = (
+        _registry.BackendError,
+        TaskUnavailableError,
+        ModuleImportError,
+        ValueError,
+        KeyError,
+    )
     try:
+        import_modules(args)
+        if args.command == "eval":
+            # Load the backend before the checkpoint is read: a framework that cannot start
+            # here (JAX_ENABLE_X64=maybe) is reported as such, not as a damaged checkpoint.
+            # (Not for train: its --threads must reach XLA before JAX starts.)
+            backend = backend_of(args)
+            if backend is not None:
+                _registry.get_backend(backend)
         return func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C; a run saved and said how to continue (128 + 2)
         return 130
-    except (_registry.BackendError, ValueError, KeyError, OSError, RuntimeError) as err:
-        print(f"rtrrl {args.command}: error: {err}", file=sys.stderr)
+    except Terminated as stop:  # SIGTERM, likewise (rtrrl.interrupts): 143, 128 + 15
+        return int(stop.code)
+    except (*expected, OSError, RuntimeError) as err:
+        print(f"rtrrl {args.command}: error: {_registry.one_line(err)}", file=sys.stderr)
         return 2

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "DivergedError", "RunExistsError", "TrainingError"]
+__all__ = [
+    "CheckpointError",
+    "DivergedError",
+    "RunExistsError",
+    "RunFolderError",
+    "TrainingError",
+]
 
 
 class TrainingError(RuntimeError):
@@ -18,4 +24,9 @@ class CheckpointError(TrainingError):
 
 
 class DivergedError(TrainingError, FloatingPointError):
-    """A NaN or inf appeared in an agent; the last good checkpoint was kept."""
+    """A NaN or inf appeared in an agent, or a parameter exploded (``rtrrl.loop.exploded``);
+    the last good checkpoint was kept."""
+
+
+class RunFolderError(TrainingError, OSError):
+    """The run folder cannot be written (checked before any training, so no work is lost)."""

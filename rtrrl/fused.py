@@ -32,7 +32,7 @@ import numpy as np
 import rtrrl_spec
 from rtrrl.backends import jax as jaxbe
 from rtrrl.errors import CheckpointError
-from rtrrl.loop import EpochResult
+from rtrrl.loop import EpochResult, exploded, non_finite, param_names
 from rtrrl.settings import EVAL_MAX_STEPS, RunSettings, noise_seed
 
 __all__ = ["FusedEngine", "compiler_options", "make_population", "make_train"]
@@ -40,6 +40,8 @@ __all__ = ["FusedEngine", "compiler_options", "make_population", "make_train"]
 Carry = dict[str, Any]
 # The run settings' defaults, so that these functions default as a run does.
 _DEFAULTS = RunSettings()
+#: The metrics of an epoch that the loop records (an epoch also reports its checks).
+_METRICS = ("episodes", "mean_return", "mean_abs_td", "mean_value")
 
 
 def _env_names(config: rtrrl_spec.Config) -> frozenset[str]:
@@ -71,6 +73,7 @@ def make_train(
     eval_step = jaxbe.make_step(config.replace(lr_td=0.0, lr_rnn=0.0), dtype)
     draw_noise = jaxbe.JaxBackend().draw_noise
     env_names = _env_names(config)
+    float_names, params = _checked_arrays(config)
     eval_len = eval_steps or int(env.spec.max_episode_steps or EVAL_MAX_STEPS)
 
     def init(agent: dict[str, jax.Array], key_data: jax.Array) -> Carry:
@@ -109,8 +112,10 @@ def make_train(
             # terminated | truncated: time limits end the episode for the agent (spec default).
             done = terminated | truncated
             ep_return = carry["ep_return"] + reward
-            ret_sum = ret_sum + jnp.sum(jnp.where(done, ep_return, 0.0))
-            n_done = n_done + jnp.sum(done)
+            # Fixed accumulator types: with JAX_ENABLE_X64 a plain sum of flags is int64, which
+            # a scan refuses against the int32 it started from.
+            ret_sum = ret_sum + jnp.sum(jnp.where(done, ep_return, 0.0)).astype(ret_sum.dtype)
+            n_done = n_done + jnp.sum(done, dtype=jnp.int32)
             carry = {
                 "agent": agent,
                 "env_state": env_state,
@@ -128,20 +133,23 @@ def make_train(
         # the carry outside an epoch keeps the canonical layout.
         agent = jaxbe.pack_moments(config, carry["agent"])
         carry = dict(carry, agent=agent, key=jax.random.key_data(key))
-        zero = jnp.zeros((), jnp.float32)
+        zero = jnp.zeros((), dtype)
         (carry, ret_sum, n_done), (abs_td, value) = jax.lax.scan(
             step, (carry, zero, jnp.zeros((), jnp.int32)), (noise, env_keys)
         )
         carry["agent"] = jaxbe.unpack_moments(config, carry["agent"])
-        finite = jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(v)) for v in carry["agent"].values() if _is_float(v)])
-        )
+        # Checked at the boundary (FusedEngine.run_epoch): each float array finite, and each
+        # parameter's largest magnitude (loop.exploded).
+        agent = carry["agent"]
+        finite = jnp.stack([jnp.all(jnp.isfinite(agent[k])) for k in float_names])
+        peak = jnp.stack([jnp.max(jnp.abs(agent[k])) for k in params])
         metrics = {
             "episodes": n_done,
             "mean_return": jnp.where(n_done > 0, ret_sum / jnp.maximum(n_done, 1), jnp.nan),
             "mean_abs_td": jnp.mean(abs_td),
             "mean_value": jnp.mean(value),
             "finite": finite,
+            "peak": peak,
         }
         return carry, metrics
 
@@ -198,8 +206,11 @@ def make_train(
     return init, epoch, evaluate
 
 
-def _is_float(x: jax.Array) -> bool:
-    return jnp.issubdtype(x.dtype, jnp.floating)
+def _checked_arrays(config: rtrrl_spec.Config) -> tuple[list[str], tuple[str, ...]]:
+    """The arrays an epoch checks: every float array of the agent (finite?) and its
+    parameters (exploded?), in canonical order."""
+    layout = rtrrl_spec.layout(config, 1)
+    return [k for k, v in layout.items() if v.dtype == "float"], param_names(config)
 
 
 def make_population(
@@ -273,6 +284,11 @@ def _key_data(seed: int) -> np.ndarray:
     return np.asarray(jax.random.key_data(jax.random.key(seed)))
 
 
+def _without_agent(carry: Carry) -> Carry:
+    """The carry less its agent (which a checkpoint stores in the canonical layout)."""
+    return {k: v for k, v in carry.items() if k != "agent"}
+
+
 class FusedEngine:
     """The :class:`rtrrl.loop.Engine` of the fused path: :func:`make_population` over the
     run's seeds, one jitted epoch (all members at once, stopped ones masked) per call."""
@@ -290,6 +306,7 @@ class FusedEngine:
             settings.eval_steps,
             settings.dtype,
         )
+        self.float_names, self.params = _checked_arrays(config)
         seeds = list(settings.seeds)
         agents = jaxbe.init_population(config, seeds, settings.num_envs, settings.dtype)
         keys = jnp.asarray(np.stack([_key_data(noise_seed(s)) for s in seeds]))
@@ -298,39 +315,58 @@ class FusedEngine:
     def snapshot(self) -> tuple[dict[str, np.ndarray], Any]:
         """Stacked agents and the rest of the carry as NumPy (at an epoch boundary)."""
         agents = {k: np.asarray(v) for k, v in self.carry["agent"].items()}
-        # The agents are stored once, in the canonical layout; the carry's leaves (env state,
-        # observations, keys, returns) go to the engine state. Leaves are in tree order.
-        leaves = [np.asarray(v) for v in jax.tree_util.tree_leaves(self.carry)]
+        # The agents are stored once, in the canonical layout; the rest of the carry's leaves
+        # (env state, observations, keys, returns), in tree order, is the engine state: a
+        # list of arrays, which a checkpoint stores as they are.
+        leaves = [np.asarray(v) for v in jax.tree_util.tree_leaves(_without_agent(self.carry))]
         return agents, {"carry": leaves}
 
     def restore(self, agents: dict[str, np.ndarray], state: Any) -> None:
-        """Continue from a :meth:`snapshot` (the fresh carry gives the tree and dtypes)."""
-        leaves, treedef = jax.tree_util.tree_flatten(self.carry)
-        saved = state["carry"]
+        """Continue from a :meth:`snapshot` (the fresh carry gives the tree, shapes and
+        dtypes). Checkpoints of formats 1 and 2 saved the whole carry, agent included: they
+        are told apart by their number of leaves, and their agent leaves are not used."""
+        saved = list(state["carry"])
+        rest = _without_agent(self.carry)
+        leaves, treedef = jax.tree_util.tree_flatten(rest)
         if len(saved) != len(leaves):
-            raise CheckpointError(
-                "the checkpoint's environment state does not match this task's; "
-                "nothing was overwritten"
-            )
+            full, full_def = jax.tree_util.tree_flatten(self.carry)
+            if len(saved) != len(full):
+                raise CheckpointError(
+                    "the checkpoint's environment state does not match this task's; "
+                    "nothing was overwritten"
+                )
+            leaves, treedef = full, full_def
+        for i, (v, leaf) in enumerate(zip(saved, leaves, strict=True)):
+            if np.shape(v) != leaf.shape:
+                raise CheckpointError(
+                    f"the checkpoint's fused state does not fit this run (leaf {i} has shape "
+                    f"{np.shape(v)}, this run's {leaf.shape}): was it written for another "
+                    "task or number of environments? Nothing was overwritten"
+                )
         restored = [
             jnp.asarray(np.asarray(v, dtype=leaf.dtype))
             for v, leaf in zip(saved, leaves, strict=True)
         ]
-        carry = jax.tree_util.tree_unflatten(treedef, restored)
+        carry = dict(jax.tree_util.tree_unflatten(treedef, restored))
         carry["agent"] = {k: jnp.asarray(v) for k, v in agents.items()}
         self.carry = carry
 
     def run_epoch(self, active: Sequence[int]) -> dict[int, EpochResult]:
-        """One epoch of every member in ``active`` (the others held by the mask)."""
+        """One epoch of every member in ``active`` (the others held by the mask); a member
+        whose agent went non-finite or exploded (:func:`rtrrl.loop.exploded`) reports it,
+        and then nothing is committed."""
         mask = np.zeros(len(self.settings.seeds), bool)
         mask[list(active)] = True
         carry, metrics = self.epoch(self.carry, jnp.asarray(mask))
         metrics = jax.device_get(metrics)
         results = {}
         for i in active:
-            values = {k: float(metrics[k][i]) for k in metrics if k != "finite"}
-            finite = bool(metrics["finite"][i])
-            results[i] = EpochResult(values, None if finite else "non-finite arrays")
+            values = {k: float(metrics[k][i]) for k in _METRICS}
+            finite = zip(self.float_names, metrics["finite"][i], strict=True)
+            bad = [k for k, ok in finite if not ok]
+            peaks = dict(zip(self.params, metrics["peak"][i].tolist(), strict=True))
+            problem = non_finite(bad) if bad else exploded(peaks)
+            results[i] = EpochResult(values, problem)
         if all(r.problem is None for r in results.values()):
             self.carry = carry
         return results

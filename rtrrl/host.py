@@ -10,14 +10,16 @@ where a resumed run starts from.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 import rtrrl_spec
+from rtrrl import checkpoint
 from rtrrl.errors import CheckpointError
-from rtrrl.loop import EpochResult
+from rtrrl.loop import EpochResult, agent_problem
 from rtrrl.settings import EVAL_MAX_STEPS, RunSettings, noise_seed
 
 __all__ = ["HostEngine", "eval_agent_numpy", "evaluate_host"]
@@ -119,14 +121,26 @@ class HostEngine:
         # The live objects of the member that ran last; they equal its boundary, so the next
         # epoch of the same member continues from them without converting anything back.
         self._live: tuple[int, Any, Any] | None = None
+        # Members' environments that cannot be snapshotted, kept live between their epochs,
+        # and whether a restart without environment state was announced (once per run).
+        self._held: dict[int, Any] = {}
+        self._restarted = False
 
     def snapshot(self) -> tuple[dict[str, np.ndarray], Any]:
-        """Stacked agents and every seed's boundary."""
+        """Stacked agents and every seed's boundary: ``{"boundary": [None or {"rng": dict of
+        arrays, "env": env.get_state(), "obs", "reward", "done", "ep_ret": arrays}]}``.
+
+        The checkpoint stores it as arrays and JSON (:mod:`rtrrl.checkpoint`): a gymnax
+        environment's state (a pytree of arrays) as its leaves, a gymnasium environment's
+        (pickled sub-environments, bytes) in the pickle file that only resume reads.
+        """
         stacked = {k: np.stack([a[k] for a in self.agents]) for k in self.agents[0]}
         return stacked, {"boundary": list(self.boundary)}
 
     def restore(self, agents: dict[str, np.ndarray], state: Any) -> None:
-        """Continue from a :meth:`snapshot`."""
+        """Continue from a :meth:`snapshot`, as saved and read back by a checkpoint: the
+        environment states are rebuilt (:func:`rtrrl.checkpoint.resolve`) in the structure
+        this run's live training environment gives, which also checks they are this task's."""
         boundary = list(state["boundary"])
         if len(boundary) != len(self.agents):
             raise CheckpointError("the checkpoint holds another number of seeds than its settings")
@@ -136,6 +150,21 @@ class HostEngine:
                     "this host-loop checkpoint was written by an earlier rtrrl (format 1), "
                     "which saved noise generators in a form this version does not read; it "
                     "cannot resume, but `rtrrl eval` still scores it. Nothing was overwritten"
+                )
+        template = None
+        if any(b is not None and checkpoint.needs_template(b["env"]) for b in boundary):
+            self.env.reset(self.settings.seeds[0])  # every epoch sets its own state first
+            template = self.env.get_state()
+        boundary = [
+            None if b is None else {**b, "env": checkpoint.resolve(b["env"], template)}
+            for b in boundary
+        ]
+        shape = (self.settings.num_envs, self.env.spec.obs_dim)
+        for b in boundary:
+            if b is not None and np.shape(b["obs"]) != shape:
+                raise CheckpointError(
+                    f"the checkpoint's observations have shape {np.shape(b['obs'])}, this "
+                    f"task's {shape}: was it written for another task? Nothing was overwritten"
                 )
         self.agents = [{k: v[i] for k, v in agents.items()} for i in range(len(boundary))]
         self.boundary = boundary
@@ -147,22 +176,42 @@ class HostEngine:
         self.eval_env.close()
 
     def _enter(self, i: int, live: tuple[int, Any, Any] | None) -> tuple[Any, Any, dict[str, Any]]:
-        """Agent, generator and environment of member ``i`` at its boundary."""
+        """Agent, generator and environment of member ``i`` at its boundary.
+
+        An environment without snapshots (``get_state`` gave ``None``) is not restored: the
+        member that ran last keeps its live sub-environments (``env.detach()``) and gets them
+        back at its next epoch, so every member continues its own episodes. Only a run
+        resumed in a new process, whose checkpoint has no environment state, restarts the
+        environment with a fresh reset (and says so).
+        """
         b, be = self.boundary[i], self.be
         if live is not None and live[0] == i:
             _, agent, rng = live
-        else:
-            agent = be.from_numpy(self.agents[i])
-            seed = self.settings.seeds[i]
-            rng = be.rng(noise_seed(seed)) if b is None else be.rng_from_state(b["rng"])
-            B = self.settings.num_envs
-            if b is None:
-                obs = self.env.reset(seed)
-                b = {"obs": obs, "reward": np.zeros(B, np.float32), "done": np.ones(B, bool)}
-                b["ep_ret"] = np.zeros(B)
-            else:
-                self.env.set_state(b["env"])
-        return agent, rng, b  # type: ignore[return-value]
+            return agent, rng, b  # type: ignore[return-value]
+        agent = be.from_numpy(self.agents[i])
+        seed = self.settings.seeds[i]
+        rng = be.rng(noise_seed(seed)) if b is None else be.rng_from_state(b["rng"])
+        if live is not None and getattr(self.env, "snapshots", True) is False:
+            self._held[live[0]] = self.env.detach()
+        if i in self._held:
+            self.env.attach(self._held.pop(i))
+            return agent, rng, b  # type: ignore[return-value]
+        if b is not None and b["env"] is not None:
+            self.env.set_state(b["env"])
+            return agent, rng, b
+        if b is not None and not self._restarted:  # resumed without environment state
+            self._restarted = True
+            warnings.warn(
+                f"{self.settings.task}: the checkpoint holds no state of this environment "
+                "(it has no snapshots); it restarts with a fresh reset, and the episodes in "
+                "progress when the run stopped are dropped",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        B = self.settings.num_envs
+        fresh = {"obs": self.env.reset(seed), "reward": np.zeros(B, np.float32)}
+        fresh.update(done=np.ones(B, bool), ep_ret=np.zeros(B))
+        return agent, rng, {**(b or {}), **fresh}
 
     def run_epoch(self, active: Sequence[int]) -> dict[int, EpochResult]:
         """One epoch of each member in ``active``, one after another; committed at the end."""
@@ -215,9 +264,9 @@ class HostEngine:
             # other backends carry the NaN to the check below.
             problem = str(err)
         agent_np = be.to_numpy(agent)
-        bad = sorted(k for k, v in agent_np.items() if not np.all(np.isfinite(v)))
-        if bad or problem is not None:
-            return agent, rng, agent_np, None, EpochResult({}, ", ".join(bad) or problem)
+        problem = agent_problem(config, agent_np) or problem  # non-finite or exploded
+        if problem is not None:
+            return agent, rng, agent_np, None, EpochResult({}, problem)
         metrics = {
             "episodes": len(returns),
             "mean_return": float(np.mean(returns)) if returns else math.nan,

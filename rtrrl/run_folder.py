@@ -1,5 +1,6 @@
-"""The files of a run folder other than the checkpoint: ``config.json``, ``metrics.csv``,
-``summary.json``, ``summary.md`` and ``curve.png``, each written atomically."""
+"""The files of a run folder other than the checkpoints: ``config.json``, ``metrics.csv``,
+``summary.json``, ``summary.md`` and ``curve.png``, each written atomically with the mode the
+umask gives; and the check that a folder can be written before a run starts."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from typing import Any
 import numpy as np
 
 import rtrrl_spec
+from rtrrl.errors import RunFolderError
 
 __all__ = [
     "METRIC_FIELDS",
     "agent_label",
     "atomic_write",
+    "check_writable",
     "plot_curve",
     "summary_md",
     "write_json",
@@ -41,12 +44,32 @@ METRIC_FIELDS = (
 )
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``os.umask`` sets
+    it, for a moment, in every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
     """Write through a temporary file in the same folder, then ``os.replace``: a kill at any
-    moment leaves either the old file or the new one, never a torn one."""
+    moment leaves either the old file or the new one, never a torn one.
+
+    The file gets the mode a plain ``open`` would give it (``0o666`` less the umask):
+    ``mkstemp`` makes it ``0o600``, which on a shared cluster hides a run from colleagues.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -55,6 +78,20 @@ def atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def check_writable(folder: Path, what_to_do: str) -> None:
+    """Create and remove a file in ``folder``, the way every run file is written, or raise
+    :class:`~rtrrl.errors.RunFolderError` ending with ``what_to_do``: before training, so an
+    unwritable folder costs no work (found at the first save, it cost up to a whole budget)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".rtrrl-write-test.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise RunFolderError(
+            f"cannot write in {folder} ({err.strerror or err}); {what_to_do}"
+        ) from err
 
 
 def write_json(path: Path, value: Any) -> None:

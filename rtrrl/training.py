@@ -15,16 +15,29 @@ backend and any task).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import os
+import platform
+import subprocess
+import sys
 import tempfile
+import uuid
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import rtrrl_spec
-from rtrrl import _registry, loop, threads
-from rtrrl.checkpoint import CHECKPOINT, load_checkpoint, read_run
-from rtrrl.errors import CheckpointError, DivergedError, RunExistsError, TrainingError
+from rtrrl import _registry, checkpoint, loop, run_folder, threads
+from rtrrl.checkpoint import BEST, CHECKPOINT, load_checkpoint, read_run
+from rtrrl.errors import (
+    CheckpointError,
+    DivergedError,
+    RunExistsError,
+    RunFolderError,
+    TrainingError,
+)
 from rtrrl.host import HostEngine, eval_env_size, evaluate_host
 from rtrrl.run_folder import agent_label
 from rtrrl.settings import TASK_FIELDS, RunSettings
@@ -34,6 +47,7 @@ __all__ = [
     "CheckpointError",
     "DivergedError",
     "RunExistsError",
+    "RunFolderError",
     "RunSettings",
     "TrainingError",
     "agent_label",
@@ -45,10 +59,88 @@ __all__ = [
 
 _RUN_FIELDS = frozenset(f.name for f in dataclasses.fields(RunSettings))
 _AGENT_FIELDS = frozenset(f.name for f in dataclasses.fields(rtrrl_spec.Config)) - set(TASK_FIELDS)
+#: The files rtrrl writes in a run folder (``--out`` must not hold files of a user's).
+RUN_FILES = (
+    "config.json",
+    "metrics.csv",
+    "curve.png",
+    "summary.json",
+    "summary.md",
+    CHECKPOINT,
+    BEST,
+    f"{checkpoint.PICKLE_PREFIX}*.pkl",
+)
+#: Frameworks whose versions a run records when they are loaded.
+_FRAMEWORKS = ("jax", "jaxlib", "torch", "keras", "gymnax", "gymnasium", "popgym")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _git_commit() -> dict[str, Any] | None:
+    """The commit of the rtrrl checkout this runs from (and whether files differ from it);
+    ``None`` for an installed package or without git."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head, "modified": bool(status.strip())}
+
+
+def _session_meta(backend: Any) -> dict[str, Any]:
+    """What one training session ran with: the date, the command line, the versions of rtrrl,
+    NumPy, Python, the backend's framework (and of other frameworks loaded), the git commit."""
+    import numpy as np
+
+    import rtrrl
+
+    versions = {"rtrrl": rtrrl.__version__, "numpy": np.__version__}
+    versions["python"] = platform.python_version()
+    try:
+        versions["backend"] = f"{backend.name}: {backend.version()}"
+    except Exception:  # a third-party backend's version() is informative only
+        versions["backend"] = str(getattr(backend, "name", backend))
+    for name in _FRAMEWORKS:
+        module = sys.modules.get(name)
+        if module is not None and isinstance(getattr(module, "__version__", None), str):
+            versions[name] = module.__version__
+    return {"date": _now(), "command": list(sys.argv), "versions": versions, "git": _git_commit()}
+
+
+def _new_meta(backend: Any) -> dict[str, Any]:
+    """``config.json``'s ``"run"`` for a new run: a fresh id (which resume checks: a run
+    folder knows its identity) and the session's metadata."""
+    return {"id": uuid.uuid4().hex, **_session_meta(backend), "resumed": []}
+
+
+def _resumed_meta(run_json: dict[str, Any], backend: Any) -> dict[str, Any]:
+    """The run's metadata with this session appended to ``"resumed"``; a run of an earlier
+    version (no id) gets one now."""
+    meta = dict(run_json.get("run") or {})
+    meta.setdefault("id", uuid.uuid4().hex)
+    meta["resumed"] = [*meta.get("resumed", []), _session_meta(backend)]
+    return meta
 
 
 def train(
-    task: str | None = None,
+    task: str | Callable[[], Any] | Any = None,
     backend: str | None = None,
     *,
     settings: RunSettings | None = None,
@@ -57,15 +149,22 @@ def train(
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train ``settings.seeds`` agents on ``task`` with the paper's protocol; returns the
-    summary (best evaluation per seed, median and std over seeds, steps, wall time).
+    summary (best evaluation per seed, median and std over seeds, steps, wall time) and,
+    under ``"out"``, the run folder.
 
     Args:
-        task: a task name of :mod:`rtrrl.envs` (``rtrrl tasks`` lists them); overrides
-            ``settings.task``.
+        task: a task name of :mod:`rtrrl.envs` (``rtrrl tasks`` lists them), or a custom
+            environment: a function returning a new ``gymnasium.Env`` on each call, or a
+            ``gymnasium.Env`` object (the run steps deep copies of it, never the object);
+            overrides ``settings.task``. A Python environment is named by
+            :func:`rtrrl.envs.register_task` (``"module:function"`` when importable, so
+            ``rtrrl eval`` and ``--resume`` find it again; see ``docs/tasks.md``).
         backend: a backend name (``rtrrl backends``); overrides ``settings.backend``.
         settings: the run settings; ``None`` is ``RunSettings()`` (the paper's protocol).
-        out: run folder; must not hold a run already (use :func:`resume`). ``None`` writes to
-            a fresh temporary folder.
+        out: run folder: a new or empty folder (one holding a run is refused: use
+            :func:`resume`; so is one holding other files, which the run's files could
+            replace). ``None`` writes to a fresh temporary folder, named on stderr and in the
+            summary's ``"out"``.
         progress: show a tqdm progress bar.
         **overrides: fields of :class:`~rtrrl.settings.RunSettings` (``seeds=5``,
             ``steps=100_000``, ``eval_every=20``, ...) and of :class:`rtrrl_spec.Config`
@@ -74,22 +173,29 @@ def train(
     Raises:
         ValueError: an unknown or invalid setting or agent field.
         rtrrl.envs.UnknownTaskError: unknown task (the message lists close matches).
-        rtrrl.BackendError: unknown or uninstalled backend.
-        RunExistsError: ``out`` already holds a run.
+        rtrrl.envs.TaskUnavailableError: the task's packages are missing or fail to load.
+        rtrrl.BackendError: unknown or uninstalled backend, or one that cannot start here
+            (or hold ``dtype``).
+        RunExistsError: ``out`` already holds a run, or other files.
+        RunFolderError: ``out`` cannot be written (checked before training).
         DivergedError: a NaN or inf appeared in an agent (the last good checkpoint is kept).
     """
     run_kw, agent_kw = _split_overrides(overrides)
     if task is not None:
-        run_kw["task"] = task
+        from rtrrl import envs
+
+        run_kw["task"] = envs.register_task(task)
     if backend is not None:
         run_kw["backend"] = backend
     settings = dataclasses.replace(settings or RunSettings(), **run_kw)
     threads.before_frameworks_load(settings.threads)
-    # Resolve the backend and the task first: a typo should fail before any file is written.
+    # Resolve the backend, the task and the engine, and check that the backend computes in
+    # the run's dtype, first: a typo or a setup error fails before any file is written.
     be = _registry.get_backend(settings.backend)
+    _check_backend_runs(be, settings)
     config = _spec_of(settings.task).agent_config(**agent_kw)
-    out_path = _prepare_out(out)
     engine = _pick_engine(settings)
+    out_path = _prepare_out(out)
     session = loop.Session(
         out=out_path,
         settings=settings,
@@ -97,8 +203,9 @@ def train(
         engine=engine,
         records=[loop.SeedRecord(seed=s) for s in settings.seeds],
         progress=progress,
+        meta=_new_meta(be),
     )
-    return _run(session, be, None)
+    return {**_run(session, be, None), "out": str(out_path)}
 
 
 def resume(run: str | os.PathLike[str], *, progress: bool = False) -> dict[str, Any]:
@@ -107,14 +214,39 @@ def resume(run: str | os.PathLike[str], *, progress: bool = False) -> dict[str, 
     On the same backend and engine it continues exactly as if it had never stopped: the
     checkpoint holds the agents, optimizer states, random states, environment states, epoch
     counters, best-so-far, patience counters and the metrics so far.
+
+    Before any work it refuses (:class:`CheckpointError`, saying what to do; nothing is
+    written): a checkpoint of another run copied into the folder, a ``config.json`` edited
+    since the checkpoint (the fields are named), agent arrays that do not fit the run's
+    config or hold NaN (the array is named); and (:class:`RunFolderError`) a folder it cannot
+    write. Resume reads the run's own pickles: a gymnasium environment's state
+    (``env_state-<hash>.pkl``) and, for checkpoints of earlier versions (formats 1 and 2),
+    their ``state.pkl``; a pickle can run code, so resume only runs you trust (yours).
+    ``rtrrl eval`` never unpickles anything.
+
+    Returns:
+        The summary, as :func:`train` returns it.
     """
-    ckpt = load_checkpoint(run)
+    ckpt = load_checkpoint(run, trusted=True)
+    folder = Path(ckpt["path"]).parent
+    if ckpt["best"] is not None:
+        raise CheckpointError(
+            f"{ckpt['path']} holds each seed's best agent, to evaluate (`rtrrl eval`); a run "
+            f"resumes from its folder ({checkpoint.CHECKPOINT}): rtrrl train --resume {folder}"
+        )
     settings, config = read_run(ckpt["run"])
+    # The folder is the run's (its config.json unedited, no other run's checkpoint copied
+    # in), the agents are sound and the folder is writable, before any work.
+    checkpoint.check_identity(folder, ckpt)
+    checkpoint.check_agents(ckpt["agents"], settings, config, ckpt["path"])
     state = ckpt["state"]
+    run_folder.check_writable(
+        folder, "make it writable (or copy the run folder somewhere writable) and resume there"
+    )
     threads.before_frameworks_load(settings.threads)
     be = _registry.get_backend(settings.backend)
     session = loop.Session(
-        out=Path(ckpt["path"]).parent,
+        out=folder,
         settings=settings,
         config=config,
         engine=ckpt["run"]["engine"],
@@ -122,8 +254,10 @@ def resume(run: str | os.PathLike[str], *, progress: bool = False) -> dict[str, 
         rows=list(state["rows"]),
         wall=float(state["wall"]),
         progress=progress,
+        meta=_resumed_meta(ckpt["run"], be),
     )
-    return _run(session, be, (ckpt["agents"], state["engine_state"]))
+    summary = _run(session, be, (ckpt["agents"], state["engine_state"]))
+    return {**summary, "out": str(folder)}
 
 
 def evaluate_checkpoint(
@@ -131,6 +265,8 @@ def evaluate_checkpoint(
     backend: str | None = None,
     episodes: int | None = None,
     seed: int = 0,
+    *,
+    which: Literal["best", "last"] | None = None,
 ) -> dict[int, float]:
     """Evaluate every seed's agent of a run on ``backend``: ``{agent seed: mean return}``.
 
@@ -138,16 +274,32 @@ def evaluate_checkpoint(
     backend (see :func:`rtrrl.host.evaluate_host`), so backends agree up to floating-point
     rounding. Scores as the run did (its ``eval_steps``), unless ``episodes`` is given: then
     the mean return of that many complete episodes.
+
+    ``which``: ``"best"`` scores each seed's agent at its best evaluation (``best.npz``: the
+    run's score is its best evaluation), ``"last"`` the agents of the last checkpoint;
+    ``None`` is ``"best"``, or ``"last"`` with a warning for a run of an earlier rtrrl that
+    has no ``best.npz``. A file given as ``run`` is read as it is.
+
+    Nothing is unpickled: only the agents and ``config.json`` are read, which are arrays.
+
+    Raises:
+        CheckpointError: a missing or damaged checkpoint, agents that do not fit the run's
+            config (the array is named), or a task whose sizes changed since the run.
     """
     from rtrrl import envs
 
-    ckpt = load_checkpoint(run)
+    path, note = checkpoint.locate(run, which)
+    if note:
+        warnings.warn(note, stacklevel=2)
+    ckpt = load_checkpoint(path, state=False)
     settings, config = read_run(ckpt["run"])
+    checkpoint.check_agents(ckpt["agents"], settings, config, ckpt["path"])
     if episodes is not None:
         settings = dataclasses.replace(settings, eval_episodes=episodes, eval_steps=None)
     be = _registry.get_backend(backend or settings.backend)
     env = envs.make_host(settings.task, num_envs=eval_env_size(settings))
     try:
+        checkpoint.check_task(env.spec, config, settings.task)
         with threads.framework_threads(settings.threads, threads.HOST_TORCH_THREADS):
             return {
                 agent_seed: evaluate_host(
@@ -187,6 +339,33 @@ def _run(session: loop.Session, backend: Any, restored: tuple[dict, Any] | None)
         return loop.run(session, engine, fresh=restored is None)
 
 
+def _check_backend_runs(be: Any, settings: RunSettings) -> None:
+    """The backend holds ``settings.dtype`` and computes on its device, or a one-line error
+    that says what to change (JAX without x64, a device that is not there)."""
+    supported = tuple(be.supported_dtypes)
+    if settings.dtype not in supported:
+        hint = ""
+        if settings.dtype == "float64" and settings.backend in ("jax", "keras-jax"):
+            hint = (
+                "; JAX holds float64 only with x64 enabled: set JAX_ENABLE_X64=1 in the "
+                "environment before starting"
+            )
+        raise _registry.BackendStartError(
+            f"backend {settings.backend!r} cannot compute in {settings.dtype} here (it "
+            f"supports {', '.join(supported)}){hint}, or train with --dtype "
+            f"{supported[0]} (dtype={supported[0]!r})"
+        )
+    import numpy as np
+
+    try:
+        be.to_numpy(be.from_numpy(np.zeros(1, settings.dtype)))
+    except Exception as err:  # a device that is not there, a framework that cannot start
+        raise _registry.BackendStartError(
+            f"backend {settings.backend!r} cannot compute here: {_registry.described(err)}"
+            f"{_registry.framework_hint()}"
+        ) from err
+
+
 def _split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``train``'s keywords, split into run settings and agent fields; anything else (or a
     field the task decides) is an error naming the close matches."""
@@ -218,17 +397,42 @@ def _spec_of(task: str) -> Any:
 
 
 def _prepare_out(out: str | os.PathLike[str] | None) -> Path:
+    """The run folder, created and checked writable; refuses a folder that holds anything.
+
+    ``None``: a fresh temporary folder, announced on stderr (the summary's ``"out"`` names
+    it too). A folder that holds a run is refused (resume it); so is any other non-empty
+    folder (hidden files aside): rtrrl would replace files of the names it writes
+    (``metrics.csv``, ``summary.json``, ...), and a user's files there are not its to touch.
+    """
     if out is None:
-        return Path(tempfile.mkdtemp(prefix="rtrrl-run-"))
+        path = Path(tempfile.mkdtemp(prefix="rtrrl-run-"))
+        print(f"rtrrl.train: out=None: the run folder is {path}", file=sys.stderr)
+        return path
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise RunExistsError(f"--out {path} exists and is not a folder; refusing to overwrite")
-    if path.is_dir() and any((path / n).exists() for n in (CHECKPOINT, "config.json")):
-        raise RunExistsError(
-            f"{path} already holds a run; refusing to overwrite it. Continue it with "
-            f"`rtrrl train --resume {path}` (rtrrl.resume({str(path)!r})) or choose another --out"
-        )
-    path.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        names = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+        if CHECKPOINT in names or "config.json" in names:
+            raise RunExistsError(
+                f"{path} already holds a run; refusing to overwrite it. Continue it with "
+                f"`rtrrl train --resume {path}` (rtrrl.resume({str(path)!r})) or choose another "
+                "--out"
+            )
+        if names:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            raise RunExistsError(
+                f"--out {path} is a folder that is not empty and holds no rtrrl run ({shown}); "
+                f"refusing to write the run's files ({', '.join(RUN_FILES)}) among yours. "
+                "Choose a new or empty folder for --out"
+            )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunFolderError(
+            f"cannot create the run folder {path} ({err.strerror or err}); choose another --out"
+        ) from err
+    run_folder.check_writable(path, "choose a folder you can write to for --out")
     return path
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +125,55 @@ def test_popgym_port_trains_fused(tmp_path: Path) -> None:
     # 200 steps of 51-step episodes end 3 or 4 episodes an epoch; returns lie in [-1, 1].
     assert {r["episodes"] for r in rows} <= {"3", "4"}
     assert all(-1.0 <= float(r["mean_return"]) <= 1.0 for r in rows)
+
+
+def test_fused_stops_when_parameters_explode(tmp_path: Path) -> None:
+    """Finite but exploded parameters (a learning rate of 1e30) stop the run, as on the host
+    loop: the seed, the parameter, the epoch, what to change; the last good checkpoint."""
+    message = (
+        r"seeds 0, 1: parameter \w+ reached [0-9.e+]+ in magnitude \(beyond 1e\+08: it "
+        r"exploded\).* during epoch 1; .*last good checkpoint .* lower the learning rates "
+        r"\(lr_td, lr_rnn\), clip the updates \(clip_norm"
+    )
+    with pytest.raises(training.DivergedError, match=message):
+        training.train(
+            "MemoryChain-4", "jax", seeds=2, out=tmp_path / "r", lr_td=1e30, lr_rnn=1e30, **TINY
+        )
+    saved = training.load_checkpoint(tmp_path / "r")
+    assert [r["epoch"] for r in saved["state"]["records"]] == [0, 0]
+    assert np.abs(saved["agents"]["W"]).max() < 10
+
+
+# Train both dtypes through the command line in one child with JAX_ENABLE_X64=1 (read when
+# JAX starts, so it cannot be switched in this process).
+X64_CHILD = """
+import sys
+from rtrrl.cli import main
+
+out = sys.argv[1]
+for dtype in ("float32", "float64"):
+    args = ["train", "--task", "MemoryChain-4", "--backend", "jax", "--dtype", dtype]
+    args += ["--seeds", "2", "--steps", "200", "--epoch-steps", "100", "--eval-every", "1"]
+    args += ["--eval-episodes", "2", "--n-hidden", "4", "--no-progress"]
+    if main([*args, "--out", f"{out}/{dtype}"]) != 0:
+        sys.exit(f"{dtype} failed")
+"""
+
+
+@pytest.mark.slow
+def test_fused_trains_both_dtypes_with_jax_enable_x64(tmp_path: Path) -> None:
+    env = {**os.environ, "JAX_ENABLE_X64": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", X64_CHILD, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for dtype in ("float32", "float64"):
+        ckpt = training.load_checkpoint(tmp_path / dtype)
+        assert ckpt["run"]["engine"] == "fused"
+        assert {str(v.dtype) for k, v in ckpt["agents"].items() if k.startswith("W")} == {dtype}
+        rows = _rows(tmp_path / dtype)
+        assert len(rows) == 2 * 2 and all(r["eval_reward"] for r in rows)

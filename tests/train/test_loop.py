@@ -40,7 +40,8 @@ class ScriptedEngine:
         for i in active:
             self.epochs[i] += 1
         if self.diverge_at is not None and len(self.calls) == self.diverge_at:
-            return {i: loop.EpochResult({}, "W_A" if i == 0 else None) for i in active}
+            problem = loop.non_finite(["W_A"])
+            return {i: loop.EpochResult({}, problem if i == 0 else None) for i in active}
         return {i: loop.EpochResult(dict(METRICS)) for i in active}
 
     def evaluate(self, seeds: dict[int, int]) -> dict[int, float]:
@@ -128,6 +129,44 @@ def test_divergence_names_the_seed_and_keeps_the_last_checkpoint(tmp_path: Path)
     assert engine.closed
     saved = checkpoint.load_checkpoint(tmp_path)
     assert [r["epoch"] for r in saved["state"]["records"]] == [2, 2]
+
+
+def test_an_exploded_parameter_is_a_problem_a_large_one_is_not() -> None:
+    config = rtrrl_spec.Config(obs_dim=3, n_actions=2, n_hidden=4)
+    agent = rtrrl_spec.init(config, 1, 0)
+    assert loop.agent_problem(config, agent) is None
+    agent["W_C"][0, 0] = -loop.PARAM_LIMIT  # at the limit: still a (strange) agent
+    assert loop.agent_problem(config, agent) is None
+    agent["W"][1, 2] = 6.6e30  # what a learning rate of 1e30 made of it
+    assert loop.agent_problem(config, agent) == (
+        "parameter W reached 6.6e+30 in magnitude (beyond 1e+08: it exploded)"
+    )
+    # Huge traces or moments are not parameters; a NaN anywhere comes first.
+    agent["W"][1, 2], agent["nu_W"][0, 0] = 0.0, 1e30
+    assert loop.agent_problem(config, agent) is None
+    agent["h"][0, 0] = np.nan
+    assert loop.agent_problem(config, agent) == "non-finite values in the agent (h)"
+
+
+# The case: these learning rates trained to parameters of 6.6e30 and reported success.
+EXPLODING = dict(lr_td=1e30, lr_rnn=1e30)
+
+
+@pytest.mark.numpy
+def test_the_host_loop_stops_when_parameters_explode(tmp_path: Path) -> None:
+    pytest.importorskip("gymnasium")
+    run = tmp_path / "r"
+    kwargs = dict(seeds=[3], steps=400, epoch_steps=100, eval_every=1, eval_episodes=2)
+    message = (
+        r"seed 3: parameter \w+ reached [0-9.e+]+ in magnitude \(beyond 1e\+08: it exploded\) "
+        r"during epoch 1; .*last good checkpoint .* kept; lower the learning rates \(lr_td, "
+        r"lr_rnn\), clip the updates \(clip_norm"
+    )
+    with pytest.raises(training.DivergedError, match=message):
+        training.train("gymnasium:CartPole-v1", "numpy", out=run, n_hidden=4, **kwargs, **EXPLODING)
+    saved = checkpoint.load_checkpoint(run)
+    assert saved["state"]["records"][0]["epoch"] == 0
+    assert all(np.all(np.abs(v) < 10) for k, v in saved["agents"].items() if k in ("W", "W_A"))
 
 
 def test_a_ctrl_c_saves_the_last_epoch_boundary(tmp_path: Path, interrupt_after) -> None:
