@@ -193,14 +193,23 @@ def rtrl_update(
     s: CTRNNStep,
     dt: Number,
     input_dim: int,
+    *,
+    keep: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """RTRL: ``J_W (B,N,N,Z)``, ``J_τ (B,N,N)`` → their values at ``h'``."""
+    """RTRL: ``J_W (B,N,N,Z)``, ``J_τ (B,N,N)`` → their values at ``h'``.
+
+    ``keep`` (``(B,)``, 1 or 0): the step's reset at an episode boundary, applied to the old
+    traces through ``M`` (``M (k J) = (k M) J`` for ``k`` in {0, 1}, exactly): a product over
+    the ``(B, N, N)`` matrices instead of a pass over the ``(B, N, N, Z)`` trace.
+    """
     B, N, Z = J_W.shape[0], tau.shape[0], s.zeta.shape[-1]
     dt = _number(dt, tau)
     W_h = W[:, input_dim : input_dim + N]
     eye = _eye(N, W)
     # M = I + dt ∂f/∂h, one (N, N) matrix per environment.
     M = eye + dt * (s.dphi[:, :, None] * W_h - eye) / tau[:, None]
+    if keep is not None:
+        M = M * keep[:, None, None]
     J_W_next = torch.bmm(M, J_W.reshape(B, N, N * Z)).view(B, N, N, Z)
     J_tau_next = torch.bmm(M, J_tau)
     # += on the diagonal i = j, in place into the products just made (nothing the caller owns).
@@ -216,11 +225,18 @@ def project_rflo(signal: Tensor, J_W: Tensor, J_tau: Tensor) -> tuple[Tensor, Te
 
 
 def project_rtrl(signal: Tensor, J_W: Tensor, J_tau: Tensor) -> tuple[Tensor, Tensor]:
-    """Parameter gradient of ``signal · h'`` through the full RTRL trace: ``Σ_i g_i J[i]``."""
+    """Parameter gradient of ``signal · h'`` through the full RTRL trace: ``Σ_i g_i J[i]``.
+
+    ``signal`` ``(B, N)``; or ``(B, K, N)``, ``K`` signals projected in one pass over the
+    trace (results ``(B, K, N, Z)`` and ``(B, K, N)``).
+    """
     B, N, _, Z = J_W.shape
-    row = signal[:, None, :]  # (B, 1, N)
-    grad_W = torch.bmm(row, J_W.reshape(B, N, N * Z)).view(B, N, Z)
-    return grad_W, torch.bmm(row, J_tau)[:, 0]
+    rows = signal if signal.dim() == 3 else signal[:, None, :]  # (B, K, N)
+    grad_W = torch.bmm(rows, J_W.reshape(B, N, N * Z)).view(B, -1, N, Z)
+    grad_tau = torch.bmm(rows, J_tau)
+    if signal.dim() == 3:
+        return grad_W, grad_tau
+    return grad_W[:, 0], grad_tau[:, 0]
 
 
 # --- the LRU body (rtrrl_spec.lru) ----------------------------------------------------------
@@ -531,6 +547,9 @@ def apply_update(
 
 def _batch_mean(per_env: Tensor) -> Tensor:
     # Σ_b x_b · (1/B): a mean over a small batch costs a third more (a division by a number).
+    # For B = 1 that is x_0 · 1 = x_0 exactly, so the row itself serves (two ops fewer).
+    if per_env.shape[0] == 1:
+        return per_env[0]
     return per_env.sum(0) * _constant(1.0 / per_env.shape[0], per_env)
 
 
@@ -580,16 +599,17 @@ def step(
         if config.trains_body:
             if config.jacobian == "rflo":  # the reset of J is folded into its decay
                 J_W, J_tau = rflo_update(agent["J_W"], agent["J_tau"], tau, h, s, dt, keep=keep)
-                project_ctrnn = project_rflo
-            else:
-                J_W, J_tau = reset_env(agent["J_W"]), reset_env(agent["J_tau"])
-                J_W, J_tau = rtrl_update(J_W, J_tau, W, tau, h, s, dt, config.input_dim)
-                project_ctrnn = project_rtrl
+            else:  # the reset of J is folded into M
+                J_W, J_tau = agent["J_W"], agent["J_tau"]
+                J_W, J_tau = rtrl_update(J_W, J_tau, W, tau, h, s, dt, config.input_dim, keep=keep)
             new.update(J_W=J_W, J_tau=J_tau)
 
-            def project(signal: Tensor) -> Agent:
-                grad_W, grad_tau = project_ctrnn(signal, J_W, J_tau)
-                return {"W": grad_W, "tau": grad_tau}
+            def project(signals: list[Tensor]) -> list[Agent]:
+                if config.jacobian == "rtrl":  # one pass over the (B, N, N, Z) trace for all
+                    grad_W, grad_tau = project_rtrl(torch.stack(signals, 1), J_W, J_tau)
+                    return [{"W": grad_W[:, k], "tau": grad_tau[:, k]} for k in range(len(signals))]
+                grads = [project_rflo(g, J_W, J_tau) for g in signals]
+                return [{"W": grad_W, "tau": grad_tau} for grad_W, grad_tau in grads]
 
     elif config.body == "lru":
         params = {k: agent[k] for k in rtrrl_spec.body_params(config)}
@@ -602,8 +622,8 @@ def step(
             J = lru_sensitivity_update(J, h_re, h_im, x, s_lru)
             new.update(J)
 
-            def project(signal: Tensor) -> Agent:
-                return project_lru(signal, params, J, s_lru)
+            def project(signals: list[Tensor]) -> list[Agent]:
+                return [project_lru(g, params, J, s_lru) for g in signals]
 
     else:
         features = x
@@ -633,8 +653,9 @@ def step(
         B_C = agent["B_C"] if config.feedback_alignment else W_C
         signal = times_c(torch.addcmul(B_C[:, 0], n["eta_pi"], torch.mm(pol.dlogp_dout, B_A_T)))
         entropy_signal = times_c(torch.mm(pol.dent_dout, B_A_T))
-        grad.update(project(signal))
-        entropy_grad.update(project(entropy_signal))
+        projected, entropy_projected = project([signal, entropy_signal])
+        grad.update(projected)
+        entropy_grad.update(entropy_projected)
 
     # 6. TD error.
     reward_rate = agent["reward_rate"] if config.reward_rate_lr is not None else 0.0
