@@ -545,6 +545,16 @@ def apply_update(
 # --- the step (rtrrl_spec.agent.step_unchecked) ---------------------------------------------
 
 
+def _project_ctrnn(jacobian: str, signals: list[Tensor], J_W: Tensor, J_tau: Tensor) -> list[Agent]:
+    """Each signal's ``{"W", "tau"}`` gradient through the CT-RNN's trace; RTRL projects all
+    signals in one pass over its ``(B, N, N, Z)`` trace."""
+    if jacobian == "rtrl":
+        grad_W, grad_tau = project_rtrl(torch.stack(signals, 1), J_W, J_tau)
+        return [{"W": grad_W[:, k], "tau": grad_tau[:, k]} for k in range(len(signals))]
+    grads = [project_rflo(g, J_W, J_tau) for g in signals]
+    return [{"W": grad_W, "tau": grad_tau} for grad_W, grad_tau in grads]
+
+
 def _batch_mean(per_env: Tensor) -> Tensor:
     # Σ_b x_b · (1/B): a mean over a small batch costs a third more (a division by a number).
     # For B = 1 that is x_0 · 1 = x_0 exactly, so the row itself serves (two ops fewer).
@@ -597,19 +607,15 @@ def step(
         s = ctrnn_step(W, tau, h, x, dt)
         features = new["h"] = s.h_next
         if config.trains_body:
-            if config.jacobian == "rflo":  # the reset of J is folded into its decay
-                J_W, J_tau = rflo_update(agent["J_W"], agent["J_tau"], tau, h, s, dt, keep=keep)
-            else:  # the reset of J is folded into M
-                J_W, J_tau = agent["J_W"], agent["J_tau"]
+            J_W, J_tau = agent["J_W"], agent["J_tau"]  # their reset is folded into the update
+            if config.jacobian == "rflo":
+                J_W, J_tau = rflo_update(J_W, J_tau, tau, h, s, dt, keep=keep)
+            else:
                 J_W, J_tau = rtrl_update(J_W, J_tau, W, tau, h, s, dt, config.input_dim, keep=keep)
             new.update(J_W=J_W, J_tau=J_tau)
 
             def project(signals: list[Tensor]) -> list[Agent]:
-                if config.jacobian == "rtrl":  # one pass over the (B, N, N, Z) trace for all
-                    grad_W, grad_tau = project_rtrl(torch.stack(signals, 1), J_W, J_tau)
-                    return [{"W": grad_W[:, k], "tau": grad_tau[:, k]} for k in range(len(signals))]
-                grads = [project_rflo(g, J_W, J_tau) for g in signals]
-                return [{"W": grad_W, "tau": grad_tau} for grad_W, grad_tau in grads]
+                return _project_ctrnn(config.jacobian, signals, J_W, J_tau)
 
     elif config.body == "lru":
         params = {k: agent[k] for k in rtrrl_spec.body_params(config)}
