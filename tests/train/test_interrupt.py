@@ -1,4 +1,5 @@
-"""Real signals: SIGINT and SIGTERM on ``rtrrl train`` (a child process) and in this process.
+"""Real signals: SIGINT, SIGTERM and SIGKILL on ``rtrrl train`` (a child process), and
+SIGINT and SIGTERM in this process.
 
 The child waits at a chosen place (inside an evaluation, inside an epoch, inside a jitted
 call of the fused path) until the signal has been sent, so the signal lands there every time
@@ -74,7 +75,18 @@ def waiting(function):
     return wrapped
 
 
-if place == "xla":
+if place == "save":  # inside the call-th checkpoint write: temporary file whole, not renamed
+    from rtrrl import checkpoint, run_folder
+
+    def atomic_write(path, write, _calls=[0]):
+        if path.name != checkpoint.CHECKPOINT:
+            return run_folder.atomic_write(path, write)
+        _calls[0] += 1
+        held = write if _calls[0] != call else (lambda f: (write(f), f.flush(), wait()))
+        return run_folder.atomic_write(path, held)
+
+    checkpoint.atomic_write = atomic_write
+elif place == "xla":
     from rtrrl import fused
 
     fused.FusedEngine.evaluate = waiting(fused.FusedEngine.evaluate)
@@ -172,6 +184,47 @@ def test_sigint_inside_a_jitted_call_of_the_fused_path(tmp_path: Path) -> None:
     run = _signalled(tmp_path, args, "xla", 2, signal.SIGINT)
     records = checkpoint.load_checkpoint(run)["state"]["records"]
     assert [(r["epoch"], r["eval_pending"]) for r in records] == [(4, False)] * 2
+    _assert_resumes_exactly(tmp_path, run, args)
+
+
+def _killed(tmp_path: Path, args: list[str], place: str, call: int) -> Path:
+    """Run ``rtrrl train ARGS`` in a child and SIGKILL it while it waits at the ``call``-th
+    call of ``place``: no handler runs, the folder holds what the last whole save left."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-c", CHILD, place, str(call), str(tmp_path), "train", *args]
+    cmd += ["--out", str(run), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (tmp_path / "waiting").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"the child never reached {place} #{call}: rc {proc.returncode}\n{err}")
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    return run
+
+
+@pytest.mark.numpy
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("place", "call", "saved_epoch"),
+    [("evaluate", 2, 2), ("save", 3, 2)],
+    ids=["inside-an-evaluation", "inside-a-checkpoint-write"],
+)
+def test_sigkill_resumes_exactly_from_the_last_whole_save(
+    tmp_path: Path, place: str, call: int, saved_epoch: int
+) -> None:
+    """SIGKILL in the 2nd evaluation (epoch 4), or with the 3rd checkpoint (epoch 4) written
+    to its temporary file but not yet renamed: the checkpoint of epoch 2 is what remains, and
+    resuming from it repeats epochs 3-4 to the same bits."""
+    pytest.importorskip("gymnasium")
+    args = HOST + SMALL
+    run = _killed(tmp_path, args, place, call)
+    records = checkpoint.load_checkpoint(run)["state"]["records"]
+    assert [r["epoch"] for r in records] == [saved_epoch] * 2
     _assert_resumes_exactly(tmp_path, run, args)
 
 
