@@ -5,13 +5,20 @@ Each step goes ``backend.draw_noise`` → ``backend.step`` → ``to_numpy(action
 built once per run (building a gymnax host environment compiles it); a seed's epoch starts
 from its saved epoch boundary (agent, generator, environment state), which is also exactly
 where a resumed run starts from.
+
+The backend checks the first step of an epoch or an evaluation in full (the agent against the
+config, shapes, dtypes, inputs: ``step(..., check=True)``); after it only the environment's
+observations and rewards are new, and a NumPy test of their finiteness decides whether the
+next step is checked again, so a NaN from the environment still gets the reference's message
+while the other steps skip the backend's per-call check.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +30,25 @@ from rtrrl.loop import EpochResult, agent_problem
 from rtrrl.settings import EVAL_MAX_STEPS, RunSettings, noise_seed
 
 __all__ = ["HostEngine", "eval_agent_numpy", "evaluate_host"]
+
+
+def stepper(backend: Any) -> Callable[..., Any]:
+    """``backend.step`` called as ``step(config, agent, obs, reward, done, noise, check)``:
+    ``check`` is passed on when the backend's step takes it (the fast backends do), and
+    dropped otherwise (the backend then decides, as the NumPy reference always checks)."""
+    try:
+        takes_check = "check" in inspect.signature(backend.step).parameters
+    except (TypeError, ValueError):  # a step without a readable signature
+        takes_check = False
+    if takes_check:
+        return lambda *args, check: backend.step(*args, check=check)
+    return lambda *args, check: backend.step(*args)
+
+
+def needs_check(first: bool, obs: np.ndarray, reward: Any) -> bool:
+    """Whether the next step is checked: the first of a loop, or one whose environment
+    output holds a NaN or an infinity (the check then names it)."""
+    return first or not (np.isfinite(obs).all() and np.isfinite(reward).all())
 
 
 def eval_agent_numpy(
@@ -67,15 +93,17 @@ def evaluate_host(
     total = np.zeros(episodes)
     finished = np.zeros(episodes, bool)
     ended = 0
-    for _ in range(limit):
+    step = stepper(backend)
+    for t in range(limit):
         noise = backend.from_numpy(rtrrl_spec.draw_noise(frozen, episodes, gen, dtype))
-        state, action, _ = backend.step(
+        state, action, _ = step(
             frozen,
             state,
             backend.from_numpy(obs.astype(dtype)),
             backend.from_numpy(reward.astype(dtype)),
             backend.from_numpy(done),
             noise,
+            check=needs_check(t == 0, obs, reward),
         )
         obs, reward, terminated, truncated = env.step(backend.to_numpy(action))
         done = np.asarray(terminated) | np.asarray(truncated)
@@ -240,16 +268,18 @@ class HostEngine:
         returns: list[float] = []
         abs_td = value = 0.0
         problem = None
+        step = stepper(be)
         try:
-            for _ in range(s.epoch_steps):
+            for t in range(s.epoch_steps):
                 noise, rng = be.draw_noise(config, s.num_envs, rng, s.dtype)
-                agent, action, info = be.step(
+                agent, action, info = step(
                     config,
                     agent,
                     be.from_numpy(obs.astype(s.dtype)),
                     be.from_numpy(np.asarray(reward).astype(s.dtype)),
                     be.from_numpy(done),
                     noise,
+                    check=needs_check(t == 0, obs, reward),
                 )
                 obs, reward, terminated, truncated = env.step(be.to_numpy(action))
                 done = np.asarray(terminated) | np.asarray(truncated)
