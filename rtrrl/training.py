@@ -24,7 +24,7 @@ import sys
 import tempfile
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -267,6 +267,7 @@ def evaluate_checkpoint(
     seed: int = 0,
     *,
     which: Literal["best", "last"] | None = None,
+    imports: Sequence[str] = (),
 ) -> dict[int, float]:
     """Evaluate every seed's agent of a run on ``backend``: ``{agent seed: mean return}``.
 
@@ -281,17 +282,26 @@ def evaluate_checkpoint(
     has no ``best.npz``. A file given as ``run`` is read as it is.
 
     Nothing is unpickled: only the agents and ``config.json`` are read, which are arrays.
+    Nor is any module imported because the checkpoint names it (its ``imports``, a
+    ``module:function`` task): checkpoints are files people share. Such a run is scored only
+    once its modules are imported: by the caller, or through ``imports`` (``rtrrl eval
+    --import MODULE``), which says that you trust them.
 
     Raises:
         CheckpointError: a missing or damaged checkpoint, agents that do not fit the run's
-            config (the array is named), or a task whose sizes changed since the run.
+            config (the array is named), a task whose sizes changed since the run, or a run
+            whose task needs modules not imported (the message names them).
     """
     from rtrrl import envs
+    from rtrrl.settings import import_user_module
 
+    for module in imports:
+        import_user_module(module)
     path, note = checkpoint.locate(run, which)
     if note:
         warnings.warn(note, stacklevel=2)
     ckpt = load_checkpoint(path, state=False)
+    _refuse_modules_named_by(ckpt["run"], ckpt["path"])
     settings, config = read_run(ckpt["run"])
     checkpoint.check_agents(ckpt["agents"], settings, config, ckpt["path"])
     if episodes is not None:
@@ -314,6 +324,39 @@ def evaluate_checkpoint(
             }
     finally:
         env.close()
+
+
+def modules_named_by(run_json: dict[str, Any]) -> list[str]:
+    """The modules a saved run would import to build its task: its ``imports``, the module
+    of a ``module:function`` task, and the module of a gymnasium id written
+    ``gymnasium:module:Env-v0`` (gymnasium imports it)."""
+    from rtrrl.envs import _registry as tasks
+
+    protocol = run_json.get("protocol") or {}
+    modules = [str(m) for m in protocol.get("imports") or ()]
+    task = str(protocol.get("task", ""))
+    if task.startswith("gymnasium:") and ":" in task.removeprefix("gymnasium:"):
+        modules.append(task.removeprefix("gymnasium:").partition(":")[0])
+    elif task not in tasks._PYTHON and tasks._IMPORT_NAME.fullmatch(task):
+        try:
+            source = tasks._resolve(task).source
+        except Exception:  # an unknown task is reported when the task is built
+            source = None
+        if source == "python":
+            modules.append(task.partition(":")[0])
+    return list(dict.fromkeys(modules))
+
+
+def _refuse_modules_named_by(run_json: dict[str, Any], path: Path) -> None:
+    """A ``CheckpointError`` when the run's task needs modules that are not imported yet."""
+    missing = [m for m in modules_named_by(run_json) if m not in sys.modules]
+    if missing:
+        flags = " ".join(f"--import {m}" for m in missing)
+        raise CheckpointError(
+            f"the run at {path} builds its task with code from module(s) {missing}; rtrrl eval "
+            f"does not import modules a checkpoint names (checkpoints are files people share): "
+            f"if you trust them, pass {flags} (evaluate_checkpoint(..., imports={missing}))"
+        )
 
 
 def _run(session: loop.Session, backend: Any, restored: tuple[dict, Any] | None) -> dict[str, Any]:

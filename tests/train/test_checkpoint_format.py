@@ -10,6 +10,7 @@ import pickle
 import re
 import shutil
 import signal
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -367,3 +368,33 @@ def test_the_fused_engine_restores_its_own_state_and_that_of_format_2() -> None:
     short = {"carry": [np.zeros(3)] + list(state["carry"][1:])}
     with pytest.raises(training.CheckpointError, match="leaf 0 has shape"):
         fused.FusedEngine(settings, config).restore(agents, short)
+
+
+@pytest.mark.parametrize("field", ["imports", "task"])
+def test_eval_does_not_import_a_module_a_checkpoint_names(
+    runs: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    field: str,
+) -> None:
+    """A shared checkpoint whose config.json names a module (in ``imports``, or as a
+    ``module:function`` task) beside which the user happens to stand: ``rtrrl eval`` names
+    the module and ``--import`` instead of importing it."""
+    run = _copy(runs, "straight", tmp_path)
+    marker = tmp_path / "pwned"
+    module = f"rtrrl_crafted_{field}"
+    (tmp_path / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entries = _entries(run / "checkpoint.npz")
+    run_json = json.loads(str(entries["config.json"]))
+    run_json["protocol"][field] = [module] if field == "imports" else f"{module}:make_env"
+    entries["config.json"] = np.asarray(json.dumps(run_json))
+    np.savez(run / "checkpoint.npz", **entries)
+    args = ["eval", str(run / "checkpoint.npz"), "--backend", "numpy", "--episodes", "2"]
+    assert main(args) == 2
+    assert f"pass --import {module}" in capsys.readouterr().err
+    assert not marker.exists()
+    assert module not in sys.modules
+    assert training.modules_named_by(run_json) == [module]

@@ -108,7 +108,7 @@ def _console(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_import_registers_the_task_for_train_and_again_for_eval(
+def test_import_registers_the_task_for_train_and_eval_imports_it_only_when_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name = f"rtrrl_user_envs_{os.getpid()}"
@@ -135,7 +135,11 @@ def test_import_registers_the_task_for_train_and_again_for_eval(
     finally:
         sys.modules.pop(name, None)
     assert json.loads((run / "config.json").read_text())["protocol"]["imports"] == [name]
-    # A new process: the saved run imports the module again to find its task.
-    result = _console(["eval", str(run), "--episodes", "2"], tmp_path)
+    # A new process: eval names the module the run needs but does not import it on the
+    # checkpoint's word (checkpoints are shared files); --import says the user trusts it.
+    refused = _console(["eval", str(run), "--episodes", "2"], tmp_path)
+    assert refused.returncode == 2
+    assert f"--import {name}" in refused.stderr and "Traceback" not in refused.stderr
+    result = _console(["eval", str(run), "--episodes", "2", "--import", name], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "seed 0:" in result.stdout
