@@ -502,8 +502,21 @@ class Backend(BackendBase):
         return self.from_numpy(rtrrl_spec.init(config, batch_size, seed, dtype=dtype))
 
     def step(
-        self, config: Config, agent: Agent, obs: Array, reward: Array, done: Array, noise: Array
+        self,
+        config: Config,
+        agent: Agent,
+        obs: Array,
+        reward: Array,
+        done: Array,
+        noise: Array,
+        *,
+        check: bool = True,
     ) -> tuple[Agent, Array, Agent]:
+        # The reference's checks and messages first, as every backend's step by default;
+        # check=False is for loops that vouch for their inputs (the host loop after its
+        # first step).
+        if check:
+            self.check_step(config, agent, obs, reward, done, noise)
         return step(config, agent, obs, reward, done, noise)
 
     def rng(self, seed: int) -> np.random.Generator:
