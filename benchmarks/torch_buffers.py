@@ -13,14 +13,15 @@ Steppers (RFLO or RTRL, N = 32, CartPole-sized agent, float32):
   checkout, ``DIR/backends/torch.py``, loaded in this same process, so that the paired ratios
   compare two versions in one run.
 
-Two measurements: minor page faults per step (``resource.getrusage``) over 50 steps after
-warm-up, each stepper on its own (a step's fresh output tensors are page-faulted in when the
-allocator has returned their memory to the system), and wall and CPU time per step (CPU: this
-thread's, page faults included, waiting for a core not) interleaved with the NumPy reference
-(``step_speed.interleaved``): the paired ratios to ``rtrrl_spec.step_unchecked`` at the same
-B, median and quartiles. At large B the wall time of a stepper also depends on where the
-allocator placed its tensors (the first stepper made measured slower in wall time, not in
-CPU time, whichever it was); compare the CPU column there.
+The steps run with ``check=False`` where they take it (the argument checks of ``backend.step``
+are measured by ``benchmarks/checked_step.py``). Two measurements: minor page faults per step
+(``resource.getrusage``) over 50 steps after warm-up, each stepper on its own (a step's fresh
+output tensors are page-faulted in when the allocator has returned their memory to the system),
+and wall and CPU time per step (CPU: this thread's, page faults included, waiting for a core
+not) interleaved with the NumPy reference (``step_speed.interleaved``): the paired ratios to
+``rtrrl_spec.step_unchecked`` at the same B, median and quartiles. At large B the wall time of
+a stepper also depends on where the allocator placed its tensors (the first stepper made
+measured slower in wall time, not in CPU time, whichever it was); compare the CPU column there.
 
 Prints a Markdown table; ``--record`` appends it with the command, date and machine to
 ``benchmarks/results/step_speed.md``.
@@ -29,7 +30,9 @@ Prints a Markdown table; ``--record`` appends it with the command, date and mach
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
+import inspect
 import os
 import resource
 import subprocess
@@ -90,6 +93,8 @@ def stepper(
     done = be.from_numpy(np.zeros(B, bool))
     noise = be.from_numpy(rtrrl_spec.draw_noise(config, B, rng, "float32"))
     step = getattr(be, f"step_{variant}")
+    if "check" in inspect.signature(step).parameters:  # the kernels, as the baseline's
+        step = functools.partial(step, check=False)
     state = [be.init(config, B, seed=0, dtype="float32")]
 
     def call() -> None:
