@@ -110,12 +110,11 @@ def _rows(run: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in r.items() if k != "wall_time"} for r in csv.DictReader(f)]
 
 
-def _signalled(tmp_path: Path, args: list[str], place: str, call: int, signum: int) -> Path:
-    """Run ``rtrrl train ARGS`` in a child, send ``signum`` while it waits at the ``call``-th
-    call of ``place``, check its exit status and message; returns the run folder."""
-    run = tmp_path / "run"
+def _waiting_child(tmp_path: Path, args: list[str], place: str, call: int) -> Any:
+    """Start ``rtrrl train ARGS`` in a child and return it once it waits at the ``call``-th
+    call of ``place`` (its run folder is ``tmp_path / "run"``)."""
     cmd = [sys.executable, "-c", CHILD, place, str(call), str(tmp_path), "train", *args]
-    cmd += ["--out", str(run), "--no-progress"]
+    cmd += ["--out", str(tmp_path / "run"), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while not (tmp_path / "waiting").exists():
@@ -124,6 +123,14 @@ def _signalled(tmp_path: Path, args: list[str], place: str, call: int, signum: i
             out, err = proc.communicate()
             pytest.fail(f"the child never reached {place} #{call}: rc {proc.returncode}\n{err}")
         time.sleep(0.05)
+    return proc
+
+
+def _signalled(tmp_path: Path, args: list[str], place: str, call: int, signum: int) -> Path:
+    """Run ``rtrrl train ARGS`` in a child, send ``signum`` while it waits at the ``call``-th
+    call of ``place``, check its exit status and message; returns the run folder."""
+    run = tmp_path / "run"
+    proc = _waiting_child(tmp_path, args, place, call)
     proc.send_signal(signum)
     (tmp_path / "sent").touch()
     out, err = proc.communicate(timeout=180)
@@ -190,21 +197,11 @@ def test_sigint_inside_a_jitted_call_of_the_fused_path(tmp_path: Path) -> None:
 def _killed(tmp_path: Path, args: list[str], place: str, call: int) -> Path:
     """Run ``rtrrl train ARGS`` in a child and SIGKILL it while it waits at the ``call``-th
     call of ``place``: no handler runs, the folder holds what the last whole save left."""
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-c", CHILD, place, str(call), str(tmp_path), "train", *args]
-    cmd += ["--out", str(run), "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while not (tmp_path / "waiting").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            out, err = proc.communicate()
-            pytest.fail(f"the child never reached {place} #{call}: rc {proc.returncode}\n{err}")
-        time.sleep(0.05)
+    proc = _waiting_child(tmp_path, args, place, call)
     proc.kill()
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    return run
+    return tmp_path / "run"
 
 
 @pytest.mark.numpy
