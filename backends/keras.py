@@ -797,6 +797,27 @@ class _KerasBackend(BackendBase):
                 f"change within a process), or use rtrrl backend 'keras-{actual}'. {_SELECT_HELP}"
             )
 
+    def step(
+        self,
+        config: Config,
+        agent: dict,
+        obs: Any,
+        reward: Any,
+        done: Any,
+        noise: Any,
+        *,
+        check: bool = True,
+    ) -> tuple[dict, Any, dict]:
+        """The one step variant this backend offers (:meth:`step_variants`: compiled on
+        keras-jax, eager on keras-torch). ``check`` (default): first refuse what
+        ``rtrrl_spec.step`` refuses, with its messages
+        (:meth:`~rtrrl.backends.base.BackendBase.check_step`); ``check=False``: the bare step,
+        for loops whose inputs are known good."""
+        if check:
+            self.check_step(config, agent, obs, reward, done, noise)
+        (variant,) = self.step_variants().values()
+        return variant(config, agent, obs, reward, done, noise)
+
     @property
     def supported_dtypes(self) -> tuple[str, ...]:  # type: ignore[override]
         """float64 only where the framework holds it (JAX: with ``jax_enable_x64``)."""
@@ -868,25 +889,6 @@ class KerasJaxBackend(_KerasBackend):
     name = "keras-jax"
     keras_backend_name = "jax"
 
-    def step(
-        self,
-        config: Config,
-        agent: dict,
-        obs: Any,
-        reward: Any,
-        done: Any,
-        noise: Any,
-        *,
-        check: bool = True,
-    ) -> tuple[dict, Any, dict]:
-        """:func:`step_compiled`: ``jax.jit``, compiled once per config structure. ``check``
-        (default): first refuse what ``rtrrl_spec.step`` refuses, with its messages
-        (:meth:`~rtrrl.backends.base.BackendBase.check_step`); ``check=False``: the bare
-        compiled step, for loops whose inputs are known good."""
-        if check:
-            self.check_step(config, agent, obs, reward, done, noise)
-        return step_compiled(config, agent, obs, reward, done, noise)
-
     def step_variants(self) -> dict[str, Callable[..., tuple[dict, Any, dict]]]:
         """``{"compiled": step_compiled}``: the only variant offered (see the class)."""
         return {"compiled": step_compiled}
@@ -918,22 +920,6 @@ class KerasTorchBackend(_KerasBackend):
 
     name = "keras-torch"
     keras_backend_name = "torch"
-
-    def step(
-        self,
-        config: Config,
-        agent: dict,
-        obs: Any,
-        reward: Any,
-        done: Any,
-        noise: Any,
-        *,
-        check: bool = True,
-    ) -> tuple[dict, Any, dict]:
-        """The eager step, :func:`step`; ``check`` as for :meth:`KerasJaxBackend.step`."""
-        if check:
-            self.check_step(config, agent, obs, reward, done, noise)
-        return step(config, agent, obs, reward, done, noise)
 
     def step_variants(self) -> dict[str, Callable[..., tuple[dict, Any, dict]]]:
         """``{"eager": step}``: the only variant offered."""
