@@ -9,7 +9,6 @@ import json
 import pickle
 import re
 import shutil
-import signal
 import sys
 import zipfile
 from pathlib import Path
@@ -23,7 +22,7 @@ pytest.importorskip("matplotlib")
 
 import rtrrl  # noqa: E402
 import rtrrl_spec  # noqa: E402
-from rtrrl import checkpoint, envs, interrupts, loop, training  # noqa: E402
+from rtrrl import checkpoint, envs, loop, training  # noqa: E402
 from rtrrl.cli import main  # noqa: E402
 from rtrrl.settings import RunSettings  # noqa: E402
 
@@ -54,31 +53,22 @@ def _rows(run: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in r.items() if k != "wall_time"} for r in csv.DictReader(f)]
 
 
-def _train_interrupted(run: Path, after: int, **kw: Any) -> Path:
+def _train_interrupted(run: Path, after: int, sigint_after: Any, **kw: Any) -> Path:
     """Train, with a Ctrl-C request after the ``after``-th loop iteration."""
-    calls = {"left": after}
-
-    def hook(session: loop.Session) -> None:
-        calls["left"] -= 1
-        if calls["left"] == 0:
-            interrupts.request(signal.SIGINT)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop, "_epoch_done", hook)
-        with pytest.raises(KeyboardInterrupt):
-            training.train(out=run, **kw)
+    with sigint_after(after), pytest.raises(KeyboardInterrupt):
+        training.train(out=run, **kw)
     return run
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def runs(tmp_path_factory: pytest.TempPathFactory, sigint_after: Any) -> dict[str, Path]:
     """A finished run (``"straight"``) and the same run stopped after two of its four epochs
     (``"stopped"``), trained once for the module; tests work on copies."""
     root = tmp_path_factory.mktemp("runs")
     training.train(out=root / "straight", **RUN)
     return {
         "straight": root / "straight",
-        "stopped": _train_interrupted(root / "stopped", 2, **RUN),
+        "stopped": _train_interrupted(root / "stopped", 2, sigint_after, **RUN),
     }
 
 
@@ -146,12 +136,14 @@ def test_a_checkpoint_holds_arrays_and_json_only(runs: dict[str, Path]) -> None:
     assert state["pickles"] is None
 
 
-def test_a_gymnasium_environment_resumes_exactly_from_its_side_file(tmp_path: Path) -> None:
+def test_a_gymnasium_environment_resumes_exactly_from_its_side_file(
+    tmp_path: Path, sigint_after: Any
+) -> None:
     pytest.importorskip("gymnasium")
     kw = dict(RUN, task="gymnasium:CartPole-v1", seeds=1)
     straight = tmp_path / "a"
     training.train(out=straight, **kw)
-    run = _train_interrupted(tmp_path / "b", 2, **kw)
+    run = _train_interrupted(tmp_path / "b", 2, sigint_after, **kw)
     (side,) = run.glob("env_state-*.pkl")
     assert "state.pkl" not in _entries(run / "checkpoint.npz")
     training.resume(run)

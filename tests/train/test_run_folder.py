@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import stat
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 pytest.importorskip("gymnax")
 pytest.importorskip("matplotlib")
 
-from rtrrl import interrupts, loop, run_folder, training  # noqa: E402
+from rtrrl import run_folder, training  # noqa: E402
 from rtrrl.cli import main  # noqa: E402
 from rtrrl.host import HostEngine  # noqa: E402
 
@@ -31,21 +30,12 @@ CLI += ["--eval-every", "1", "--eval-episodes", "2", "--n-hidden", "4", "--no-pr
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def runs(tmp_path_factory: pytest.TempPathFactory, sigint_after: Any) -> dict[str, Path]:
     """A run stopped (Ctrl-C) after two of its four epochs (``"stopped"``) and another,
     finished run of two seeds (``"other"``), trained once for the module; tests use copies."""
     root = tmp_path_factory.mktemp("runs")
-    calls = {"left": 2}
-
-    def hook(session: loop.Session) -> None:
-        calls["left"] -= 1
-        if calls["left"] == 0:
-            interrupts.request(signal.SIGINT)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop, "_epoch_done", hook)
-        with pytest.raises(KeyboardInterrupt):
-            training.train("MemoryChain-4", "numpy", out=root / "stopped", **TINY)
+    with sigint_after(2), pytest.raises(KeyboardInterrupt):
+        training.train("MemoryChain-4", "numpy", out=root / "stopped", **TINY)
     training.train("MemoryChain-4", "numpy", out=root / "other", **{**TINY, "seeds": 2})
     return {"stopped": root / "stopped", "other": root / "other"}
 
