@@ -340,6 +340,23 @@ def _resolve(name: str) -> Task:
     raise UnknownTaskError(name, _all_candidates())
 
 
+def task_modules(name: str) -> list[str]:
+    """The modules of the user's that building task ``name`` would import: the module of a
+    ``module:function`` task, or of a gymnasium id written ``gymnasium:module:Env-v0``
+    (gymnasium imports it); none for the registry's own tasks and for Python environments
+    registered in this process."""
+    target = name.removeprefix("gymnasium:")
+    if name.startswith("gymnasium:") and ":" in target:
+        return [target.partition(":")[0]]
+    if name in _PYTHON or not _IMPORT_NAME.fullmatch(name):
+        return []
+    try:
+        source = _resolve(name).source
+    except Exception:  # an unknown task is reported when the task is built
+        return []
+    return [name.partition(":")[0]] if source == "python" else []
+
+
 def _all_candidates() -> list[str]:
     try:
         gymnax_ids = _gymnax_ids()

@@ -327,23 +327,13 @@ def evaluate_checkpoint(
 
 
 def modules_named_by(run_json: dict[str, Any]) -> list[str]:
-    """The modules a saved run would import to build its task: its ``imports``, the module
-    of a ``module:function`` task, and the module of a gymnasium id written
-    ``gymnasium:module:Env-v0`` (gymnasium imports it)."""
-    from rtrrl.envs import _registry as tasks
+    """The modules a saved run would import to build its task: its ``imports`` and those of
+    its task (:func:`rtrrl.envs.task_modules`)."""
+    from rtrrl import envs
 
     protocol = run_json.get("protocol") or {}
     modules = [str(m) for m in protocol.get("imports") or ()]
-    task = str(protocol.get("task", ""))
-    if task.startswith("gymnasium:") and ":" in task.removeprefix("gymnasium:"):
-        modules.append(task.removeprefix("gymnasium:").partition(":")[0])
-    elif task not in tasks._PYTHON and tasks._IMPORT_NAME.fullmatch(task):
-        try:
-            source = tasks._resolve(task).source
-        except Exception:  # an unknown task is reported when the task is built
-            source = None
-        if source == "python":
-            modules.append(task.partition(":")[0])
+    modules += envs.task_modules(str(protocol.get("task", "")))
     return list(dict.fromkeys(modules))
 
 

@@ -104,3 +104,12 @@ def test_get_state_of_an_unpicklable_environment_warns_once_and_gives_none() -> 
         assert env._vec.envs is live
     finally:
         env.close()
+
+
+def test_task_modules_names_the_user_code_a_task_would_import() -> None:
+    from rtrrl import envs
+
+    assert envs.task_modules("my_envs:make_maze") == ["my_envs"]
+    assert envs.task_modules("gymnasium:my_envs:Maze-v0") == ["my_envs"]
+    for own in ("MemoryChain-4", "gymnasium:CartPole-v1", "CartPole-v1", "popgym:RepeatFirstEasy"):
+        assert envs.task_modules(own) == [], own
