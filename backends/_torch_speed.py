@@ -12,6 +12,9 @@ figures, benchmarks/results/step_speed.md the runs).
   config structure (:func:`rtrrl_spec.structure_of`), dtype, device and batch-mean form. The
   config's numbers are graph inputs, so configs that differ only in numbers share a
   compilation.
+- :class:`OnePassRTRL` (the eager RTRL step from :data:`ONE_PASS_RTRL_MIN_BATCH`
+  environments on): the new trace and its projections from one
+  batched product over the old ``(B, N, N, Z)`` trace instead of two passes.
 - :func:`row_batch_mean` (the compiled RFLO step on one CPU thread, from
   :data:`ROW_SUMS_MIN_BATCH` environments on): the batch mean as an ``index_add_``, which
   inductor fuses into the loop that computes the traces.
@@ -29,17 +32,23 @@ import torch
 import rtrrl_spec
 from rtrrl_spec import Config
 
-__all__ = ["ROW_SUMS_MIN_BATCH", "CompiledSteps", "PackedUpdate", "row_batch_mean"]
+__all__ = ["ROW_SUMS_MIN_BATCH", "CompiledSteps", "OnePassRTRL", "PackedUpdate", "row_batch_mean"]
 
 #: Batch size from which the compiled RFLO step on one CPU thread uses :func:`row_batch_mean`
 #: (``TorchBackend.row_sums_min_batch``): below it the traces fit in the cache and the fused
 #: scatter-add measured no faster than ``mean(0)`` (benchmarks/torch_row_sums.py).
 ROW_SUMS_MIN_BATCH = 64
 
+#: Batch size from which the eager RTRL step uses :class:`OnePassRTRL`
+#: (``TorchBackend.one_pass_rtrl_min_batch``; benchmarks/torch_buffers.py --jacobian rtrl).
+ONE_PASS_RTRL_MIN_BATCH = 32
+
 #: The packed rows of :class:`PackedUpdate`: parameters, first and second moments.
 PREFIXES = ("", "mu_", "nu_")
 
 StepFn = Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]]
+#: The maths' bias corrections: ``(count, log_b1, log_b2, dtype) -> [1 − β1ᵗ, 1 − β2ᵗ]``.
+BiasCorrection = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.dtype], torch.Tensor]
 
 
 def row_batch_mean(per_env: torch.Tensor) -> torch.Tensor:
@@ -72,6 +81,11 @@ def uses_row_sums(config: Config, like: torch.Tensor, batch: int, min_batch: int
         and config.trains_body
         and config.jacobian == "rflo"
     )
+
+
+def uses_one_pass_rtrl(batch: int, min_batch: int | None) -> bool:
+    """Whether the eager RTRL step of ``batch`` environments uses :class:`OnePassRTRL`."""
+    return min_batch is not None and batch >= min_batch
 
 
 def _fresh_code(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -142,15 +156,49 @@ class CompiledSteps:
         )
 
 
+#: The most counts a table of Adam's bias corrections holds (:func:`bias_correction_table`).
+BIAS_TABLE_MAX = 1 << 18
+
+
+def bias_correction_table(
+    bias_correction: BiasCorrection,
+    log_b1: torch.Tensor,
+    log_b2: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """``[1 − β1ᵗ, 1 − β2ᵗ]`` for ``t = 0, 1, ..., T − 1``: a ``(2, T)`` tensor of ``dtype``,
+    made by the maths' ``bias_correction(t, log_b1, log_b2, dtype)``.
+
+    Both only grow towards 1, and ``T`` is a count from which both are 1 in ``dtype``, so a
+    count clamped at ``T − 1`` finds its own values. ``None`` when that ``T`` would pass
+    :data:`BIAS_TABLE_MAX` (a ``β`` very close to 1), or when some ``β`` is not below 1.
+    """
+    slowest = float(torch.maximum(log_b1, log_b2))
+    if not slowest < 0:
+        return None
+    # 1 − βᵗ rounds to 1 in dtype once βᵗ is below half the spacing of numbers just under 1.
+    below = torch.finfo(dtype).eps / 4
+    length = 2 if slowest == -math.inf else math.ceil(math.log(below) / slowest) + 2
+    if length > BIAS_TABLE_MAX:
+        return None
+    t = torch.arange(length, dtype=torch.int64, device=log_b1.device)
+    table = bias_correction(t, log_b1, log_b2, dtype)
+    if not bool((table[:, -1] == 1).all()):
+        return None
+    return table
+
+
 class PackedUpdate:
     """``apply_update`` for one (config, dtype, device) with all parameters in one vector.
 
     At small B the eager step costs about one dispatch per tensor op, and the spec's update
     makes about a dozen per parameter. Adam is elementwise, so the maths' own ``adam_step``
-    runs once on every parameter packed into one vector (each entry's group picks its count's
-    bias corrections and its learning rate); ``clip_by_global_norm`` runs on each group's
-    slice of the packed direction; ``τ ≥ tau_min`` is one maximum with a floor that is
-    ``−inf`` outside ``τ``. The updates (new − old) come out of the same vector.
+    runs once on every parameter packed into one vector (each entry's learning rate and bias
+    corrections those of its group); the bias corrections are looked up by count in
+    :func:`bias_correction_table`; each group's global norm is a dot product of its slice of
+    the packed direction, and the clip one product with each entry's factor;
+    ``τ ≥ tau_min`` is one maximum with a floor that is ``−inf`` outside ``τ``. The updates
+    (new − old) come out of the same vector.
 
     The parameters and moments it returns are views into one packed tensor. When the next
     call's agent holds exactly those tensor objects (the usual ``agent = step(...)`` loop),
@@ -163,32 +211,35 @@ class PackedUpdate:
         config: Config,
         like: torch.Tensor,
         numbers: Mapping[str, torch.Tensor],
-        clip_by_global_norm: Callable[..., Any],
         adam_step: Callable[..., Any],
+        bias_correction: BiasCorrection,
     ) -> None:
-        self._clip, self._adam = clip_by_global_norm, adam_step
+        self._adam, self._bias = adam_step, bias_correction
+        self._logs = (numbers["log_b1"], numbers["log_b2"])
         dtype, device = like.dtype, like.device
+        self._dtype = dtype
         shapes = {k: spec.shape for k, spec in rtrrl_spec.layout(config, 1).items()}
         self.names = rtrrl_spec.params_of(config)
         self.shapes = [shapes[k] for k in self.names]
         self.sizes = [math.prod(shape) for shape in self.shapes]
-        self.groups: list[tuple[str, slice]] = []
-        start = 0
-        for group, names in rtrrl_spec.optimizer_groups(config):
-            size = sum(self.sizes[self.names.index(k)] for k in names)
-            self.groups.append((group, slice(start, start + size)))
-            start += size
+        self.groups = [group for group, _ in rtrrl_spec.optimizer_groups(config)]
+        self._group_sizes = [
+            sum(self.sizes[self.names.index(k)] for k in names)
+            for _, names in rtrrl_spec.optimizer_groups(config)
+        ]
+        total = sum(self._group_sizes)
         group_of = torch.cat(
-            [torch.full((sl.stop - sl.start,), g) for g, (_, sl) in enumerate(self.groups)]
+            [torch.full((size,), g) for g, size in enumerate(self._group_sizes)]
         ).to(device)
-        several = len(self.groups) > 1
-        self._group_of = group_of if several else None
-        lrs = torch.stack([numbers[f"lr_{g}"] for g, _ in self.groups])
-        self._lr = lrs.index_select(0, group_of) if several else lrs[0]
+        self._group_of = group_of if len(self.groups) > 1 else None
+        lrs = torch.stack([numbers[f"lr_{g}"] for g in self.groups])
+        self._lr = lrs[0] if self._group_of is None else lrs.index_select(0, group_of)
+        self._max_norm = numbers["clip_norm"] if config.clip_norm is not None else None
+        self._table = bias_correction_table(bias_correction, *self._logs, dtype)
         self._floor = None
         if "tau" in self.names:  # apply_update's τ ≥ tau_min, as one maximum
             at = sum(self.sizes[: self.names.index("tau")])
-            floor = torch.full((start,), -math.inf, dtype=dtype, device=device)
+            floor = torch.full((total,), -math.inf, dtype=dtype, device=device)
             floor[at : at + shapes["tau"][0]] = numbers["tau_min"]
             self._floor = floor
         self._keys = tuple(f"{prefix}{k}" for prefix in PREFIXES for k in self.names)
@@ -206,6 +257,30 @@ class PackedUpdate:
     def _flat(arrays: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([a if a.dim() == 1 else a.reshape(-1) for a in arrays])
 
+    def _clip(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``clip_by_global_norm`` of every group at once: (clipped ``d``, the norms)."""
+        if self._group_of is None:
+            norms = torch.sqrt(torch.dot(d, d))
+        else:
+            parts = d.split_with_sizes(self._group_sizes)
+            norms = torch.sqrt(torch.stack([torch.dot(part, part) for part in parts]))
+        if self._max_norm is None:
+            return d, norms
+        factor = self._max_norm / torch.maximum(norms, self._max_norm)
+        if self._group_of is not None:
+            factor = factor.index_select(0, self._group_of)
+        return d * factor, norms
+
+    def _bias_corrections(self, count: torch.Tensor) -> torch.Tensor:
+        """``[1 − β1ᵗ, 1 − β2ᵗ]`` for each entry, by its group's count: looked up in the
+        table, or formed when there is none."""
+        table = self._table
+        if table is None:
+            bc = self._bias(count, *self._logs, self._dtype)
+        else:
+            bc = table.index_select(1, count.clamp(max=table.shape[1] - 1).view(-1))
+        return bc if self._group_of is None else bc.index_select(1, self._group_of)
+
     def __call__(
         self,
         config: Config,
@@ -216,33 +291,77 @@ class PackedUpdate:
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         n = numbers
         p, mu, nu = self._packed(agent)
-        d = self._flat([direction[k] for k in self.names])
-        max_norm = n["clip_norm"] if config.clip_norm is not None else None
-        info, clipped = {}, []
-        for group, sl in self.groups:
-            part, info[f"grad_norm_{group}"] = self._clip({"p": d[sl]}, max_norm)
-            clipped.append(part["p"])
-        if len(clipped) > 1:
-            counts = torch.stack([agent[f"count_{g}"] for g, _ in self.groups])
-            d = torch.cat(clipped)
-        else:
-            counts, d = agent[f"count_{self.groups[0][0]}"], clipped[0]
+        d, norms = self._clip(self._flat([direction[k] for k in self.names]))
+        several = self._group_of is not None
+        counts = agent[f"count_{self.groups[0]}"]
+        if several:
+            counts = torch.stack([agent[f"count_{g}"] for g in self.groups])
         new_p, new_mu, new_nu, counts = self._adam(
             {"p": p}, {"p": d}, {"p": mu}, {"p": nu}, counts, self._lr,
             n["b1"], n["b2"], n["eps"], omb1=n["omb1"], omb2=n["omb2"],
-            log_b1=n["log_b1"], log_b2=n["log_b2"], group_of=self._group_of,
+            log_b1=n["log_b1"], log_b2=n["log_b2"],
+            bias_corrections=self._bias_corrections,
         )  # fmt: skip
         new_p = new_p["p"]
         if self._floor is not None:
             new_p = torch.maximum(new_p, self._floor)
         stacked = torch.stack([new_p, new_mu["p"], new_nu["p"], new_p - p])
-        changed = {}
+        changed, info = {}, {}
         parts = stacked.split_with_sizes(self.sizes, 1)
         for k, shape, part in zip(self.names, self.shapes, parts, strict=True):
             rows = part.unbind(0) if len(shape) == 1 else part.view(4, *shape).unbind(0)
             changed[k], changed[f"mu_{k}"], changed[f"nu_{k}"], info[f"update.{k}"] = rows
         self._memo = (stacked.unbind(0)[:3], tuple(changed[k] for k in self._keys))
-        per_group = counts.unbind(0) if counts.dim() else (counts,)
-        for (group, _), count in zip(self.groups, per_group, strict=True):
-            changed[f"count_{group}"] = count
+        per_group = zip(
+            self.groups,
+            counts.unbind(0) if several else (counts,),
+            norms.unbind(0) if several else (norms,),
+            strict=True,
+        )
+        for group, count, norm in per_group:
+            changed[f"count_{group}"], info[f"grad_norm_{group}"] = count, norm
         return changed, info
+
+
+class OnePassRTRL:
+    """``_rtrl_and_project`` (RTRL's trace update, then the projections ``J'ᵀ g`` of the
+    step's signals) with one read of the old trace instead of a read of it and one of ``J'``.
+
+    ``J' = M J + diag(local)``, so ``Σ_i g_i J'[i] = (gᵀM) J + g ⊙ local``: stacking the
+    signals' rows ``gᵀM`` under ``M`` gives ``J'`` and the projections from one batched
+    product over ``J`` (``(B, N + S, N·Z)``). The new trace is returned as the first ``N``
+    rows of that product, a view (a fresh tensor, not contiguous). The association differs
+    from the maths' ``gᵀ (M J)``: the same values to rounding.
+    """
+
+    def __init__(self, rtrl_terms: Callable[..., tuple[torch.Tensor, ...]]) -> None:
+        self._terms = rtrl_terms
+
+    def __call__(
+        self,
+        J_W: torch.Tensor,
+        J_tau: torch.Tensor,
+        W: torch.Tensor,
+        tau: torch.Tensor,
+        h: torch.Tensor,
+        s: Any,
+        dt: torch.Tensor | float,
+        input_dim: int,
+        signals: list[torch.Tensor],
+        *,
+        keep: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
+        B, N, _, Z = J_W.shape
+        M, local_W, local_tau = self._terms(W, tau, h, s, dt, input_dim, keep=keep)
+        g = torch.stack(signals, 1)  # (B, S, N)
+        rows = torch.cat([M, torch.bmm(g, M)], 1)  # (B, N + S, N)
+        out_W = torch.bmm(rows, J_W.reshape(B, N, N * Z))
+        out_tau = torch.bmm(rows, J_tau)
+        J_W_next, J_tau_next = out_W[:, :N].view(B, N, N, Z), out_tau[:, :N]
+        # In place into the fresh product only (nothing the caller owns).
+        J_W_next.diagonal(0, 1, 2).add_(local_W.transpose(1, 2))
+        J_tau_next.diagonal(0, 1, 2).add_(local_tau)
+        grad_W = torch.addcmul(out_W[:, N:].view(B, -1, N, Z), g[:, :, :, None], local_W[:, None])
+        grad_tau = torch.addcmul(out_tau[:, N:], g, local_tau[:, None])
+        grads = [{"W": grad_W[:, k], "tau": grad_tau[:, k]} for k in range(len(signals))]
+        return J_W_next, J_tau_next, grads

@@ -135,6 +135,19 @@ def _cached_eye(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         return torch.eye(n, dtype=dtype, device=device)
 
 
+def _ones_column(B: int, like: Tensor) -> Tensor:
+    """A ``(B, 1)`` column of ones, made once per shape (only ever read: ``cat`` copies it)."""
+    if torch.compiler.is_compiling():
+        return like.new_ones(B, 1)
+    return _cached_ones_column(B, like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_ones_column(B: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    with torch.inference_mode(False):
+        return torch.ones(B, 1, dtype=dtype, device=device)
+
+
 def _per_env(x: Tensor, ndim: int) -> Tensor:
     """A ``(B,)`` tensor shaped to broadcast over a ``(B, ...)`` array of ``ndim`` axes."""
     # Sizes as separate ints: a tuple or torch.Size argument costs views twice as much.
@@ -149,7 +162,7 @@ _ONES = tuple((1,) * k for k in range(8))
 
 def ctrnn_step(W: Tensor, tau: Tensor, h: Tensor, x: Tensor, dt: Number) -> CTRNNStep:
     """One forward-Euler step ``h' = h + dt (tanh(W [x, h, 1]) − h) / τ``."""
-    zeta = torch.cat([x, h, h.new_ones(len(h), 1)], -1)
+    zeta = torch.cat([x, h, _ones_column(len(h), h)], -1)
     phi = torch.tanh(F.linear(zeta, W))
     h_next = h + _number(dt, h) * (phi - h) / tau
     return CTRNNStep(zeta, phi, _constant(1.0, phi) - phi * phi, h_next)
@@ -196,27 +209,46 @@ def rtrl_update(
     *,
     keep: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """RTRL: ``J_W (B,N,N,Z)``, ``J_τ (B,N,N)`` → their values at ``h'``.
+    """RTRL: ``J_W (B,N,N,Z)``, ``J_τ (B,N,N)`` → their values at ``h'``:
+    ``J' = M J + diag(local)`` (:func:`_rtrl_terms`).
 
     ``keep`` (``(B,)``, 1 or 0): the step's reset at an episode boundary, applied to the old
     traces through ``M`` (``M (k J) = (k M) J`` for ``k`` in {0, 1}, exactly): a product over
     the ``(B, N, N)`` matrices instead of a pass over the ``(B, N, N, Z)`` trace.
     """
     B, N, Z = J_W.shape[0], tau.shape[0], s.zeta.shape[-1]
-    dt = _number(dt, tau)
-    W_h = W[:, input_dim : input_dim + N]
-    eye = _eye(N, W)
-    # M = I + dt ∂f/∂h, one (N, N) matrix per environment.
-    M = eye + dt * (s.dphi[:, :, None] * W_h - eye) / tau[:, None]
-    if keep is not None:
-        M = M * keep[:, None, None]
+    M, local_W, local_tau = _rtrl_terms(W, tau, h, s, dt, input_dim, keep=keep)
     J_W_next = torch.bmm(M, J_W.reshape(B, N, N * Z)).view(B, N, N, Z)
     J_tau_next = torch.bmm(M, J_tau)
     # += on the diagonal i = j, in place into the products just made (nothing the caller owns).
-    local = (dt * s.dphi / tau)[:, :, None] * s.zeta[:, None, :]  # (B, N, Z), row i
-    J_W_next.diagonal(0, 1, 2).add_(local.transpose(1, 2))
-    J_tau_next.diagonal(0, 1, 2).add_(dt * (h - s.phi) / (tau * tau))
+    J_W_next.diagonal(0, 1, 2).add_(local_W.transpose(1, 2))
+    J_tau_next.diagonal(0, 1, 2).add_(local_tau)
     return J_W_next, J_tau_next
+
+
+def _rtrl_terms(
+    W: Tensor,
+    tau: Tensor,
+    h: Tensor,
+    s: CTRNNStep,
+    dt: Number,
+    input_dim: int,
+    *,
+    keep: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The terms of RTRL's trace update ``J'[i] = Σ_k M[i, k] J[k] + local[i] e_i``:
+    ``M = I + dt ∂f/∂h`` ``(B, N, N)`` (times ``keep``), and the direct dependence of
+    ``h'_i`` on its own row of ``W`` (``(B, N, Z)``) and on ``τ_i`` (``(B, N)``)."""
+    N = tau.shape[0]
+    dt = _number(dt, tau)
+    W_h = W[:, input_dim : input_dim + N]
+    eye = _eye(N, W)
+    M = eye + dt * (s.dphi[:, :, None] * W_h - eye) / tau[:, None]
+    if keep is not None:
+        M = M * keep[:, None, None]
+    local_W = (dt * s.dphi / tau)[:, :, None] * s.zeta[:, None, :]
+    local_tau = dt * (h - s.phi) / (tau * tau)
+    return M, local_W, local_tau
 
 
 def project_rflo(signal: Tensor, J_W: Tensor, J_tau: Tensor) -> tuple[Tensor, Tensor]:
@@ -428,6 +460,14 @@ def _log_beta(beta: Number, log_beta: Tensor | None, like: Tensor) -> Tensor:
     return torch.log(torch.tensor(beta, dtype=torch.float64, device=like.device))
 
 
+def _bias_correction(count: Tensor, log_b1: Tensor, log_b2: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[1 − β1ᵗ, 1 − β2ᵗ]`` at counts ``t``, ``(2, *count.shape)`` in ``dtype``: formed as
+    ``−expm1(t ln β)`` in float64 and rounded once."""
+    logs = torch.stack([log_b1, log_b2]).to(torch.float64)
+    t = count.to(torch.float64)
+    return torch.neg(torch.expm1(t * logs.view(2, *_ONES[t.dim()]))).to(dtype)
+
+
 def global_norm(arrays: Mapping[str, Tensor]) -> Tensor:
     """Euclidean norm of all entries of all arrays."""
     flat = (a if a.dim() == 1 else a.reshape(-1) for a in arrays.values())
@@ -462,7 +502,7 @@ def adam_step(
     omb2: Number | None = None,
     log_b1: Tensor | None = None,
     log_b2: Tensor | None = None,
-    group_of: Tensor | None = None,
+    bias_corrections: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], Tensor]:
     """One Adam ascent step of a parameter group; returns (params, mu, nu, count).
 
@@ -470,20 +510,22 @@ def adam_step(
     once from float64, as the reference's Python floats are; formed here from ``b1``, ``b2``
     otherwise): ``omb1``, ``omb2`` (``1 − β``) and ``log_b1``, ``log_b2`` (``ln β``, for the
     bias corrections ``1 − βᵗ = −expm1(t ln β)``: a ``β`` already rounded to float32 would
-    move ``1 − βᵗ`` by up to 1e-5 relative). ``group_of``: for parameters of several groups
-    packed into one vector (``_torch_speed.PackedUpdate``), each entry's group; ``count`` then
-    holds one count per group, and ``lr`` may be a vector.
+    move ``1 − βᵗ`` by up to 1e-5 relative). ``bias_corrections``: a function of the new count
+    giving ``[1 − β1ᵗ, 1 − β2ᵗ]`` (a ``(2, ...)`` tensor broadcasting over the parameters) in
+    place of that formula: ``_torch_speed.PackedUpdate`` looks them up for parameters of
+    several groups packed into one vector, ``count`` then holding one count per group and
+    ``lr`` one rate per entry.
     """
     like = next(iter(params.values()))
-    logs = torch.stack([_log_beta(b1, log_b1, like), _log_beta(b2, log_b2, like)])
     omb1 = omb1 if omb1 is not None else 1.0 - b1  # before b1 is rounded to like's dtype
     omb2 = omb2 if omb2 is not None else 1.0 - b2
-    lr, b1, b2, eps, omb1, omb2 = (_number(v, like) for v in (lr, b1, b2, eps, omb1, omb2))
     count = count + _constant(1, count)
-    t = count.to(logs.dtype)
-    bc = torch.neg(torch.expm1(t * logs.view(2, *_ONES[t.dim()]))).to(like.dtype)
-    if group_of is not None:
-        bc = bc.index_select(1, group_of)
+    if bias_corrections is not None:
+        bc = bias_corrections(count)
+    else:
+        logs = (_log_beta(b1, log_b1, like), _log_beta(b2, log_b2, like))
+        bc = _bias_correction(count, *logs, like.dtype)
+    lr, b1, b2, eps, omb1, omb2 = (_number(v, like) for v in (lr, b1, b2, eps, omb1, omb2))
     bc1, bc2 = bc.unbind(0)
     new_params, new_mu, new_nu = {}, {}, {}
     for name, p in params.items():
@@ -545,14 +587,24 @@ def apply_update(
 # --- the step (rtrrl_spec.agent.step_unchecked) ---------------------------------------------
 
 
-def _project_ctrnn(jacobian: str, signals: list[Tensor], J_W: Tensor, J_tau: Tensor) -> list[Agent]:
-    """Each signal's ``{"W", "tau"}`` gradient through the CT-RNN's trace; RTRL projects all
-    signals in one pass over its ``(B, N, N, Z)`` trace."""
-    if jacobian == "rtrl":
-        grad_W, grad_tau = project_rtrl(torch.stack(signals, 1), J_W, J_tau)
-        return [{"W": grad_W[:, k], "tau": grad_tau[:, k]} for k in range(len(signals))]
-    grads = [project_rflo(g, J_W, J_tau) for g in signals]
-    return [{"W": grad_W, "tau": grad_tau} for grad_W, grad_tau in grads]
+def _rtrl_and_project(
+    J_W: Tensor,
+    J_tau: Tensor,
+    W: Tensor,
+    tau: Tensor,
+    h: Tensor,
+    s: CTRNNStep,
+    dt: Number,
+    input_dim: int,
+    signals: list[Tensor],
+    *,
+    keep: Tensor | None = None,
+) -> tuple[Tensor, Tensor, list[Agent]]:
+    """:func:`rtrl_update`, then each signal's ``{"W", "tau"}`` gradient through the new trace
+    (:func:`project_rtrl`, all signals in one pass over it): ``(J_W', J_tau', gradients)``."""
+    J_W, J_tau = rtrl_update(J_W, J_tau, W, tau, h, s, dt, input_dim, keep=keep)
+    grad_W, grad_tau = project_rtrl(torch.stack(signals, 1), J_W, J_tau)
+    return J_W, J_tau, [{"W": grad_W[:, k], "tau": grad_tau[:, k]} for k in range(len(signals))]
 
 
 def _batch_mean(per_env: Tensor) -> Tensor:
@@ -574,12 +626,14 @@ def step(
     numbers: Mapping[str, Tensor] | None = None,
     batch_mean: Callable[[Tensor], Tensor] = _batch_mean,
     update: Callable[..., tuple[Agent, Agent]] = apply_update,
+    rtrl: Callable[..., tuple[Tensor, Tensor, list[Agent]]] = _rtrl_and_project,
 ) -> tuple[Agent, Tensor, Agent]:
     """One step; inputs already checked, in the agent's dtype and device (``done`` bool).
 
     The keywords change how it runs, never what it computes (``_torch_speed``): ``numbers``
-    (:func:`config_numbers`), ``batch_mean`` of a ``(B, ...)`` tensor, and ``update`` (a
-    function with :func:`apply_update`'s contract)."""
+    (:func:`config_numbers`), ``batch_mean`` of a ``(B, ...)`` tensor, ``update`` (a
+    function with :func:`apply_update`'s contract) and ``rtrl`` (with
+    :func:`_rtrl_and_project`'s)."""
     dtype, device = agent["W_A"].dtype, agent["W_A"].device
     n = numbers if numbers is not None else config_numbers(config, dtype, device)
     keep = torch.logical_not(done).to(dtype)  # resets are products with 1 − done
@@ -606,16 +660,22 @@ def step(
         h = reset_env(agent["h"])
         s = ctrnn_step(W, tau, h, x, dt)
         features = new["h"] = s.h_next
-        if config.trains_body:
-            J_W, J_tau = agent["J_W"], agent["J_tau"]  # their reset is folded into the update
-            if config.jacobian == "rflo":
-                J_W, J_tau = rflo_update(J_W, J_tau, tau, h, s, dt, keep=keep)
-            else:
-                J_W, J_tau = rtrl_update(J_W, J_tau, W, tau, h, s, dt, config.input_dim, keep=keep)
-            new.update(J_W=J_W, J_tau=J_tau)
+        if config.trains_body and config.jacobian == "rflo":
+            # The traces' reset is folded into their update, here and with RTRL.
+            J_W, J_tau = rflo_update(agent["J_W"], agent["J_tau"], tau, h, s, dt, keep=keep)
+            new["J_W"], new["J_tau"] = J_W, J_tau
 
             def project(signals: list[Tensor]) -> list[Agent]:
-                return _project_ctrnn(config.jacobian, signals, J_W, J_tau)
+                grads = [project_rflo(g, J_W, J_tau) for g in signals]
+                return [{"W": grad_W, "tau": grad_tau} for grad_W, grad_tau in grads]
+
+        elif config.trains_body:  # RTRL: J' is formed with the projections, which need g
+
+            def project(signals: list[Tensor]) -> list[Agent]:
+                traces = (agent["J_W"], agent["J_tau"])
+                args = (*traces, W, tau, h, s, dt, config.input_dim, signals)
+                new["J_W"], new["J_tau"], grads = rtrl(*args, keep=keep)
+                return grads
 
     elif config.body == "lru":
         params = {k: agent[k] for k in rtrrl_spec.body_params(config)}
@@ -753,6 +813,11 @@ class TorchBackend(BackendBase):
     #: The eager step updates all parameters as one packed vector (``_torch_speed.
     #: PackedUpdate``); ``False``: :func:`apply_update` parameter by parameter.
     packed_update: bool = True
+    #: The eager RTRL step forms the new trace and its projections in one pass over the old
+    #: trace (``_torch_speed.OnePassRTRL``) from this batch size on; below it (where the
+    #: extra products cost more than the second pass saves) and with ``None``:
+    #: :func:`rtrl_update`, then :func:`project_rtrl`.
+    one_pass_rtrl_min_batch: int | None = _torch_speed.ONE_PASS_RTRL_MIN_BATCH
 
     def __init__(self, device: str | torch.device | None = None, compile: bool = False) -> None:
         if device is None:
@@ -762,6 +827,7 @@ class TorchBackend(BackendBase):
             self._device = torch.device("cuda", torch.cuda.current_device())
         self.compile = compile
         self._compiled = _torch_speed.CompiledSteps(step)
+        self._one_pass_rtrl = _torch_speed.OnePassRTRL(_rtrl_terms)
         # Per (config, dtype, device): its numbers and the eager step's packed update.
         self._eager: dict[tuple[Config, torch.dtype, torch.device], tuple[Any, Any]] = {}
 
@@ -892,12 +958,14 @@ class TorchBackend(BackendBase):
             if found is None:
                 numbers = config_numbers(*key)
                 packed = _torch_speed.PackedUpdate(
-                    config, W_A, numbers, clip_by_global_norm, adam_step
+                    config, W_A, numbers, adam_step, _bias_correction
                 )
                 found = self._eager[key] = (numbers, packed)
             numbers, packed = found
             update = packed if self.packed_update else apply_update
-            return step(config, agent, *inputs, numbers=numbers, update=update)
+            one_pass = _torch_speed.uses_one_pass_rtrl(len(inputs[0]), self.one_pass_rtrl_min_batch)
+            rtrl = self._one_pass_rtrl if one_pass else _rtrl_and_project
+            return step(config, agent, *inputs, numbers=numbers, update=update, rtrl=rtrl)
 
     def step_compiled(
         self,

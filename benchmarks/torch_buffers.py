@@ -7,7 +7,10 @@ Steppers (RFLO or RTRL, N = 32, CartPole-sized agent, float32):
 
 - ``eager, packed``: the default eager step, its update on all parameters packed into one
   vector (``_torch_speed.PackedUpdate``); ``eager, per parameter``: the same step with
-  ``TorchBackend.packed_update = False`` (the maths' ``apply_update``);
+  ``TorchBackend.packed_update = False`` (the maths' ``apply_update``); with RTRL also
+  ``eager, packed, RTRL in one pass`` / ``... in two passes``: the step with
+  ``_torch_speed.OnePassRTRL`` at every batch size, or never (the maths' ``rtrl_update``
+  then ``project_rtrl``), whatever ``TorchBackend.one_pass_rtrl_min_batch`` says;
 - ``compiled``: the ``torch.compile``-d step (with ``--compiled``; compiling takes seconds);
 - with ``--baseline DIR``: the eager (and compiled) step of the torch backend in another
   checkout, ``DIR/backends/torch.py``, loaded in this same process, so that the paired ratios
@@ -76,6 +79,7 @@ def stepper(
     *,
     jacobian: str = "rflo",
     packed: bool = True,
+    one_pass: bool = True,
     row_sums: bool = True,
     module: ModuleType = this_torch,
     label: str | None = None,
@@ -87,6 +91,8 @@ def stepper(
     be.row_sums_min_batch = 1 if row_sums else None
     if hasattr(be, "packed_update"):
         be.packed_update = packed
+    if hasattr(be, "one_pass_rtrl_min_batch"):
+        be.one_pass_rtrl_min_batch = 1 if one_pass else None
     rng = np.random.default_rng(0)
     obs = be.from_numpy(rng.uniform(-1.0, 1.0, (B, config.obs_dim)).astype("float32"))
     reward = be.from_numpy(rng.uniform(-1.0, 1.0, B).astype("float32"))
@@ -108,6 +114,8 @@ def stepper(
             if variant == "compiled"
             else "eager, " + ("packed" if packed else "per parameter")
         )
+        if variant == "eager" and jacobian == "rtrl":
+            label += ", RTRL in " + ("one pass" if one_pass else "two passes")
     row = {"backend": "torch", "variant": label, "jacobian": jacobian, "N": 32, "B": B}
     return row, call
 
@@ -135,6 +143,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     variants = ("eager", "compiled") if args.compiled else ("eager",)
     steppers = [stepper("eager", B, jacobian=jac, packed=p) for p in (True, False)]
+    if jac == "rtrl":
+        steppers.append(stepper("eager", B, jacobian=jac, one_pass=False))
     if args.compiled:
         steppers.append(stepper("compiled", B, jacobian=jac))
     if args.baseline:

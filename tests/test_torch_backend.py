@@ -680,7 +680,15 @@ def test_rng_state_round_trip(be: TorchBackend) -> None:
     assert np.array_equal(be.rng_state(be.rng_from_state(state))["torch"], state["torch"])
 
 
-@pytest.mark.parametrize("config", CONFIGS + [CONFIGS[0].replace(lr_rnn=0.02, clip_norm=None)])
+@pytest.mark.parametrize(
+    "config",
+    CONFIGS
+    + [
+        CONFIGS[0].replace(lr_rnn=0.02, clip_norm=None),
+        # β2 so close to 1 that no bias-correction table is made: the formula serves.
+        CONFIGS[1].replace(adam_b2=1.0 - 1e-9),
+    ],
+)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_packed_update_is_apply_update(config, dtype: str) -> None:
     """_torch_speed.PackedUpdate (the eager step's update) gives what apply_update gives,
@@ -696,7 +704,7 @@ def test_packed_update_is_apply_update(config, dtype: str) -> None:
         direction = {k: info[f"direction.{k}"] for k in rtrrl_spec.params_of(config)}
         numbers = module.config_numbers(config, agent["W_A"].dtype, agent["W_A"].device)
         packed = _torch_speed.PackedUpdate(
-            config, agent["W_A"], numbers, module.clip_by_global_norm, module.adam_step
+            config, agent["W_A"], numbers, module.adam_step, module._bias_correction
         )
         rtol = 1e-5 if dtype == "float32" else 1e-12
         for round_ in range(3):
@@ -713,6 +721,66 @@ def test_packed_update_is_apply_update(config, dtype: str) -> None:
             agent = {**agent, **got}  # the next call finds the tensors it handed out
             if round_ == 1:
                 agent["mu_W_A"].add_(0.25)  # in place, on a view of its packed rows
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.0, 0.99), (0.5, 1.0 - 1e-9)])
+def test_bias_correction_table_holds_the_formulas_values(dtype: str, betas) -> None:
+    """The packed update's table of Adam's bias corrections holds what the maths' formula
+    gives at every count it covers, and at any later count (clamped to its last entry) the
+    formula gives that last entry too; β too close to 1 makes no table."""
+    from rtrrl.backends import _torch_speed
+    from rtrrl.backends import torch as module
+
+    torch_dtype = getattr(torch, dtype)
+    logs = [torch.tensor(np.log(b) if b else -np.inf, dtype=torch.float64) for b in betas]
+    table = _torch_speed.bias_correction_table(module._bias_correction, *logs, torch_dtype)
+    if betas[1] > 1.0 - 1e-6:
+        assert table is None
+        return
+    assert table is not None and table.dtype == torch_dtype
+    counts = torch.arange(1, table.shape[1], dtype=torch.int32)  # count 0 is never looked up
+    want = module._bias_correction(counts, *logs, torch_dtype)
+    assert torch.equal(table[:, 1:], want)
+    later = torch.tensor([table.shape[1], 10 * table.shape[1], 2**31 - 1], dtype=torch.int32)
+    assert torch.equal(
+        module._bias_correction(later, *logs, torch_dtype), table[:, -1:].expand(2, 3)
+    )
+    # The packed update looks each group's count up (clamped at the table's end) and hands
+    # every entry its group's values: the formula's, exactly, on both sides of the end.
+    config = CONFIGS[0].replace(adam_b1=betas[0], adam_b2=betas[1])
+    numbers = module.config_numbers(config, torch_dtype, torch.device("cpu"))
+    like = torch.zeros(1, dtype=torch_dtype)
+    packed = _torch_speed.PackedUpdate(
+        config, like, numbers, module.adam_step, module._bias_correction
+    )
+    end = table.shape[1]
+    for td, rnn in [(1, 2), (end - 2, end - 1), (end - 1, end), (end, 7 * end), (3, end + 1)]:
+        counts = torch.tensor([td, rnn], dtype=torch.int32)
+        got = packed._bias_corrections(counts)
+        want = module._bias_correction(counts, numbers["log_b1"], numbers["log_b2"], torch_dtype)
+        sizes = [len(packed._group_of) - int(packed._group_of.sum()), int(packed._group_of.sum())]
+        assert torch.equal(got, want.repeat_interleave(torch.tensor(sizes), dim=1))
+
+
+@pytest.mark.parametrize("B", [1, 5])
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.jacobian == "rtrl"])
+def test_eager_rtrl_is_the_same_in_one_pass_or_two(config, B: int) -> None:
+    """TorchBackend.one_pass_rtrl_min_batch changes how the RTRL trace and its projections
+    are formed (_torch_speed.OnePassRTRL), not what they are."""
+    one_pass, two_passes = TorchBackend(), TorchBackend()
+    one_pass.one_pass_rtrl_min_batch, two_passes.one_pass_rtrl_min_batch = 1, None
+    agent = _warm_agent(two_passes, config, B, "float64")
+    inputs = _inputs(two_passes, config, B, "float64", seed=9)
+    for _ in range(2):  # the second step reads the trace the first one handed out
+        got = one_pass.step_eager(config, agent, *inputs)
+        want = two_passes.step_eager(config, agent, *inputs)
+        assert torch.equal(got[1], want[1])
+        for i in (0, 2):
+            assert set(got[i]) == set(want[i])
+            for name in want[i]:
+                torch.testing.assert_close(got[i][name], want[i][name], rtol=1e-12, atol=1e-14)
+        agent = got[0]
 
 
 @pytest.mark.parametrize("config", CONFIGS)
