@@ -19,6 +19,7 @@ thread can be many times faster; see docs/backends/torch.md.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 import time
@@ -78,10 +79,18 @@ def steppers(
     noise = backend.from_numpy(rtrrl_spec.draw_noise(config, B, rng, dtype))
     start = backend.init(config, B, seed=0, dtype=dtype)
     fns = {"eager": backend.step_eager, "compiled": backend.step_compiled}
+    # A version from before the checked step (benchmarks/against_commit.py runs this script
+    # on older commits) has no ``check`` keyword: its step is the unchecked one.
+    has_check = "check" in inspect.signature(backend.step_eager).parameters
     out = []
     for variant in variants:
         kind, _, checked = variant.partition("-")
-        step = functools.partial(fns[kind], check=checked == "checked")
+        if not has_check:
+            if checked:
+                continue
+            step = fns[kind]
+        else:
+            step = functools.partial(fns[kind], check=checked == "checked")
         _sync(dev)
         t0 = time.perf_counter()
         agent, _, _ = step(config, start, obs, reward, first_done, noise)
