@@ -202,8 +202,9 @@ class PackedUpdate:
 
     The parameters and moments it returns are views into one packed tensor. When the next
     call's agent holds exactly those tensor objects (the usual ``agent = step(...)`` loop),
-    the packed rows are used as they are instead of being concatenated again; views share
-    storage, so an in-place change to a handed-out tensor is seen there too.
+    the packed rows (and the stacked counts) are used as they are instead of being
+    concatenated again; views share storage, so an in-place change to a handed-out tensor is
+    seen there too.
     """
 
     def __init__(
@@ -243,15 +244,21 @@ class PackedUpdate:
             floor[at : at + shapes["tau"][0]] = numbers["tau_min"]
             self._floor = floor
         self._keys = tuple(f"{prefix}{k}" for prefix in PREFIXES for k in self.names)
+        self._keys += tuple(f"count_{g}" for g in self.groups)
+        # (packed rows: parameters, moments, counts; the tensors handed out as views of them)
         self._memo: tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]] | None = None
 
     def _packed(self, agent: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Parameters, first and second moments as packed rows, and the counts (one per
+        group, stacked when there are several)."""
         memo = self._memo  # read once: another thread may replace it
         if memo is not None and all(
             agent[k] is t for k, t in zip(self._keys, memo[1], strict=True)
         ):
             return memo[0]
-        return tuple(self._flat([agent[prefix + k] for k in self.names]) for prefix in PREFIXES)
+        rows = tuple(self._flat([agent[prefix + k] for k in self.names]) for prefix in PREFIXES)
+        counts = [agent[f"count_{g}"] for g in self.groups]
+        return (*rows, torch.stack(counts) if len(counts) > 1 else counts[0])
 
     @staticmethod
     def _flat(arrays: list[torch.Tensor]) -> torch.Tensor:
@@ -290,12 +297,9 @@ class PackedUpdate:
         numbers: Mapping[str, torch.Tensor],
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         n = numbers
-        p, mu, nu = self._packed(agent)
+        p, mu, nu, counts = self._packed(agent)
         d, norms = self._clip(self._flat([direction[k] for k in self.names]))
         several = self._group_of is not None
-        counts = agent[f"count_{self.groups[0]}"]
-        if several:
-            counts = torch.stack([agent[f"count_{g}"] for g in self.groups])
         new_p, new_mu, new_nu, counts = self._adam(
             {"p": p}, {"p": d}, {"p": mu}, {"p": nu}, counts, self._lr,
             n["b1"], n["b2"], n["eps"], omb1=n["omb1"], omb2=n["omb2"],
@@ -311,7 +315,6 @@ class PackedUpdate:
         for k, shape, part in zip(self.names, self.shapes, parts, strict=True):
             rows = part.unbind(0) if len(shape) == 1 else part.view(4, *shape).unbind(0)
             changed[k], changed[f"mu_{k}"], changed[f"nu_{k}"], info[f"update.{k}"] = rows
-        self._memo = (stacked.unbind(0)[:3], tuple(changed[k] for k in self._keys))
         per_group = zip(
             self.groups,
             counts.unbind(0) if several else (counts,),
@@ -320,6 +323,10 @@ class PackedUpdate:
         )
         for group, count, norm in per_group:
             changed[f"count_{group}"], info[f"grad_norm_{group}"] = count, norm
+        self._memo = (
+            (*stacked.unbind(0)[:3], counts),
+            tuple(changed[k] for k in self._keys),
+        )
         return changed, info
 
 

@@ -148,6 +148,15 @@ def _cached_ones_column(B: int, dtype: torch.dtype, device: torch.device) -> Ten
         return torch.ones(B, 1, dtype=dtype, device=device)
 
 
+def _keep(done: Tensor, like: Tensor) -> Tensor:
+    """``1 − done`` in ``like``'s dtype: eager, one ``where`` between cached constants rather
+    than a ``logical_not`` and a cast; compiled, the cast (the constants would be Python
+    numbers there, and ``where`` of two of them is float32)."""
+    if torch.compiler.is_compiling():
+        return torch.logical_not(done).to(like.dtype)
+    return torch.where(done, _constant(0.0, like), _constant(1.0, like))
+
+
 def _per_env(x: Tensor, ndim: int) -> Tensor:
     """A ``(B,)`` tensor shaped to broadcast over a ``(B, ...)`` array of ``ndim`` axes."""
     # Sizes as separate ints: a tuple or torch.Size argument costs views twice as much.
@@ -636,7 +645,7 @@ def step(
     :func:`_rtrl_and_project`'s)."""
     dtype, device = agent["W_A"].dtype, agent["W_A"].device
     n = numbers if numbers is not None else config_numbers(config, dtype, device)
-    keep = torch.logical_not(done).to(dtype)  # resets are products with 1 − done
+    keep = _keep(done, agent["W_A"])  # resets are products with 1 − done
     new = dict(agent)
 
     def reset_env(array: Tensor) -> Tensor:
@@ -830,6 +839,7 @@ class TorchBackend(BackendBase):
         self._one_pass_rtrl = _torch_speed.OnePassRTRL(_rtrl_terms)
         # Per (config, dtype, device): its numbers and the eager step's packed update.
         self._eager: dict[tuple[Config, torch.dtype, torch.device], tuple[Any, Any]] = {}
+        self._last_eager: tuple[Any, ...] = (None, None, None, None)
 
     # --- protocol --------------------------------------------------------------------------
 
@@ -952,20 +962,25 @@ class TorchBackend(BackendBase):
             self.check_step(config, agent, obs, reward, done, noise)
         with torch.inference_mode():
             inputs = self._inputs(agent, obs, reward, done, noise)
-            W_A = agent["W_A"]
-            key = (config, W_A.dtype, W_A.device)
-            found = self._eager.get(key)
-            if found is None:
-                numbers = config_numbers(*key)
-                packed = _torch_speed.PackedUpdate(
-                    config, W_A, numbers, adam_step, _bias_correction
-                )
-                found = self._eager[key] = (numbers, packed)
-            numbers, packed = found
+            numbers, packed = self._eager_parts(config, agent["W_A"])
             update = packed if self.packed_update else apply_update
             one_pass = _torch_speed.uses_one_pass_rtrl(len(inputs[0]), self.one_pass_rtrl_min_batch)
             rtrl = self._one_pass_rtrl if one_pass else _rtrl_and_project
             return step(config, agent, *inputs, numbers=numbers, update=update, rtrl=rtrl)
+
+    def _eager_parts(self, config: Config, W_A: Tensor) -> tuple[dict[str, Tensor], Any]:
+        """The config's numbers and the packed update for an agent like ``W_A``, made once."""
+        last = self._last_eager  # read once: another thread may replace it
+        if last[0] is config and last[1] is W_A.dtype and last[2] == W_A.device:
+            return last[3]  # a loop's every step asks for the same config: skip its hash
+        key = (config, W_A.dtype, W_A.device)
+        found = self._eager.get(key)
+        if found is None:
+            numbers = config_numbers(*key)
+            packed = _torch_speed.PackedUpdate(config, W_A, numbers, adam_step, _bias_correction)
+            found = self._eager[key] = (numbers, packed)
+        self._last_eager = (*key, found)
+        return found
 
     def step_compiled(
         self,
