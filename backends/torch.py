@@ -616,6 +616,12 @@ def _rtrl_and_project(
     return J_W, J_tau, [{"W": grad_W[:, k], "tau": grad_tau[:, k]} for k in range(len(signals))]
 
 
+def _rflo_projections(J_W: Tensor, J_tau: Tensor, signals: list[Tensor]) -> list[Agent]:
+    """Each signal's ``{"W", "tau"}`` gradient through RFLO's trace (:func:`project_rflo`)."""
+    grads = [project_rflo(g, J_W, J_tau) for g in signals]
+    return [{"W": grad_W, "tau": grad_tau} for grad_W, grad_tau in grads]
+
+
 def _batch_mean(per_env: Tensor) -> Tensor:
     # Σ_b x_b · (1/B): a mean over a small batch costs a third more (a division by a number).
     # For B = 1 that is x_0 · 1 = x_0 exactly, so the row itself serves (two ops fewer).
@@ -653,37 +659,31 @@ def step(
 
     # 1-2. RNN input; at an episode boundary the previous action and reward are not fed.
     if config.meta_rl:
-        if config.discrete:
-            a_in = _eye(config.n_actions, agent["W_A"]).index_select(0, agent["a_prev"])
-        else:
-            a_in = agent["a_prev"]
+        a_in = agent["a_prev"]
+        if config.discrete:  # the previous action as its one-hot row
+            a_in = _eye(config.n_actions, agent["W_A"]).index_select(0, a_in)
         x = torch.cat([obs, reset_env(a_in), (reward * keep).unsqueeze(1)], -1)
     else:
         x = obs
 
     # 3. Body: features for the heads, the new body state and, when the body learns, how a
-    # signal on the features projects into its parameters' gradients (J'ᵀ g).
-    project = None
+    # signal on the features projects into its parameters' gradients (J'ᵀ g). The CT-RNN's
+    # traces have their reset folded into their update.
+    project: Callable[[list[Tensor]], list[Agent]] | None = None
     if config.body == "ctrnn":
         W, tau, dt = agent["W"], agent["tau"], n["dt"]
         h = reset_env(agent["h"])
         s = ctrnn_step(W, tau, h, x, dt)
         features = new["h"] = s.h_next
         if config.trains_body and config.jacobian == "rflo":
-            # The traces' reset is folded into their update, here and with RTRL.
             J_W, J_tau = rflo_update(agent["J_W"], agent["J_tau"], tau, h, s, dt, keep=keep)
             new["J_W"], new["J_tau"] = J_W, J_tau
-
-            def project(signals: list[Tensor]) -> list[Agent]:
-                grads = [project_rflo(g, J_W, J_tau) for g in signals]
-                return [{"W": grad_W, "tau": grad_tau} for grad_W, grad_tau in grads]
-
+            project = functools.partial(_rflo_projections, J_W, J_tau)
         elif config.trains_body:  # RTRL: J' is formed with the projections, which need g
 
             def project(signals: list[Tensor]) -> list[Agent]:
-                traces = (agent["J_W"], agent["J_tau"])
-                args = (*traces, W, tau, h, s, dt, config.input_dim, signals)
-                new["J_W"], new["J_tau"], grads = rtrl(*args, keep=keep)
+                args = (agent["J_W"], agent["J_tau"], W, tau, h, s, dt, config.input_dim)
+                new["J_W"], new["J_tau"], grads = rtrl(*args, signals, keep=keep)
                 return grads
 
     elif config.body == "lru":

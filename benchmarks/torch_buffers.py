@@ -79,7 +79,7 @@ def stepper(
     *,
     jacobian: str = "rflo",
     packed: bool = True,
-    one_pass: bool = True,
+    one_pass: bool | None = True,
     row_sums: bool = True,
     module: ModuleType = this_torch,
     label: str | None = None,
@@ -91,7 +91,7 @@ def stepper(
     be.row_sums_min_batch = 1 if row_sums else None
     if hasattr(be, "packed_update"):
         be.packed_update = packed
-    if hasattr(be, "one_pass_rtrl_min_batch"):
+    if hasattr(be, "one_pass_rtrl_min_batch") and one_pass is not None:  # None: as shipped
         be.one_pass_rtrl_min_batch = 1 if one_pass else None
     rng = np.random.default_rng(0)
     obs = be.from_numpy(rng.uniform(-1.0, 1.0, (B, config.obs_dim)).astype("float32"))
@@ -114,7 +114,7 @@ def stepper(
             if variant == "compiled"
             else "eager, " + ("packed" if packed else "per parameter")
         )
-        if variant == "eager" and jacobian == "rtrl":
+        if variant == "eager" and jacobian == "rtrl" and one_pass is not None:
             label += ", RTRL in " + ("one pass" if one_pass else "two passes")
     row = {"backend": "torch", "variant": label, "jacobian": jacobian, "N": 32, "B": B}
     return row, call
