@@ -10,6 +10,7 @@ Importing this package is cheap: it imports no framework and no backend. Backend
         ...
 
     rtrrl.train("MemoryChain-8", backend="jax", seeds=5, steps=100_000, out="runs/m8")
+    rtrrl.sweep("MemoryChain-8", grid={"lr_td": [1e-4, 1e-3]}, seeds=3, out="sweeps/m8")
 """
 
 from rtrrl._registry import (
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 # Loaded on first use: training needs the environments, which `import rtrrl` must not import.
 _TRAINING = ("train", "resume", "evaluate_checkpoint")
+_SWEEPS = ("sweep", "resume_sweep")
 
 
 def __getattr__(name: str) -> object:
@@ -36,6 +38,10 @@ def __getattr__(name: str) -> object:
         from rtrrl import training
 
         return getattr(training, name)
+    if name in _SWEEPS:
+        from rtrrl import sweeps
+
+        return getattr(sweeps, name)
     raise AttributeError(f"module 'rtrrl' has no attribute {name!r}")
 
 
@@ -51,6 +57,8 @@ __all__ = [
     "evaluate_checkpoint",
     "get_backend",
     "resume",
+    "resume_sweep",
+    "sweep",
     "train",
     "use",
 ]

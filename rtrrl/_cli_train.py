@@ -34,6 +34,7 @@ __all__ = [
     "backend_of",
     "import_modules",
     "parse_overrides",
+    "read_config_file",
     "run_guarded",
 ]
 
@@ -70,6 +71,62 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
                 value = raw
         out[key.strip()] = value
     return out
+
+
+def _from_file(cls: type, key: str, value: Any) -> Any:
+    """A file's value for field ``key`` of ``cls``: ``"none"`` is ``None`` where the field
+    takes it (TOML has no null), a list is a tuple (seeds, imports, action bounds)."""
+    _, optional = _scalar(typing.get_type_hints(cls)[key])
+    if optional and isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        return None
+    return tuple(value) if isinstance(value, list) else value
+
+
+def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--config FILE``: run settings and agent fields from a TOML or JSON file.
+
+    Either flat, one ``key = value`` per field of :class:`RunSettings` or
+    :class:`rtrrl_spec.Config` (``"none"`` for None; ``rtrrl sweep`` writes its best setting
+    so, as ``best.toml``), or a run's ``config.json`` (its ``protocol`` and ``agent``; the
+    fields the task decides are left to the task). Returns ``(run settings, agent fields)``.
+    """
+    import tomllib
+
+    import rtrrl_spec
+
+    text = Path(path).read_text()
+    try:
+        data = json.loads(text) if str(path).endswith(".json") else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as err:
+        kind = "JSON" if str(path).endswith(".json") else "TOML"
+        raise ValueError(f"--config {path}: not valid {kind} ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a table of settings")
+    run_fields = {f.name for f in dataclasses.fields(RunSettings)}
+    agent_fields = {f.name for f in dataclasses.fields(rtrrl_spec.Config)} - set(TASK_FIELDS)
+    if isinstance(data.get("protocol"), dict) or isinstance(data.get("agent"), dict):
+        # A run's config.json: the task gives the fields it decides again.
+        agent = {k: v for k, v in (data.get("agent") or {}).items() if k not in TASK_FIELDS}
+        data = {**(data.get("protocol") or {}), **agent}
+    run: dict[str, Any] = {}
+    agent_values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in run_fields:
+            run[key] = _from_file(RunSettings, key, value)
+        elif key in agent_fields:
+            agent_values[key] = _from_file(rtrrl_spec.Config, key, value)
+        elif key in TASK_FIELDS:
+            raise ValueError(f"--config {path}: {key} comes from the task; remove it")
+        else:
+            import difflib
+
+            close = difflib.get_close_matches(key, sorted(run_fields | agent_fields), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(
+                f"--config {path}: unknown setting {key!r}{hint}; a config file holds fields "
+                "of rtrrl.settings.RunSettings and rtrrl_spec.Config (`rtrrl train --help`)"
+            )
+    return run, agent_values
 
 
 # --- flags from dataclass fields ------------------------------------------------------------
@@ -348,12 +405,17 @@ def _train(args: argparse.Namespace) -> int:
 
     run, agent, flags = _given(args)
     progress = not args.no_progress
+    if args.resume and args.config:
+        raise ValueError("--resume continues a run with its saved settings; drop --config")
     if args.resume:
         _check_resume_flags(args, run, agent)
         summary = training.resume(args.resume, progress=progress)
         out = Path(args.resume)
     else:
-        overrides = _agent_overrides(args, agent)
+        file_run, file_agent = read_config_file(args.config) if args.config else ({}, {})
+        # The command line wins over the file.
+        run = {**file_run, **run}
+        overrides = {**file_agent, **_agent_overrides(args, agent)}
         if args.imports:
             run["imports"] = tuple(args.imports)
         quick = "task" not in run
@@ -449,6 +511,7 @@ def add_commands(sub: Any) -> None:
         "with --resume must equal the run's)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_flag(p)
     _add_train_flags(p)
     p.set_defaults(func=_train)
 
@@ -479,6 +542,17 @@ def add_commands(sub: Any) -> None:
     e.add_argument("--json", action="store_true", help="print {seed: reward} as JSON only")
     _add_import_flag(e)
     e.set_defaults(func=_eval)
+
+
+def add_config_flag(p: argparse.ArgumentParser) -> None:
+    """``--config FILE``: settings from a file (:func:`read_config_file`)."""
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="run settings and agent fields from a TOML or JSON file (key = value per field, "
+        "e.g. the best.toml of `rtrrl sweep`, or a run's config.json); flags given on the "
+        "command line win",
+    )
 
 
 def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""The ``rtrrl`` command line: ``rtrrl backends``, ``rtrrl train``, ``rtrrl eval``."""
+"""The ``rtrrl`` command line: ``rtrrl backends``, ``rtrrl tasks``, ``rtrrl train``,
+``rtrrl eval``, ``rtrrl sweep``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from rtrrl import __version__, _cli_train, _registry
+from rtrrl import __version__, _cli_sweep, _cli_train, _registry
 
 
 def _backends(args: argparse.Namespace) -> int:
@@ -55,7 +56,9 @@ def _tasks(args: argparse.Namespace) -> int:
             line += f"  ({r['available']})"
         print(line)
     print(
-        "\nAlso: any gymnax id (e.g. Acrobot-v1), gymnasium:<id> (e.g. gymnasium:CartPole-v1), "
+        "\nAlso: any gymnax id (e.g. Acrobot-v1), brax:<env>[:mask=odd|even|first_half|I,J,...] "
+        "(any brax environment, e.g. brax:ant:mask=odd), "
+        "gymnasium:<id> (e.g. gymnasium:CartPole-v1), "
         "popgym:<class> (popgym's own NumPy environment, e.g. popgym:CountRecallEasy), "
         "MemoryChain-<k> / DeepSea-<k> for any k, -Medium / -Hard for the popgym tasks, and "
         "your own environments: module:function (a function returning a gymnasium "
@@ -75,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     tasks.add_argument("-v", "--verbose", action="store_true", help="add each task's description")
     tasks.set_defaults(func=_tasks)
     _cli_train.add_commands(sub)
+    _cli_sweep.add_command(sub)
     return parser
 
 
@@ -112,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error:
             print(f"rtrrl {args.command}: error: {error}", file=sys.stderr)
             return 2
+        return _cli_train.run_guarded(args.func, args)
+    if args.command == "sweep":  # JAX only: no keras environment to set up
         return _cli_train.run_guarded(args.func, args)
     return args.func(args)
 

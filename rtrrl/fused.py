@@ -17,6 +17,13 @@ and a population of seeds is ONE ``jax.vmap`` of those functions over the seed a
 (:func:`make_population`). :class:`FusedEngine` is the :class:`rtrrl.loop.Engine` that drives
 it one epoch per call, so the loop's progress bar, evaluations, early stopping and checkpoints
 work as on the host loop.
+
+A run's agents share one config, whose numbers (``rtrrl_spec.numbers_of``: learning rates,
+discount, trace decays, clip norm, ...) are constants of the compiled code. With
+``per_member=True`` they are arguments instead, one row per member
+(:func:`population_numbers`), so the members of ONE population may differ in every number
+while sharing the structure (``rtrrl_spec.structure_of``): a hyper-parameter sweep
+(:mod:`rtrrl.sweeps`) in one vmapped scan.
 """
 
 from __future__ import annotations
@@ -35,9 +42,17 @@ from rtrrl.errors import CheckpointError
 from rtrrl.loop import EpochResult, exploded, non_finite, param_names
 from rtrrl.settings import EVAL_MAX_STEPS, RunSettings, noise_seed
 
-__all__ = ["FusedEngine", "compiler_options", "make_population", "make_train"]
+__all__ = [
+    "FusedEngine",
+    "compiler_options",
+    "make_population",
+    "make_train",
+    "population_numbers",
+]
 
 Carry = dict[str, Any]
+#: A config's numbers (``rtrrl_spec.numbers_of``) as JAX arrays, one row per member.
+Numbers = dict[str, jax.Array]
 # The run settings' defaults, so that these functions default as a run does.
 _DEFAULTS = RunSettings()
 #: The metrics of an epoch that the loop records (an epoch also reports its checks).
@@ -46,6 +61,75 @@ _METRICS = ("episodes", "mean_return", "mean_abs_td", "mean_value")
 
 def _env_names(config: rtrrl_spec.Config) -> frozenset[str]:
     return frozenset(k for k, v in rtrrl_spec.layout(config, 1).items() if v.group == "env")
+
+
+def _steps(
+    config: rtrrl_spec.Config, dtype: str, per_member: bool
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The training and evaluation steps, ``fn(agent, obs, reward, done, noise, numbers)``.
+
+    The evaluation step is the training step at learning rates 0: Adam moves nothing, so the
+    copy is frozen (its moments change, and are dropped). With ``per_member`` the numbers come
+    with each call (a member's row); else they are ``config``'s, constants of the trace, and
+    the last argument is ``None``.
+    """
+    if not per_member:
+        train = jaxbe.make_step(config, dtype)
+        frozen = jaxbe.make_step(config.replace(lr_td=0.0, lr_rnn=0.0), dtype)
+        return (
+            lambda agent, obs, reward, done, noise, n: train(agent, obs, reward, done, noise),
+            lambda agent, obs, reward, done, noise, n: frozen(agent, obs, reward, done, noise),
+        )
+    structure = rtrrl_spec.structure_of(config)
+
+    def train_step(agent: Any, obs: Any, reward: Any, done: Any, noise: Any, n: Any) -> Any:
+        if n is None:  # the structure's default numbers would be used without a word
+            raise TypeError("a per-member epoch or evaluation needs the member's numbers")
+        return jaxbe.step_unchecked(structure, agent, obs, reward, done, noise, numbers=n)
+
+    def eval_step(agent: Any, obs: Any, reward: Any, done: Any, noise: Any, n: Any) -> Any:
+        if n is None:
+            raise TypeError("a per-member epoch or evaluation needs the member's numbers")
+        zero = {k: jnp.zeros_like(n[k]) for k in ("lr_td", "lr_rnn")}
+        return train_step(agent, obs, reward, done, noise, {**n, **zero})
+
+    return train_step, eval_step
+
+
+def population_numbers(
+    configs: Sequence[rtrrl_spec.Config], dtype: str = _DEFAULTS.dtype
+) -> tuple[rtrrl_spec.Config, Numbers]:
+    """The structure ``configs`` share and their numbers, stacked on a leading member axis:
+    what :func:`make_population` with ``per_member=True`` takes.
+
+    ``clip_norm=None`` among members that clip is the one structural difference allowed: the
+    population takes the clipped structure, and a member without clip gets the dtype's
+    largest finite number as its clip norm. The clip scales by ``c / max(norm, c)``, which is
+    then exactly 1 for every finite norm below it, and ``x * 1 == x``: the member computes what
+    an unclipped agent does. (``inf`` would not do: ``inf / inf`` is NaN.) Other structural
+    differences (sizes, modes, ``reward_rate_lr`` set or not) are a ``SpecError``.
+    """
+    configs = list(configs)
+    if not configs:
+        raise rtrrl_spec.SpecError("a population needs at least one config")
+    clipped = any(c.clip_norm is not None for c in configs)
+    structures = {
+        rtrrl_spec.structure_of(c.replace(clip_norm=1.0) if clipped else c) for c in configs
+    }
+    if len(structures) != 1:
+        raise rtrrl_spec.SpecError(
+            "a population's configs must share their structure (sizes and modes) and differ "
+            "only in numbers (learning rates, discount, clip norm, ...); got several structures"
+        )
+    no_clip = np.asarray(np.finfo(dtype).max, dtype)
+    rows = []
+    for c in configs:
+        row = dict(rtrrl_spec.numbers_of(c, dtype))
+        if clipped and c.clip_norm is None:
+            row["clip_norm"] = no_clip
+        rows.append(row)
+    numbers = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+    return structures.pop(), numbers
 
 
 def make_train(
@@ -57,6 +141,7 @@ def make_train(
     eval_episodes: int = _DEFAULTS.eval_episodes,
     eval_steps: int | None = _DEFAULTS.eval_steps,
     dtype: str = _DEFAULTS.dtype,
+    per_member: bool = False,
 ) -> tuple[Callable[..., Carry], Callable[..., Any], Callable[..., Any]]:
     """``(init, epoch, evaluate)`` for one agent on ``env`` (an :class:`rtrrl.envs.JaxEnv`).
 
@@ -64,14 +149,16 @@ def make_train(
     which jits with ``compiler_options=compiler_options()``, see :func:`compiler_options`).
     Random keys are carried as raw key data (``uint32``), so a carry is plain arrays and
     saves to NumPy as it is.
+
+    ``per_member``: the numbers are an argument (a row of :func:`population_numbers`),
+    ``epoch(carry, numbers)``, ``evaluate(agent, key, numbers)``; else constants of the code.
     """
     B = num_envs
     # The authors' first score runs one environment through episode after episode.
     E = 1 if eval_steps else eval_episodes
-    train_step = jaxbe.make_step(config, dtype)
-    # lr 0: Adam moves nothing, so the copy is frozen (its moments change, and are dropped).
-    eval_step = jaxbe.make_step(config.replace(lr_td=0.0, lr_rnn=0.0), dtype)
+    train_step, eval_step = _steps(config, dtype, per_member)
     draw_noise = jaxbe.JaxBackend().draw_noise
+    structure = rtrrl_spec.structure_of(config)
     env_names = _env_names(config)
     float_names, params = _checked_arrays(config)
     eval_len = eval_steps or int(env.spec.max_episode_steps or EVAL_MAX_STEPS)
@@ -89,7 +176,7 @@ def make_train(
             "key": jax.random.key_data(key),
         }
 
-    def epoch(carry: Carry) -> tuple[Carry, dict[str, jax.Array]]:
+    def epoch(carry: Carry, n: Numbers | None = None) -> tuple[Carry, dict[str, jax.Array]]:
         # The epoch's randomness is drawn up front, in two vectorized calls: on the CPU a
         # threefry call inside the scan body costs about a microsecond however few numbers it
         # makes, more than the environment step itself. Per step the scan then only reads its
@@ -104,7 +191,7 @@ def make_train(
             carry, ret_sum, n_done = c
             noise, k_env = xs
             agent, action, info = train_step(
-                carry["agent"], carry["obs"], carry["reward"], carry["done"], noise
+                carry["agent"], carry["obs"], carry["reward"], carry["done"], noise, n
             )
             env_state, obs, reward, terminated, truncated = jax.vmap(env.step)(
                 k_env, carry["env_state"], action
@@ -131,13 +218,13 @@ def make_train(
         # Inside the scan the Adam moments are one flat vector per optimizer group
         # (jaxbe.pack_moments): about 10 % faster at B = 1 (benchmarks/results/train_speed.md);
         # the carry outside an epoch keeps the canonical layout.
-        agent = jaxbe.pack_moments(config, carry["agent"])
+        agent = jaxbe.pack_moments(structure, carry["agent"])
         carry = dict(carry, agent=agent, key=jax.random.key_data(key))
         zero = jnp.zeros((), dtype)
         (carry, ret_sum, n_done), (abs_td, value) = jax.lax.scan(
             step, (carry, zero, jnp.zeros((), jnp.int32)), (noise, env_keys)
         )
-        carry["agent"] = jaxbe.unpack_moments(config, carry["agent"])
+        carry["agent"] = jaxbe.unpack_moments(structure, carry["agent"])
         # Checked at the boundary (FusedEngine.run_epoch): each float array finite, and each
         # parameter's largest magnitude (loop.exploded).
         agent = carry["agent"]
@@ -153,7 +240,9 @@ def make_train(
         }
         return carry, metrics
 
-    def evaluate(agent: dict[str, jax.Array], key_data: jax.Array) -> jax.Array:
+    def evaluate(
+        agent: dict[str, jax.Array], key_data: jax.Array, n: Numbers | None = None
+    ) -> jax.Array:
         frozen = {
             k: jnp.zeros((E,) + v.shape[1:], v.dtype) if k in env_names else v
             for k, v in agent.items()
@@ -165,7 +254,7 @@ def make_train(
             agent, env_state, obs, reward, done, key, total, finished = c
             key, k_noise, k_env = jax.random.split(key, 3)
             noise, _ = draw_noise(config, E, k_noise, dtype)
-            agent, action, _ = eval_step(agent, obs, reward, done, noise)
+            agent, action, _ = eval_step(agent, obs, reward, done, noise, n)
             env_state, obs, reward, terminated, truncated = jax.vmap(env.step)(
                 jax.random.split(k_env, E), env_state, action
             )
@@ -222,12 +311,15 @@ def make_population(
     eval_episodes: int = _DEFAULTS.eval_episodes,
     eval_steps: int | None = _DEFAULTS.eval_steps,
     dtype: str = _DEFAULTS.dtype,
+    per_member: bool = False,
 ) -> tuple[Callable[..., Carry], Callable[..., Any], Callable[..., Any]]:
-    """:func:`make_train` for ``P`` seeds at once: ONE ``vmap`` over a leading seed axis.
+    """:func:`make_train` for ``P`` members at once: ONE ``vmap`` over a leading member axis.
 
     ``epoch(carry, active)`` leaves members with ``active[p] = False`` (stopped early)
     unchanged, so a population keeps its members in step while each stops on its own.
-    All three are jitted.
+    With ``per_member`` every member has its own numbers: ``epoch(carry, active, numbers)``
+    and ``evaluate(agents, keys, numbers)``, ``numbers`` from :func:`population_numbers`
+    (whose structure ``config`` must be). All three are jitted.
     """
     init, epoch, evaluate = make_train(
         config,
@@ -237,11 +329,12 @@ def make_population(
         eval_episodes=eval_episodes,
         eval_steps=eval_steps,
         dtype=dtype,
+        per_member=per_member,
     )
     v_epoch = jax.vmap(epoch)
 
-    def population_epoch(carry: Carry, active: jax.Array) -> tuple[Carry, Any]:
-        new, metrics = v_epoch(carry)
+    def population_epoch(carry: Carry, active: jax.Array, *numbers: Numbers) -> tuple[Carry, Any]:
+        new, metrics = v_epoch(carry, *numbers)
 
         def keep(n: jax.Array, o: jax.Array) -> jax.Array:
             mask = active.reshape(active.shape + (1,) * (n.ndim - 1))
@@ -291,24 +384,47 @@ def _without_agent(carry: Carry) -> Carry:
 
 class FusedEngine:
     """The :class:`rtrrl.loop.Engine` of the fused path: :func:`make_population` over the
-    run's seeds, one jitted epoch (all members at once, stopped ones masked) per call."""
+    run's seeds, one jitted epoch (all members at once, stopped ones masked) per call.
+
+    ``members``: ``(config, seed)`` per member, configs of ``config``'s structure that may
+    differ in every number (:func:`population_numbers`): a sweep's population
+    (:mod:`rtrrl.sweeps`), whose numbers are arguments of the compiled code. ``None`` (a run):
+    ``config`` with each of ``settings.seeds``, its numbers constants of the code.
+    """
 
     name = "fused"
 
-    def __init__(self, settings: RunSettings, config: rtrrl_spec.Config) -> None:
+    def __init__(
+        self,
+        settings: RunSettings,
+        config: rtrrl_spec.Config,
+        members: Sequence[tuple[rtrrl_spec.Config, int]] | None = None,
+    ) -> None:
         self.settings = settings
+        B, dtype = settings.num_envs, settings.dtype
+        if members is None:
+            seeds = list(settings.seeds)
+            agents = jaxbe.init_population(config, seeds, B, dtype)
+            self.numbers: tuple[Numbers, ...] = ()
+        else:
+            seeds = [int(seed) for _, seed in members]
+            config, numbers = population_numbers([c for c, _ in members], dtype)
+            self.numbers = (numbers,)
+            inits = [rtrrl_spec.init(c, B, seed, dtype=dtype) for c, seed in members]
+            agents = {k: jnp.asarray(np.stack([a[k] for a in inits])) for k in inits[0]}
+            self.name = "sweep"
+        self.size = len(seeds)
         self.init, self.epoch, self.evaluate_population = _cached_population(
             config,
             settings.task,
-            settings.num_envs,
+            B,
             settings.epoch_steps,
             settings.eval_episodes,
             settings.eval_steps,
-            settings.dtype,
+            dtype,
+            members is not None,
         )
         self.float_names, self.params = _checked_arrays(config)
-        seeds = list(settings.seeds)
-        agents = jaxbe.init_population(config, seeds, settings.num_envs, settings.dtype)
         keys = jnp.asarray(np.stack([_key_data(noise_seed(s)) for s in seeds]))
         self.carry = self.init(agents, keys)
 
@@ -355,9 +471,9 @@ class FusedEngine:
         """One epoch of every member in ``active`` (the others held by the mask); a member
         whose agent went non-finite or exploded (:func:`rtrrl.loop.exploded`) reports it,
         and then nothing is committed."""
-        mask = np.zeros(len(self.settings.seeds), bool)
+        mask = np.zeros(self.size, bool)
         mask[list(active)] = True
-        carry, metrics = self.epoch(self.carry, jnp.asarray(mask))
+        carry, metrics = self.epoch(self.carry, jnp.asarray(mask), *self.numbers)
         metrics = jax.device_get(metrics)
         results = {}
         for i in active:
@@ -374,8 +490,8 @@ class FusedEngine:
     def evaluate(self, seeds: Mapping[int, int]) -> dict[int, float]:
         """Scores of the members in ``seeds``. Every member is evaluated (one vmapped call);
         each is independent of the others, so those not asked for get any key."""
-        keys = np.stack([_key_data(seeds.get(i, 0)) for i in range(len(self.settings.seeds))])
-        scores = np.asarray(self.evaluate_population(self.carry["agent"], jnp.asarray(keys)))
+        keys = jnp.asarray(np.stack([_key_data(seeds.get(i, 0)) for i in range(self.size)]))
+        scores = np.asarray(self.evaluate_population(self.carry["agent"], keys, *self.numbers))
         return {i: float(scores[i]) for i in seeds}
 
     def close(self) -> None:
@@ -391,6 +507,7 @@ def _cached_population(
     E: int,
     eval_steps: int | None,
     dtype: str,
+    per_member: bool = False,
 ) -> tuple[Callable[..., Carry], Callable[..., Any], Callable[..., Any]]:
     # Cached so that a resumed run in the same process reuses the compiled functions.
     from rtrrl import envs
@@ -403,4 +520,5 @@ def _cached_population(
         eval_episodes=E,
         eval_steps=eval_steps,
         dtype=dtype,
+        per_member=per_member,
     )

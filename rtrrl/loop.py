@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import math
 import signal
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,6 +107,9 @@ class SeedRecord:
     after the epoch) says so, and the resumed run evaluates before anything else, so the
     evaluation is neither skipped nor repeated. Checkpoints of earlier versions lack the
     field; the default (false) reads them as they were meant.
+
+    ``member``: in a sweep (:mod:`rtrrl.sweeps`), the member's index in the sweep, since
+    there a seed recurs once per setting; ``None`` in a run, whose seeds are distinct.
     """
 
     seed: int
@@ -116,6 +120,7 @@ class SeedRecord:
     stop_reason: str = ""
     last_eval: float = math.nan
     eval_pending: bool = False
+    member: int | None = None
 
 
 def stop_reason(record: SeedRecord, settings: RunSettings) -> str | None:
@@ -142,6 +147,16 @@ class Session:
     progress: bool = False
     #: ``config.json``'s ``"run"``: the run's id and metadata (rtrrl.training fills it).
     meta: dict[str, Any] = field(default_factory=dict)
+    #: A seed whose agent diverges stops (reason ``"diverged"``) while the others go on,
+    #: instead of stopping the run with :class:`~rtrrl.errors.DivergedError`: a sweep's
+    #: members try learning rates some of which are meant to be too high.
+    stop_diverged: bool = False
+    #: The command that continues the run, printed when it is interrupted (default:
+    #: ``rtrrl train --resume OUT``).
+    resume_command: str = ""
+    #: A progress bar owned by the caller (a sweep's, over all its chunks), updated in
+    #: place of one of the session's own, and never closed here.
+    shared_bar: Any = None
     _t0: float = field(default_factory=time.perf_counter)
     _bar: Any = None
     #: The agents and scores of ``best.npz`` (loaded or made at the first save).
@@ -171,6 +186,8 @@ class Session:
                 "eval_reward": math.nan,
             }
         )
+        if rec.member is not None:
+            self.rows[-1]["member"] = rec.member
         if self._bar is not None:
             self._bar.update(self.settings.steps_per_epoch)
 
@@ -179,7 +196,7 @@ class Session:
         rec = self.records[index]
         score = float(score)
         for row in reversed(self.rows):
-            if row["seed"] == rec.seed and row["epoch"] == rec.epoch:
+            if _row_of(row, rec) and row["epoch"] == rec.epoch:
                 row["eval_reward"] = score
                 break
         rec.last_eval = score
@@ -243,7 +260,7 @@ class Session:
             kept = best["info"][i]["score"]
             if rec.best == -math.inf or (kept is not None and rec.best <= kept):
                 continue
-            row = next((r for r in reversed(self.rows) if r["seed"] == rec.seed), None)
+            row = next((r for r in reversed(self.rows) if _row_of(r, rec)), None)
             if row is None or row["epoch"] != rec.epoch or row["eval_reward"] != rec.best:
                 continue  # the best evaluation was of an earlier agent (before a resume)
             for k, v in agents.items():
@@ -292,7 +309,15 @@ class Session:
 
     @contextlib.contextmanager
     def bar(self) -> Iterator[Any]:
-        """A tqdm bar over all seeds' environment steps (a no-op without ``progress``)."""
+        """A tqdm bar over all seeds' environment steps (a no-op without ``progress``), or
+        the caller's :attr:`shared_bar`."""
+        if self.shared_bar is not None:
+            self._bar = self.shared_bar
+            try:
+                yield self.shared_bar
+            finally:
+                self._bar = None
+            return
         if not self.progress:
             yield None
             return
@@ -338,7 +363,7 @@ def run(session: Session, engine: Engine, *, fresh: bool) -> dict[str, Any]:
     checkpoint is kept.
     """
     session._t0 = time.perf_counter()
-    resume = f"rtrrl train --resume {session.out}"
+    resume = session.resume_command or f"rtrrl train --resume {session.out}"
     try:
         with interrupts.deferred(), session.bar():
             signum = _train(session, engine, fresh=fresh)
@@ -394,6 +419,12 @@ def _iteration(session: Session, engine: Engine) -> int | None:
     active = [i for i, r in enumerate(records) if r.active]
     results = engine.run_epoch(active)
     bad = {records[i].seed: r.problem for i, r in results.items() if r.problem is not None}
+    while bad and session.stop_diverged:
+        # The engine committed nothing: the others' epoch runs again without the diverged
+        # (members are independent, so it computes what it did).
+        active = _stop_diverged(session, active, results)
+        results = engine.run_epoch(active) if active else {}
+        bad = {records[i].seed: r.problem for i, r in results.items() if r.problem is not None}
     if bad:
         raise DivergedError(_diverged(session, bad))
     for i in active:
@@ -425,6 +456,29 @@ def _evaluate(session: Session, engine: Engine) -> int | None:
         return signum
     session.save(engine)
     return _safe_point(session, "save")
+
+
+def _stop_diverged(
+    session: Session, active: Sequence[int], results: Mapping[int, EpochResult]
+) -> list[int]:
+    """Stop each seed whose epoch went wrong (saying so on stderr); the others of ``active``
+    (an engine may return before running them all)."""
+    for i, result in results.items():
+        if result.problem is not None:
+            rec = session.records[i]
+            rec.active, rec.stop_reason = False, "diverged"
+            who = f"member {rec.member}" if rec.member is not None else f"seed {rec.seed}"
+            print(
+                f"{who}: {result.problem} during epoch {rec.epoch + 1}; it stops with its best "
+                "evaluation so far",
+                file=sys.stderr,
+            )
+    return [i for i in active if session.records[i].active]
+
+
+def _row_of(row: Mapping[str, Any], rec: SeedRecord) -> bool:
+    """Whether metric row ``row`` is of seed (or sweep member) ``rec``."""
+    return row["seed"] == rec.seed and row.get("member") == rec.member
 
 
 def _diverged(session: Session, bad: Mapping[int, str]) -> str:

@@ -228,6 +228,7 @@ def resume(run: str | os.PathLike[str], *, progress: bool = False) -> dict[str, 
         The summary, as :func:`train` returns it.
     """
     ckpt = load_checkpoint(run, trusted=True)
+    _refuse_sweep_chunk(ckpt)
     folder = Path(ckpt["path"]).parent
     if ckpt["best"] is not None:
         raise CheckpointError(
@@ -301,6 +302,7 @@ def evaluate_checkpoint(
     if note:
         warnings.warn(note, stacklevel=2)
     ckpt = load_checkpoint(path, state=False)
+    _refuse_sweep_chunk(ckpt)
     _refuse_modules_named_by(ckpt["run"], ckpt["path"])
     settings, config = read_run(ckpt["run"])
     checkpoint.check_agents(ckpt["agents"], settings, config, ckpt["path"])
@@ -335,6 +337,18 @@ def modules_named_by(run_json: dict[str, Any]) -> list[str]:
     modules = [str(m) for m in protocol.get("imports") or ()]
     modules += envs.task_modules(str(protocol.get("task", "")))
     return list(dict.fromkeys(modules))
+
+
+def _refuse_sweep_chunk(ckpt: dict[str, Any]) -> None:
+    """A ``CheckpointError`` for a chunk of a sweep (``rtrrl sweep``): its members differ in
+    their numbers, which a run's config cannot say."""
+    if ckpt["run"].get("engine") == "sweep":
+        sweep = Path(ckpt["path"]).parent.parent.parent
+        raise CheckpointError(
+            f"{ckpt['path']} is a chunk of the sweep in {sweep}, whose members differ in "
+            f"their settings: continue it with `rtrrl sweep --resume {sweep}`; to evaluate a "
+            f"setting, train it (`rtrrl train --config {sweep / 'best.toml'}` for the best)"
+        )
 
 
 def _refuse_modules_named_by(run_json: dict[str, Any], path: Path) -> None:
