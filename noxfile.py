@@ -1,4 +1,5 @@
-"""Sessions for developers and CI. ``nox`` alone runs lint, spec, conformance(numpy), tests, docs.
+"""Sessions for developers and CI. ``nox`` alone runs lint, spec, conformance(numpy),
+tests, tests_brax (the brax tasks, with the `brax` extra) and docs.
 
     nox                                      # what CI runs (see .ci/run)
     nox -s "conformance(backend='numpy')" -- -k step   # arguments after -- go to pytest
@@ -25,7 +26,7 @@ import nox
 nox.needs_version = ">=2024.10"
 nox.options.default_venv_backend = "virtualenv"
 nox.options.error_on_external_run = True
-nox.options.sessions = ["lint", "spec", "conformance", "tests", "docs"]
+nox.options.sessions = ["lint", "spec", "conformance", "tests", "tests_brax", "docs"]
 
 ROOT = Path(__file__).parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
@@ -159,6 +160,21 @@ def tests(session: nox.Session) -> None:
     """Unit and integration tests of everything but the reference, with every framework."""
     _install(session, "all", "test")
     session.run("pytest", "tests", "--ignore=tests/spec", *session.posargs, env=_hypothesis_env())
+
+
+@nox.session
+def tests_brax(session: nox.Session) -> None:
+    """The brax tasks' tests with the `brax` extra installed. `tests` runs without it (its
+    brax tests skip there, but the one for a missing brax), so `nox` covers both. brax
+    compiles slowly on the CPU: a compilation cache in the session's tmp dir lets the tests
+    that build the same environment again (host adapters, training) skip the compile."""
+    _install(session, "all,brax", "test")
+    cache = {
+        "JAX_COMPILATION_CACHE_DIR": str(Path(session.create_tmp()) / "jax-cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    files = ["tests/envs/test_envs_brax.py", "tests/envs/test_envs_registry.py"]
+    session.run("pytest", *files, *session.posargs, env={**_hypothesis_env(), **cache})
 
 
 @nox.session(default=False)

@@ -1,10 +1,15 @@
-"""Pure-JAX ports of the paper's six popgym tasks, as gymnax environments, for the fused path.
+"""Pure-JAX ports of popgym's tasks, as gymnax environments, for the fused path.
 
 popgym (Morad et al., ICLR 2023) is written in NumPy and runs on the host at about 1,000 steps
 a second here; the paper's authors trained on JAX ports of it (their code loads ``popjym``).
 These ports follow popgym's own code (version 1.0.x), step for step: ``tests/envs/
 test_popgym_ports.py`` drives each port and the popgym original from the same deck, CartPole
-state, mine field or bandit arms, and compares every observation, reward and termination.
+or pendulum state, mine field, board, maze or bandit arms, and compares every observation,
+reward and termination. Every popgym class has a port, at every difficulty (:data:`PORTS`,
+:func:`make_port`): the paper's six tasks live here, the others in
+:mod:`rtrrl.envs._popgym_cards` (Autoencode, CountRecall, HigherLower, Concentration),
+:mod:`rtrrl.envs._popgym_grids` (Battleship, the labyrinths) and
+:mod:`rtrrl.envs._popgym_pendulum` (the pendulums).
 
 Where popgym's code and the JAX ports the paper used (popjaxrl, popjym) differ, we follow
 popgym's code, and say so:
@@ -13,8 +18,10 @@ popgym's code, and say so:
   is ``c_{s-k+1}``, the card ``k - 1`` steps before the newest one, and an episode is 51 steps
   (one deck). popjaxrl rewards ``c_{s-k}`` and runs 52 steps.
 - **Noisy CartPole.** popgym adds the noise to the first observation of an episode as well.
+- **VelocityOnlyCartPole.** popgym's reset returns the positions ``(x, θ)``, its steps the
+  velocities ``(ẋ, θ̇)``; the port does the same (both are U(−0.05, 0.05) at a reset).
 
-The ports:
+The ports here:
 
 - :class:`CardRecall` (``RepeatFirst``, ``RepeatPrevious``): a shuffled deck of ``52 n`` cards is
   dealt one per step; the observation is the suit of the newest card (``Discrete(4)``, one-hot
@@ -26,6 +33,7 @@ The ports:
   CartPole-v1 dynamics, observing (x, θ) only, reward ``1 / L`` a step, truncated after ``L``
   steps (200, 400, 600 for Easy, Medium, Hard), so a perfect episode returns 1. The noisy
   version adds N(0, σ²) to both observed entries and clips them to ±(2 · 2.4, 2 · 12°).
+  :class:`VelocityOnlyCartPole` observes (ẋ, θ̇) instead.
 - :class:`MultiArmedBandit` (``MultiarmedBandit``): ``n`` arms with payout probabilities drawn
   U(0, 1) per episode; pulling an arm observes whether it paid (``Discrete(2)``) and is
   rewarded ±1 / L; truncated after ``L`` steps (10 arms and 200 steps for Easy).
@@ -46,6 +54,10 @@ import jax
 import jax.numpy as jnp
 from gymnax.environments import environment, spaces
 from gymnax.environments.classic_control.cartpole import CartPole
+
+from rtrrl.envs._popgym_cards import Autoencode, Concentration, CountRecall, HigherLower
+from rtrrl.envs._popgym_grids import Battleship, Labyrinth
+from rtrrl.envs._popgym_pendulum import PositionOnlyPendulum
 
 _SUITS = 4
 _DECK = 52
@@ -191,6 +203,28 @@ class PositionOnlyCartPole(environment.Environment[Any, Any]):
     @property
     def name(self) -> str:
         return "NoisyPositionOnlyCartPole" if self.noise_sigma > 0 else "PositionOnlyCartPole"
+
+
+class VelocityOnlyCartPole(PositionOnlyCartPole):
+    """popgym's ``VelocityOnlyCartPole``: CartPole observing (ẋ, θ̇), unbounded.
+
+    As popgym's code does, the first observation of an episode is (x, θ) (popgym's reset
+    keeps the position entries; its steps the velocities).
+    """
+
+    def _observe(self, key: jax.Array, state: Any, params: Any) -> jax.Array:
+        return jnp.stack([state.x_dot, state.theta_dot]).astype(jnp.float32)
+
+    def reset_env(self, key: jax.Array, params: Any) -> tuple[jax.Array, Any]:
+        _, state = self.cartpole.reset_env(key, params)
+        return jnp.stack([state.x, state.theta]).astype(jnp.float32), state
+
+    def observation_space(self, params: Any) -> spaces.Box:
+        return spaces.Box(-jnp.inf, jnp.inf, (2,), jnp.float32)
+
+    @property
+    def name(self) -> str:
+        return "VelocityOnlyCartPole"
 
 
 class BanditState(NamedTuple):
@@ -340,6 +374,37 @@ PORTS: dict[str, Callable[[], environment.Environment[Any, Any]]] = {
     "MineSweeperEasy": lambda: MineSweeper(4, 4, 2),
     "MineSweeperMedium": lambda: MineSweeper(6, 6, 6),
     "MineSweeperHard": lambda: MineSweeper(8, 8, 10),
+    # The classes the paper does not use, with the parameters popgym gives each level.
+    "AutoencodeEasy": lambda: Autoencode(1),
+    "AutoencodeMedium": lambda: Autoencode(2),
+    "AutoencodeHard": lambda: Autoencode(3),
+    "BattleshipEasy": lambda: Battleship(8),
+    "BattleshipMedium": lambda: Battleship(10),
+    "BattleshipHard": lambda: Battleship(12),
+    "ConcentrationEasy": lambda: Concentration(1, "colors"),
+    "ConcentrationMedium": lambda: Concentration(2, "colors"),
+    "ConcentrationHard": lambda: Concentration(1, "ranks"),
+    "CountRecallEasy": lambda: CountRecall(1, "colors"),
+    "CountRecallMedium": lambda: CountRecall(2, "suits"),
+    "CountRecallHard": lambda: CountRecall(4, "ranks"),
+    "HigherLowerEasy": lambda: HigherLower(1),
+    "HigherLowerMedium": lambda: HigherLower(2),
+    "HigherLowerHard": lambda: HigherLower(3),
+    "LabyrinthEscapeEasy": lambda: Labyrinth(True, (10, 10)),
+    "LabyrinthEscapeMedium": lambda: Labyrinth(True, (14, 14)),
+    "LabyrinthEscapeHard": lambda: Labyrinth(True, (18, 18)),
+    "LabyrinthExploreEasy": lambda: Labyrinth(False, (10, 10)),
+    "LabyrinthExploreMedium": lambda: Labyrinth(False, (14, 14)),
+    "LabyrinthExploreHard": lambda: Labyrinth(False, (18, 18)),
+    "PositionOnlyPendulumEasy": lambda: PositionOnlyPendulum(200),
+    "PositionOnlyPendulumMedium": lambda: PositionOnlyPendulum(150),
+    "PositionOnlyPendulumHard": lambda: PositionOnlyPendulum(100),
+    "NoisyPositionOnlyPendulumEasy": lambda: PositionOnlyPendulum(200, 0.1),
+    "NoisyPositionOnlyPendulumMedium": lambda: PositionOnlyPendulum(200, 0.2),
+    "NoisyPositionOnlyPendulumHard": lambda: PositionOnlyPendulum(200, 0.3),
+    "VelocityOnlyCartPoleEasy": lambda: VelocityOnlyCartPole(200),
+    "VelocityOnlyCartPoleMedium": lambda: VelocityOnlyCartPole(400),
+    "VelocityOnlyCartPoleHard": lambda: VelocityOnlyCartPole(600),
 }
 
 

@@ -3,13 +3,18 @@
 A name resolves, in order, to: a Python environment registered in this process
 (:func:`register_task`, what ``rtrrl.train(task=make_env)`` calls), a fixed registry entry, a
 parametrised family (``MemoryChain-<k>``, ``DeepSea-<k>``, popgym
-``<Task>-Easy|-Medium|-Hard``), ``gymnasium:<id>`` or ``popgym:<class>`` (popgym's own NumPy
+``<Task>-Easy|-Medium|-Hard``), ``brax:<env>[:KEY=VALUE...]`` (any brax environment,
+:mod:`rtrrl.envs._brax`), ``gymnasium:<id>`` or ``popgym:<class>`` (popgym's own NumPy
 environment, on the host), any gymnax id, or ``module:function`` (a function of the user's
 returning a gymnasium environment, imported by name).
 
-The paper's six popgym tasks resolve to our pure-JAX ports of them
-(:mod:`rtrrl.envs._popgym_jax`, source ``"jax-port"``), which train on the fused path as
-gymnax tasks do; ``popgym:<class>`` still reaches popgym's originals.
+Every popgym task resolves to our pure-JAX port of it (:mod:`rtrrl.envs._popgym_jax`,
+source ``"jax-port"``), which trains on the fused path as gymnax tasks do: the paper's six
+under the paper's names, every popgym class under its own name too (``CountRecall-Hard``,
+``PositionOnlyCartPole``); ``popgym:<class>`` still reaches popgym's originals.
+
+brax tasks (``HalfCheetah``, the authors' brax preset, and every ``brax:`` name) are pure JAX
+too (:mod:`rtrrl.envs._brax`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import re
 import sys
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rtrrl.envs._core import HostEnv, TaskUnavailableError, UnknownTaskError
@@ -34,13 +39,14 @@ class Task:
     Attributes:
         name: registry name (for families, the template, e.g. ``"MemoryChain-<k>"``).
         source: ``"gymnax"``, ``"jax-port"`` (our JAX port of a popgym class), ``"gymnasium"``,
-            ``"popgym"`` or ``"python"`` (a user's environment factory).
+            ``"popgym"``, ``"brax"`` or ``"python"`` (a user's environment factory).
         target: the underlying id (gymnax id, gymnasium id, popgym class name, or the
             ``module:function`` / registered name of a Python factory).
         description: one line for ``rtrrl tasks``.
         obs_indices: observed entries of the flattened observation, ``None`` for all.
-        env_kwargs: keyword arguments of the gymnax environment's constructor.
-        params: overrides of the gymnax ``EnvParams``.
+        env_kwargs: keyword arguments of the gymnax (or brax) environment's constructor.
+        params: overrides of the gymnax ``EnvParams``; for a brax task, rtrrl's options
+            ``backend``, ``episode_length`` and ``mask`` (:mod:`rtrrl.envs._brax`).
         example: for a family, a concrete name that ``task_names()`` lists and tests build.
     """
 
@@ -56,8 +62,22 @@ class Task:
 
 _POPGYM_LEVELS = ("Easy", "Medium", "Hard")
 
+#: Episode lengths of the paper's gymnax rows. The authors' code writes its ``max_ep_length``
+#: into gymnax's ``EnvParams.max_steps_in_episode`` (and truncates there too): 1000 steps, the
+#: code's default, for the rows of the appendix's Table 3; 500 steps, the default of its
+#: ``EnvironmentParams``, for those of Table 2 (``-T500`` names where a row is in both tables).
+#: docs/tasks.md, "Paper rows", gives the evidence.
+PAPER_EPISODE_STEPS = 1000
+PAPER_TABLE2_EPISODE_STEPS = 500
+
+
+def _steps(n: int) -> dict[str, Any]:
+    """The ``EnvParams`` override that cuts a gymnax task's episodes at ``n`` steps."""
+    return {"max_steps_in_episode": n}
+
+
 # The paper's tasks. CartPole observations are (x, x_dot, theta, theta_dot); MountainCar's are
-# (position, velocity).
+# (position, velocity). The "-vel" / "-pos" masks are the authors' "odd" / "even" masks.
 _FIXED: list[Task] = [
     Task(
         "CartPole-vel",
@@ -65,6 +85,7 @@ _FIXED: list[Task] = [
         "CartPole-v1",
         "CartPole, only the velocities (x_dot, theta_dot)",
         (1, 3),
+        params=_steps(PAPER_TABLE2_EPISODE_STEPS),
     ),
     Task(
         "CartPole-pos",
@@ -72,6 +93,14 @@ _FIXED: list[Task] = [
         "CartPole-v1",
         "CartPole, only cart position and pole angle (x, theta)",
         (0, 2),
+        params=_steps(PAPER_TABLE2_EPISODE_STEPS),
+    ),
+    Task(
+        "MountainCarContinuous",
+        "gymnax",
+        "MountainCarContinuous-v0",
+        "continuous MountainCar, fully observed (the paper's MountCarCont)",
+        params=_steps(PAPER_TABLE2_EPISODE_STEPS),
     ),
     Task(
         "MountainCarContinuous-vel",
@@ -79,6 +108,7 @@ _FIXED: list[Task] = [
         "MountainCarContinuous-v0",
         "continuous MountainCar, velocity only",
         (1,),
+        params=_steps(PAPER_TABLE2_EPISODE_STEPS),
     ),
     Task(
         "MountainCarContinuous-pos",
@@ -86,6 +116,7 @@ _FIXED: list[Task] = [
         "MountainCarContinuous-v0",
         "continuous MountainCar, position only",
         (0,),
+        params=_steps(PAPER_TABLE2_EPISODE_STEPS),
     ),
     Task(
         "UmbrellaChain",
@@ -98,22 +129,75 @@ _FIXED: list[Task] = [
         "gymnax",
         "DiscountingChain-bsuite",
         "bsuite discounting chain (reward horizon)",
+        params=_steps(PAPER_EPISODE_STEPS),
     ),
     Task(
-        "BernoulliBandit", "gymnax", "BernoulliBandit-misc", "two-armed Bernoulli bandit (meta-RL)"
+        "BernoulliBandit",
+        "gymnax",
+        "BernoulliBandit-misc",
+        "two-armed Bernoulli bandit (meta-RL)",
+        params=_steps(PAPER_EPISODE_STEPS),
     ),
-    Task("GaussianBandit", "gymnax", "GaussianBandit-misc", "two-armed Gaussian bandit (meta-RL)"),
-    Task("MetaMaze", "gymnax", "MetaMaze-misc", "maze with a hidden, resampled goal (meta-RL)"),
-    Task("PointRobot", "gymnax", "PointRobot-misc", "point robot reaching a hidden goal (meta-RL)"),
-    Task("Reacher", "gymnax", "Reacher-misc", "two-link reacher with a hidden goal (meta-RL)"),
+    Task(
+        "GaussianBandit",
+        "gymnax",
+        "GaussianBandit-misc",
+        "two-armed Gaussian bandit (meta-RL)",
+        params=_steps(PAPER_EPISODE_STEPS),
+    ),
+    Task(
+        "MetaMaze",
+        "gymnax",
+        "MetaMaze-misc",
+        "maze with a hidden goal, found again and again (meta-RL)",
+        params=_steps(PAPER_EPISODE_STEPS),
+    ),
+    Task(
+        "PointRobot",
+        "gymnax",
+        "PointRobot-misc",
+        "point robot reaching a hidden goal again and again (meta-RL)",
+        params=_steps(PAPER_EPISODE_STEPS),
+    ),
+    Task(
+        "Reacher",
+        "gymnax",
+        "Reacher-misc",
+        "two-link reacher with a hidden goal (meta-RL)",
+        params=_steps(PAPER_EPISODE_STEPS),
+    ),
+    # Catch ends after 9 steps and UmbrellaChain (above) after 10, before any time limit: with
+    # gymnax's defaults they are the authors' environments.
     Task("Catch", "gymnax", "Catch-bsuite", "bsuite catch (10x5 pixels)"),
+    # The paper's Swimmer row is gymnax's: Table 2 of the appendix ("experiments on Gymnax")
+    # lists it, and its returns (up to 465) fit Swimmer-misc's reward of at most 1 a step, not
+    # a velocity reward. In both tables, so 1000 steps here and Swimmer-T500 for Table 2's.
     Task(
         "Swimmer",
+        "gymnax",
+        "Swimmer-misc",
+        "point swimmer steering to a goal past urchins, 1000 steps (gymnax)",
+        params=_steps(PAPER_EPISODE_STEPS),
+    ),
+    # brax (rtrrl.envs._brax): the authors' config/brax.yml preset, which no row of the paper's
+    # tables reports; any other brax environment is "brax:<env>".
+    Task(
+        "HalfCheetah",
+        "brax",
+        "halfcheetah",
+        "brax half-cheetah, spring pipeline (the authors' config/brax.yml); needs rtrrl[brax]",
+        params={"backend": "spring", "episode_length": 1000},
+    ),
+    Task(
+        "Swimmer-gymnasium",
         "gymnasium",
         "Swimmer-v5",
-        "MuJoCo swimmer (brax in the paper); needs gymnasium[mujoco]",
+        "MuJoCo swimmer on gymnasium, host loop only; needs gymnasium[mujoco]",
     ),
 ]
+
+#: The family that sets a gymnax task's episode length: ``<task>-T<steps>``.
+_EPISODE_STEPS_FAMILY = "<task>-T<steps>"
 
 _FAMILIES: list[tuple[re.Pattern[str], Task]] = [
     (
@@ -126,20 +210,44 @@ _FAMILIES: list[tuple[re.Pattern[str], Task]] = [
             example="MemoryChain-4",
         ),
     ),
+    # The paper's deep sea (gymnax 0.0.8, the authors' pin) maps action 1 to "right" in every
+    # cell; gymnax >= 1.0 draws a fixed random map per cell unless randomize_actions=False.
     (
         re.compile(r"DeepSea-(\d+)"),
         Task(
             "DeepSea-<k>",
             "gymnax",
             "DeepSea-bsuite",
-            "bsuite deep sea, a k x k grid (exploration)",
+            "bsuite deep sea, a k x k grid (exploration); action 1 always goes right",
+            params={"randomize_actions": False},
             example="DeepSea-8",
+        ),
+    ),
+    (
+        re.compile(r"DeepSea-(\d+)-randomized"),
+        Task(
+            "DeepSea-<k>-randomized",
+            "gymnax",
+            "DeepSea-bsuite",
+            "deep sea with a fixed random action map per cell (bsuite's; not the paper's)",
+            params={"randomize_actions": True},
+            example="DeepSea-8-randomized",
+        ),
+    ),
+    (
+        re.compile(r"([^:]+)-T(\d+)"),
+        Task(
+            _EPISODE_STEPS_FAMILY,
+            "gymnax",
+            "<the task's gymnax id>",
+            "a gymnax task with its episodes cut at <steps> steps (Reacher-T500: Table 2's)",
+            example="Reacher-T500",
         ),
     ),
 ]
 
 # The paper's popgym names -> popgym class names (without the difficulty suffix); each class
-# has a JAX port in rtrrl.envs._popgym_jax.
+# has a JAX port in rtrrl.envs._popgym_jax. paper_tasks() lists these six.
 _POPGYM: dict[str, tuple[str, str]] = {
     "StatelessCartPole": ("PositionOnlyCartPole", "CartPole with positions only (popgym)"),
     "NoisyStatelessCartPole": ("NoisyPositionOnlyCartPole", "noisy position-only CartPole"),
@@ -148,16 +256,38 @@ _POPGYM: dict[str, tuple[str, str]] = {
     "Minesweeper": ("MineSweeper", "minesweeper; MultiDiscrete (row, col) flattened"),
     "MultiArmedBandit": ("MultiarmedBandit", "multi-armed bandit with resampled arms"),
 }
+# popgym's other classes, under popgym's names (each has a JAX port too).
+_POPGYM_MORE: dict[str, str] = {
+    "Autoencode": "watch a deck, then name its suits newest first",
+    "Battleship": "battleship on a hidden board; MultiDiscrete (row, col) flattened",
+    "Concentration": "concentration: turn cards two at a time to find pairs",
+    "CountRecall": "say how often the queried kind of card has been dealt",
+    "HigherLower": "guess whether the next card is higher or lower",
+    "LabyrinthEscape": "escape a random maze seeing 3x3 cells",
+    "LabyrinthExplore": "visit every cell of a random maze seeing 3x3 cells",
+    "NoisyPositionOnlyPendulum": "noisy position-only pendulum",
+    "PositionOnlyPendulum": "pendulum observing (cos, sin) of the angle only",
+    "VelocityOnlyCartPole": "CartPole with velocities only (popgym)",
+}
+#: The popgym names that task_names() and `rtrrl tasks` list, each at every level.
+_POPGYM_LISTED = [*_POPGYM, *_POPGYM_MORE]
+# Every popgym name -> (class, description): the paper's names, popgym's other classes, and
+# popgym's own names of the paper's six (not listed: they are the paper's rows again).
+_POPGYM_NAMES: dict[str, tuple[str, str]] = {
+    **{cls: (cls, desc) for cls, desc in _POPGYM.values()},
+    **{cls: (cls, desc) for cls, desc in _POPGYM_MORE.items()},
+    **_POPGYM,
+}
 
 
 def _popgym_task(name: str) -> Task | None:
     base, _, level = name.partition("-")
-    if base not in _POPGYM or (level and level not in _POPGYM_LEVELS):
+    if base not in _POPGYM_NAMES or (level and level not in _POPGYM_LEVELS):
         return None
-    cls, desc = _POPGYM[base]
+    cls, desc = _POPGYM_NAMES[base]
     level = level or "Easy"
-    # Every class named in _POPGYM has a pure-JAX port (rtrrl.envs._popgym_jax); popgym's own
-    # NumPy environments stay reachable as "popgym:<Class>".
+    # Every popgym class has a pure-JAX port (rtrrl.envs._popgym_jax); popgym's own NumPy
+    # environments stay reachable as "popgym:<Class>".
     return Task(name, "jax-port", cls + level, f"{desc} ({level}; JAX port)")
 
 
@@ -169,6 +299,43 @@ def _gymnax_ids() -> list[str]:
         return []
     gymnax = _import_framework("gymnax", "a gymnax id", _GYMNAX_INSTALL)
     return list(gymnax.registered_envs)
+
+
+# --- brax: "brax:<env>[:KEY=VALUE...]" and the paper's brax rows -----------------------------
+
+_BRAX_INSTALL = "pip install 'rtrrl[brax]'"
+
+
+def _brax_task(name: str) -> Task:
+    """The :class:`Task` of a ``brax:`` name (options parsed, checked when built)."""
+    from rtrrl.envs._brax import parse_name
+
+    env_name, options, kwargs = parse_name(name)
+    return Task(name, "brax", env_name, "brax environment", env_kwargs=kwargs, params=options)
+
+
+def _make_brax(task: Task) -> Any:
+    """The :class:`~rtrrl.envs._brax.BraxJaxEnv` of a brax task; one line if brax is missing."""
+    from rtrrl.envs._brax import AUTHORS_EPISODE_LENGTH, make_brax_env, quiet_mjx
+
+    with quiet_mjx():
+        _import_framework("brax", f"task {task.name!r}", _BRAX_INSTALL)
+        _import_framework("brax.envs", f"task {task.name!r}", _BRAX_INSTALL)
+
+    return make_brax_env(
+        task.name,
+        task.target,
+        backend=task.params.get("backend"),
+        episode_length=task.params.get("episode_length", AUTHORS_EPISODE_LENGTH),
+        mask=task.params.get("mask"),
+        kwargs=task.env_kwargs,
+    )
+
+
+def _brax_observed(task: Task) -> str | list[int]:
+    """The mask of a brax task as ``rtrrl tasks`` shows it (a name, indices or ``"all"``)."""
+    mask = task.params.get("mask")
+    return "all" if mask is None else mask if isinstance(mask, str) else list(mask)
 
 
 # --- Python environments: register_task and "module:function" -------------------------------
@@ -299,6 +466,48 @@ def _python_factory(task: Task) -> Callable[[], Any]:
     return make_one
 
 
+def _family_member(name: str, family: Task, match: re.Match[str]) -> Task:
+    """The concrete :class:`Task` of ``name``, which ``family``'s pattern matched."""
+    if family.name == _EPISODE_STEPS_FAMILY:
+        return _with_episode_steps(name, match.group(1), int(match.group(2)))
+    k = int(match.group(1))
+    if k < 1:
+        raise ValueError(f"{name}: the size must be at least 1")
+    if family.target == "MemoryChain-bsuite":
+        return Task(name, "gymnax", family.target, family.description, params={"memory_length": k})
+    return Task(
+        name,
+        "gymnax",
+        family.target,
+        family.description,
+        env_kwargs={"size": k},
+        params=dict(family.params),
+    )
+
+
+def _with_episode_steps(name: str, base_name: str, steps: int) -> Task:
+    """``base_name``'s task with episodes cut at ``steps`` steps (``<task>-T<steps>``).
+
+    The paper's two tables ran the same gymnax task at two episode lengths (1000 and 500
+    steps), which is also what separates rtrrl's gymnax defaults from the paper's; the
+    suffix names either without a registry entry per length.
+    """
+    base = _resolve(base_name)
+    if base.source != "gymnax":
+        raise ValueError(
+            f"{name}: -T<steps> sets the episode length of a gymnax task, and {base_name!r} is "
+            f"a {base.source} task; use {base_name!r} as it is"
+        )
+    if steps < 1:
+        raise ValueError(f"{name}: an episode must be at least 1 step long")
+    return replace(
+        base,
+        name=name,
+        description=f"{base_name} with its episodes cut at {steps} steps",
+        params={**base.params, **_steps(steps)},
+    )
+
+
 def _resolve(name: str) -> Task:
     """The :class:`Task` a name stands for, or :class:`UnknownTaskError`."""
     if name in _PYTHON:
@@ -309,17 +518,12 @@ def _resolve(name: str) -> Task:
     for pattern, family in _FAMILIES:
         match = pattern.fullmatch(name)
         if match:
-            k = int(match.group(1))
-            if k < 1:
-                raise ValueError(f"{name}: the size must be at least 1")
-            if family.target == "MemoryChain-bsuite":
-                return Task(
-                    name, "gymnax", family.target, family.description, params={"memory_length": k}
-                )
-            return Task(name, "gymnax", family.target, family.description, env_kwargs={"size": k})
+            return _family_member(name, family, match)
     popgym_task = _popgym_task(name)
     if popgym_task is not None:
         return popgym_task
+    if name.startswith("brax:"):
+        return _brax_task(name)
     if name.startswith("gymnasium:"):
         return Task(name, "gymnasium", name.removeprefix("gymnasium:"), "gymnasium environment")
     if name.startswith("popgym:"):
@@ -368,12 +572,12 @@ def _all_candidates() -> list[str]:
 def task_names() -> list[str]:
     """Every registered name, families represented by one example (``MemoryChain-4``...).
 
-    Any ``MemoryChain-<k>`` / ``DeepSea-<k>``, gymnax id, ``gymnasium:<id>`` and
-    ``popgym:<class>`` also works.
+    Any ``MemoryChain-<k>`` / ``DeepSea-<k>``, gymnax id, ``brax:<env>``, ``gymnasium:<id>``
+    and ``popgym:<class>`` also works.
     """
     names = [t.name for t in _FIXED]
     names += [f.example for _, f in _FAMILIES if f.example]
-    for base in _POPGYM:
+    for base in _POPGYM_LISTED:
         names += [base] + [f"{base}-{level}" for level in _POPGYM_LEVELS[1:]]
     return names
 
@@ -381,15 +585,63 @@ def task_names() -> list[str]:
 #: The memory-chain lengths and deep-sea sizes the paper reports results for.
 PAPER_MEMORY_LENGTHS = (4, 8, 16, 32, 64)
 PAPER_DEEP_SEA_SIZES = (4, 8, 16)
+#: Fixed entries that are no row of the paper's tables: another version of a row under a
+#: distinct name (the paper's own has the row's name), or the authors' brax preset. Not among
+#: paper_tasks().
+NOT_PAPER_ROWS = frozenset({"Swimmer-gymnasium", "HalfCheetah"})
+
+_T2 = f"-T{PAPER_TABLE2_EPISODE_STEPS}"
+#: The environment of every row of the appendix's Tables 2 and 3 (Lemmel & Grosu, AAAI 2025):
+#: table -> the row as printed -> the task. Table 3's "MemoryChain" and "DeepSea" rows do not
+#: say their length and size, so they have no entry. docs/tasks.md ("Paper rows") gives each
+#: row's evidence.
+PAPER_ROWS: dict[int, dict[str, str]] = {
+    2: {
+        "CartPole-vel": "CartPole-vel",
+        "CartPole-pos": "CartPole-pos",
+        "MetaMaze": "MetaMaze" + _T2,
+        "DiscountingChain": "DiscountingChain" + _T2,
+        "UmbrellaChain": "UmbrellaChain",
+        "BernoulliBandit": "BernoulliBandit" + _T2,
+        "GaussianBandit": "GaussianBandit" + _T2,
+        "Reacher": "Reacher" + _T2,
+        "Swimmer": "Swimmer" + _T2,
+        "MountCarCont": "MountainCarContinuous",
+        "MountCarCont-vel": "MountainCarContinuous-vel",
+        "MountCarCont-pos": "MountainCarContinuous-pos",
+        **{f"MemoryChain-{k}": f"MemoryChain-{k}" for k in PAPER_MEMORY_LENGTHS},
+        **{f"DeepSea-{k}": f"DeepSea-{k}" for k in PAPER_DEEP_SEA_SIZES},
+    },
+    3: {
+        name: name
+        for name in (
+            "MetaMaze",
+            "DiscountingChain",
+            "UmbrellaChain",
+            "Catch",
+            "BernoulliBandit",
+            "GaussianBandit",
+            "PointRobot",
+            "Reacher",
+            "Swimmer",
+            "StatelessCartPole",
+            "NoisyStatelessCartPole",
+            "Minesweeper",
+            "MultiArmedBandit",
+            "RepeatFirst",
+            "RepeatPrevious",
+        )
+    },
+}
 
 
 def paper_tasks() -> list[str]:
-    """The paper's tasks as concrete names: every fixed entry, the memory chains and deep seas
-    it reports, and the popgym tasks at their default level (Easy).
+    """The paper's tasks as concrete names: every fixed entry (but ``NOT_PAPER_ROWS``), the
+    memory chains and deep seas it reports, and the popgym tasks at their default level (Easy).
 
     The list ``benchmarks/reproduce.py`` sweeps by default.
     """
-    names = [t.name for t in _FIXED]
+    names = [t.name for t in _FIXED if t.name not in NOT_PAPER_ROWS]
     names += [f"MemoryChain-{k}" for k in PAPER_MEMORY_LENGTHS]
     names += [f"DeepSea-{k}" for k in PAPER_DEEP_SEA_SIZES]
     return names + list(_POPGYM)
@@ -407,7 +659,14 @@ def _make_gymnax(task: Task) -> Any:
         return JaxEnv(task.name, env, params, task.obs_indices)
     env, params = gymnax.make(task.target, **task.env_kwargs)
     if task.params:
-        params = params.replace(**task.params)
+        # An override takes its field's type: BernoulliBandit declares max_steps_in_episode a
+        # float, which its observation_space selects against other floats.
+        params = params.replace(
+            **{
+                k: float(v) if isinstance(getattr(params, k, None), float) else v
+                for k, v in task.params.items()
+            }
+        )
     return JaxEnv(task.name, env, params, task.obs_indices)
 
 
@@ -437,7 +696,9 @@ def _gymnasium_make(task: Task) -> Any:
     try:
         return gymnasium.make(task.target)
     except gymnasium.error.DependencyNotInstalled as exc:
-        hint = " (the paper used brax's Swimmer)" if task.name == "Swimmer" else ""
+        hint = ""
+        if task.name == "Swimmer-gymnasium":
+            hint = " (the paper's Swimmer is gymnax's Swimmer-misc, task 'Swimmer')"
         raise TaskUnavailableError(
             f"task {task.name!r} ({task.target}) needs packages that are not installed{hint}: "
             f"{one_line(exc)}"
@@ -486,19 +747,24 @@ def _gymnasium_factory(task: Task) -> Any:
     return make_one
 
 
-_JAX_SOURCES = ("gymnax", "jax-port")
+_JAX_SOURCES = ("gymnax", "jax-port", "brax")
+
+
+def _make_pure(task: Task) -> Any:
+    """The pure-JAX environment of a task whose source is in ``_JAX_SOURCES``."""
+    return _make_brax(task) if task.source == "brax" else _make_gymnax(task)
 
 
 def make_jax(task: str) -> Any:
-    """The pure-JAX :class:`~rtrrl.envs.JaxEnv` of a gymnax-backed task."""
+    """The pure-JAX :class:`~rtrrl.envs.JaxEnv` of a gymnax-backed or brax task."""
     resolved = _resolve(task)
     if resolved.source not in _JAX_SOURCES:
         raise ValueError(
             f"task {task!r} is backed by {resolved.source} ({resolved.target}); only "
-            "gymnax-backed tasks (and our JAX ports of popgym tasks) have a pure-JAX form. "
-            "Use make_host() for it."
+            "gymnax-backed tasks, our JAX ports of popgym tasks and brax tasks have a pure-JAX "
+            "form. Use make_host() for it."
         )
-    return _make_gymnax(resolved)
+    return _make_pure(resolved)
 
 
 def make_host(task: str, num_envs: int = 1) -> HostEnv:
@@ -507,7 +773,7 @@ def make_host(task: str, num_envs: int = 1) -> HostEnv:
     if resolved.source in _JAX_SOURCES:
         from rtrrl.envs._gymnax import GymnaxHostEnv
 
-        return GymnaxHostEnv(_make_gymnax(resolved), num_envs)
+        return GymnaxHostEnv(_make_pure(resolved), num_envs)
     from rtrrl.envs._gymnasium import GymnasiumHostEnv
 
     factory = _gymnasium_factory(resolved)
@@ -533,10 +799,13 @@ def _available(task: Task) -> str | None:
         "jax-port": "gymnax",
         "gymnasium": "gymnasium",
         "popgym": "popgym",
+        "brax": "brax",
     }[task.source]
     if importlib.util.find_spec(needs) is None:
-        return f"needs {needs}"
-    if task.name == "Swimmer" and importlib.util.find_spec("mujoco") is None:
+        return f"needs {needs}: {_BRAX_INSTALL}" if needs == "brax" else f"needs {needs}"
+    if task.name == "Swimmer-gymnasium" and not all(
+        importlib.util.find_spec(m) for m in ("mujoco", "imageio")
+    ):  # gymnasium[mujoco]
         return "needs gymnasium[mujoco]"
     return None
 
@@ -551,7 +820,7 @@ def describe_tasks() -> list[dict[str, Any]]:
     """
     entries: list[tuple[Task, str]] = [(t, t.name) for t in _FIXED]
     entries += [(f, f.example or f.name) for _, f in _FAMILIES]
-    for base in _POPGYM:
+    for base in _POPGYM_LISTED:
         for level in _POPGYM_LEVELS:
             name = base if level == "Easy" else f"{base}-{level}"
             task = _popgym_task(name)
@@ -566,6 +835,7 @@ def describe_tasks() -> list[dict[str, Any]]:
             "target": _resolve(concrete).target,
             "observed": "all" if task.obs_indices is None else list(task.obs_indices),
             "obs": "?",
+            **({"observed": _brax_observed(task)} if task.source == "brax" else {}),
             "action": "?",
             "max_steps": None,
             "description": task.description,
@@ -586,7 +856,7 @@ def describe_tasks() -> list[dict[str, Any]]:
 def _spec_of(name: str) -> Any:
     task = _resolve(name)
     if task.source in _JAX_SOURCES:
-        return _make_gymnax(task).spec
+        return _make_pure(task).spec
     env = make_host(name, 1)
     try:
         return env.spec

@@ -35,7 +35,7 @@ PAPER_NAMES = [
 
 def _needs(name: str) -> str:
     source = envs._registry._resolve(name).source
-    if source == "gymnasium" and name == "Swimmer":
+    if source == "gymnasium" and name == "Swimmer-gymnasium":
         return "mujoco"
     return "gymnax" if source == "jax-port" else source
 

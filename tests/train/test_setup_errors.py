@@ -60,7 +60,8 @@ def test_unknown_gymnasium_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_a_mujoco_task_without_mujoco(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("gymnasium")
     run = tmp_path / "run"
-    assert main(["train", "--task", "Swimmer", "--backend", "numpy", *_small(run)]) == 2
+    argv = ["train", "--task", "Swimmer-gymnasium", "--backend", "numpy", *_small(run)]
+    assert main(argv) == 2
     err = _one_line_error(capsys.readouterr().err)
     assert "needs packages that are not installed" in err and "gymnasium[mujoco]" in err, err
     assert not run.exists()
