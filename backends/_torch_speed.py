@@ -337,12 +337,38 @@ class OnePassRTRL:
     ``J' = M J + diag(local)``, so ``Σ_i g_i J'[i] = (gᵀM) J + g ⊙ local``: stacking the
     signals' rows ``gᵀM`` under ``M`` gives ``J'`` and the projections from one batched
     product over ``J`` (``(B, N + S, N·Z)``). The new trace is returned as the first ``N``
-    rows of that product, a view (a fresh tensor, not contiguous). The association differs
-    from the maths' ``gᵀ (M J)``: the same values to rounding.
+    rows of that product, a view (not contiguous). The association differs from the maths'
+    ``gᵀ (M J)``: the same values to rounding.
+
+    ``donate=True``: the caller gives up the agent it passes (it will not read that agent's
+    tensors after the next step), as a training loop does. The product's buffer, tens of
+    megabytes at large batch sizes, is then reused: the one behind a donated trace, if that
+    trace is the one this object returned last, holds the product of the step after. A fresh
+    buffer of that size is page-faulted in by the allocator every step (see
+    ``benchmarks/torch_alone.py``); a reused one is not. Without donation every product is a
+    fresh tensor. One thread per object when donating.
     """
 
     def __init__(self, rtrl_terms: Callable[..., tuple[torch.Tensor, ...]]) -> None:
         self._terms = rtrl_terms
+        # The product buffer behind the trace returned last, and a donated one free for the
+        # next product; each keyed by the product's shape, dtype and device.
+        self._returned: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._free: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def _product_buffer(self, rows: torch.Tensor, J_W: torch.Tensor) -> torch.Tensor | None:
+        """A free buffer for this step's product, and ``J_W``'s freed for the next step's;
+        ``None`` when none is free yet (the product then allocates one)."""
+        B, N, _, Z = J_W.shape
+        key = (B, rows.shape[1], N * Z, J_W.dtype, J_W.device)
+        out = self._free.pop(key, None)
+        returned = self._returned.get(key)
+        if returned is not None and returned.data_ptr() == J_W.data_ptr():
+            self._free[key] = returned  # read by this step's product, free after it
+        return out
+
+    def _keep_product(self, out_W: torch.Tensor) -> None:
+        self._returned[(*out_W.shape, out_W.dtype, out_W.device)] = out_W
 
     def __call__(
         self,
@@ -357,12 +383,16 @@ class OnePassRTRL:
         signals: list[torch.Tensor],
         *,
         keep: torch.Tensor | None = None,
+        donate: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
         B, N, _, Z = J_W.shape
         M, local_W, local_tau = self._terms(W, tau, h, s, dt, input_dim, keep=keep)
         g = torch.stack(signals, 1)  # (B, S, N)
         rows = torch.cat([M, torch.bmm(g, M)], 1)  # (B, N + S, N)
-        out_W = torch.bmm(rows, J_W.reshape(B, N, N * Z))
+        buffer = self._product_buffer(rows, J_W) if donate else None
+        out_W = torch.bmm(rows, J_W.reshape(B, N, N * Z), out=buffer)
+        if donate:
+            self._keep_product(out_W)
         out_tau = torch.bmm(rows, J_tau)
         J_W_next, J_tau_next = out_W[:, :N].view(B, N, N, Z), out_tau[:, :N]
         # In place into the fresh product only (nothing the caller owns).

@@ -837,6 +837,7 @@ class TorchBackend(BackendBase):
         self.compile = compile
         self._compiled = _torch_speed.CompiledSteps(step)
         self._one_pass_rtrl = _torch_speed.OnePassRTRL(_rtrl_terms)
+        self._one_pass_rtrl_donated = functools.partial(self._one_pass_rtrl, donate=True)
         # Per (config, dtype, device): its numbers and the eager step's packed update.
         self._eager: dict[tuple[Config, torch.dtype, torch.device], tuple[Any, Any]] = {}
         self._last_eager: tuple[Any, ...] = (None, None, None, None)
@@ -887,6 +888,7 @@ class TorchBackend(BackendBase):
         noise: Any,
         *,
         check: bool = True,
+        donate: bool = False,
     ) -> tuple[Agent, Tensor, Agent]:
         """One pure step (:func:`rtrrl_spec.step`); the compiled one when ``compile=True``.
 
@@ -896,10 +898,14 @@ class TorchBackend(BackendBase):
         agent's float dtype and device. ``check`` (default): first refuse what
         ``rtrrl_spec.step`` refuses, with its messages; ``check=False`` skips that, for
         loops whose inputs are known good (the result is the same on good inputs).
+        ``donate=True`` promises that the caller reads none of ``agent``'s tensors after the
+        next call (a training loop passes each step's agent on and drops it): the eager step
+        may then write a later step's results into their memory (see
+        ``_torch_speed.OnePassRTRL``). The results are the same either way.
         """
         if self.compile:
             return self.step_compiled(config, agent, obs, reward, done, noise, check=check)
-        return self.step_eager(config, agent, obs, reward, done, noise, check=check)
+        return self.step_eager(config, agent, obs, reward, done, noise, check=check, donate=donate)
 
     def rng(self, seed: int) -> torch.Generator:
         """A ``torch.Generator`` on this device, seeded with ``seed``."""
@@ -955,9 +961,10 @@ class TorchBackend(BackendBase):
         noise: Any,
         *,
         check: bool = True,
+        donate: bool = False,
     ) -> tuple[Agent, Tensor, Agent]:
         """The step op by op (:func:`step`, no compilation), its update packed
-        (``_torch_speed.PackedUpdate``); ``check`` as for :meth:`step`."""
+        (``_torch_speed.PackedUpdate``); ``check`` and ``donate`` as for :meth:`step`."""
         if check:
             self.check_step(config, agent, obs, reward, done, noise)
         with torch.inference_mode():
@@ -965,7 +972,10 @@ class TorchBackend(BackendBase):
             numbers, packed = self._eager_parts(config, agent["W_A"])
             update = packed if self.packed_update else apply_update
             one_pass = _torch_speed.uses_one_pass_rtrl(len(inputs[0]), self.one_pass_rtrl_min_batch)
-            rtrl = self._one_pass_rtrl if one_pass else _rtrl_and_project
+            if not one_pass:
+                rtrl = _rtrl_and_project
+            else:
+                rtrl = self._one_pass_rtrl_donated if donate else self._one_pass_rtrl
             return step(config, agent, *inputs, numbers=numbers, update=update, rtrl=rtrl)
 
     def _eager_parts(self, config: Config, W_A: Tensor) -> tuple[dict[str, Tensor], Any]:

@@ -64,9 +64,11 @@ def _numbers(cell: str) -> float | None:
     return float(match.group(1).replace(",", "")) if match else None
 
 
-def parse_tables(text: str, metric: str) -> Table:
-    """Every markdown table row of ``text`` that has a ``metric`` column, keyed by its cells
-    that are not numbers (and by the first numeric columns up to the metric, e.g. N and B)."""
+def parse_tables(text: str, metric: str, key_columns: int | None = None) -> Table:
+    """Every markdown table row of ``text`` that has a ``metric`` column, keyed by its first
+    ``key_columns`` cells (default: every cell before the metric's, e.g. backend, variant, N
+    and B before agent-steps/s; a metric further right needs the count, as other figures
+    sit between)."""
     rows: Table = {}
     header: list[str] | None = None
     for line in text.splitlines():
@@ -82,7 +84,7 @@ def parse_tables(text: str, metric: str) -> Table:
         at = header.index(metric)
         if at >= len(cells) or _numbers(cells[at]) is None:
             continue
-        key = tuple(cells[:at])
+        key = tuple(cells[: at if key_columns is None else key_columns])
         rows[key] = _numbers(cells[at])  # type: ignore[assignment]
     return rows
 
@@ -100,7 +102,14 @@ def _run(script: list[str], pythonpath: str | None) -> str:
     return out.stdout
 
 
-def compare(base: str, script: list[str], rounds: int, metric: str, head: str | None = None) -> str:
+def compare(
+    base: str,
+    script: list[str],
+    rounds: int,
+    metric: str,
+    head: str | None = None,
+    key_columns: int | None = None,
+) -> str:
     """Run ``script`` ``rounds`` times on each side; the markdown section of the comparison.
 
     ``head``: a commit to measure instead of the working tree (then the script and the
@@ -128,15 +137,22 @@ def compare(base: str, script: list[str], rounds: int, metric: str, head: str | 
                 order = ["base", "head"] if r % 2 == 0 else ["head", "base"]
                 for side in order:
                     text = _run(script, paths.get(side))
-                    sides[side].append(parse_tables(text, metric))
+                    sides[side].append(parse_tables(text, metric, key_columns))
         finally:
             for checkout, _ in trees.values():
                 _git("worktree", "remove", "--force", str(checkout))
     keys = [k for k in sides["head"][0] if all(k in t for t in sides["base"] + sides["head"])]
+    if not keys:
+        raise SystemExit(
+            f"no table row has a {metric!r} column keyed alike on both sides and every round; "
+            "check the column's name, and give --key-columns when the metric is not the "
+            "first figure of its row"
+        )
     lines = [
         f"## {time.strftime('%a %b %d %H:%M:%S %Z %Y')}",
         "",
         f"`python benchmarks/against_commit.py {base} --rounds {rounds} --metric '{metric}'"
+        f"{f' --key-columns {key_columns}' if key_columns is not None else ''}"
         f"{f' --head {head}' if head else ''} -- "
         f"{shlex.join([Path(script[0]).name, *script[1:]])}`",
         "",
@@ -161,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("base", help="the commit to measure against (e.g. HEAD~3, a sha)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--metric", default="agent-steps/s")
+    parser.add_argument(
+        "--key-columns",
+        type=int,
+        help="leading cells that name a row (default: all before --metric)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--head", help="a commit to measure instead of the working tree")
     parser.add_argument("script", nargs="*", help="-- SCRIPT [ARGS...]")
@@ -175,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     script[0] = str(HERE / script[0] if not Path(script[0]).exists() else Path(script[0]).resolve())
-    section = compare(args.base, script, args.rounds, args.metric, args.head)
+    section = compare(args.base, script, args.rounds, args.metric, args.head, args.key_columns)
     print(section)
     if not args.no_write:
         append_section(RESULTS, section, "# Benchmarks against an earlier commit")

@@ -82,6 +82,11 @@ def steppers(
     # A version from before the checked step (benchmarks/against_commit.py runs this script
     # on older commits) has no ``check`` keyword: its step is the unchecked one.
     has_check = "check" in inspect.signature(backend.step_eager).parameters
+    # Each step's agent goes to the next and is dropped, as in the training loop (which
+    # donates it where the step takes ``donate``; older versions have no such keyword).
+    donate = (
+        {"donate": True} if "donate" in inspect.signature(backend.step_eager).parameters else {}
+    )
     out = []
     for variant in variants:
         kind, _, checked = variant.partition("-")
@@ -90,7 +95,8 @@ def steppers(
                 continue
             step = fns[kind]
         else:
-            step = functools.partial(fns[kind], check=checked == "checked")
+            options = donate if kind == "eager" else {}
+            step = functools.partial(fns[kind], check=checked == "checked", **options)
         _sync(dev)
         t0 = time.perf_counter()
         agent, _, _ = step(config, start, obs, reward, first_done, noise)

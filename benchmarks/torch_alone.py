@@ -8,11 +8,12 @@ overhead but not to their memory: the stepper made first sits at the top of the 
 glibc gives that memory back to the system and page-faults it in again every step, so at
 large B the first stepper measures slower whichever it is. Here each stepper runs in a
 process of its own, alone, as an agent in ``rtrrl train`` does: ``default`` (the backend as
-shipped), ``one pass`` / ``two passes`` (RTRL with ``_torch_speed.OnePassRTRL`` at every
-batch size, or never) and, with ``--baseline DIR``, the eager step of another checkout's
-torch backend. Processes alternate round by round; each reports the median over five chunks
-of this thread's CPU time per step and the minor page faults per step. Torch runs on one
-thread (rtrrl's host-loop default).
+shipped, each step's agent donated to the next as the training loop does), ``one pass`` /
+``two passes`` (RTRL with ``_torch_speed.OnePassRTRL`` at every batch size, or never), ``not
+donated`` (as shipped, each step's agent kept: every RTRL product a fresh buffer) and, with
+``--baseline DIR``, the eager step of another checkout's torch backend. Processes alternate
+round by round; each reports the median over five chunks of this thread's CPU time per step
+and the minor page faults per step. Torch runs on one thread (rtrrl's host-loop default).
 
 Prints a Markdown table (medians over rounds); ``--record`` appends it with the command,
 date and machine to ``benchmarks/results/step_speed.md``.
@@ -49,6 +50,9 @@ def measure(batch: int, jacobian: str, variant: str, baseline: str | None) -> di
         call = torch_buffers.stepper("eager", batch, jacobian=jacobian, module=module)[1]
     elif variant == "default":
         call = torch_buffers.stepper("eager", batch, jacobian=jacobian, one_pass=None)[1]
+    elif variant == "not donated":
+        kept = torch_buffers.stepper("eager", batch, jacobian=jacobian, one_pass=None, donate=False)
+        call = kept[1]
     else:
         one_pass = variant == "one pass"
         call = torch_buffers.stepper("eager", batch, jacobian=jacobian, one_pass=one_pass)[1]
@@ -87,7 +91,7 @@ def main() -> None:
         for batch in (int(b) for b in args.batch.split(",")):
             variants = ["default"]
             if jacobian == "rtrl":
-                variants += ["one pass", "two passes"]
+                variants += ["one pass", "two passes", "not donated"]
             if args.baseline:
                 variants.append("baseline")
             runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}

@@ -81,11 +81,14 @@ def stepper(
     packed: bool = True,
     one_pass: bool | None = True,
     row_sums: bool = True,
+    donate: bool = True,
     module: ModuleType = this_torch,
     label: str | None = None,
 ) -> tuple[dict[str, Any], Callable[[], None]]:
     """One step of ``variant`` ("eager" / "compiled") at batch ``B``: with or without the
-    packed update (eager) and the row-order batch sums (compiled, one thread)."""
+    packed update (eager) and the row-order batch sums (compiled, one thread); each step's
+    agent donated to the next (``donate``, where the backend's step takes it), as the
+    training loop does."""
     config = step_speed.bench_config(jacobian, 32)
     be = module.TorchBackend(compile=variant == "compiled")
     be.row_sums_min_batch = 1 if row_sums else None
@@ -101,6 +104,8 @@ def stepper(
     step = getattr(be, f"step_{variant}")
     if "check" in inspect.signature(step).parameters:  # the kernels, as the baseline's
         step = functools.partial(step, check=False)
+    if donate and "donate" in inspect.signature(step).parameters:
+        step = functools.partial(step, donate=True)
     state = [be.init(config, B, seed=0, dtype="float32")]
 
     def call() -> None:

@@ -35,14 +35,17 @@ __all__ = ["HostEngine", "eval_agent_numpy", "evaluate_host"]
 def stepper(backend: Any) -> Callable[..., Any]:
     """``backend.step`` called as ``step(config, agent, obs, reward, done, noise, check)``:
     ``check`` is passed on when the backend's step takes it (the fast backends do), and
-    dropped otherwise (the backend then decides, as the NumPy reference always checks)."""
+    dropped otherwise (the backend then decides, as the NumPy reference always checks).
+    A step that takes ``donate`` gets ``donate=True``: the loops here pass each step's agent
+    to the next step and never read it again, so the backend may reuse its memory."""
     try:
-        takes_check = "check" in inspect.signature(backend.step).parameters
+        parameters = inspect.signature(backend.step).parameters
     except (TypeError, ValueError):  # a step without a readable signature
-        takes_check = False
-    if takes_check:
-        return lambda *args, check: backend.step(*args, check=check)
-    return lambda *args, check: backend.step(*args)
+        parameters = {}
+    options = {"donate": True} if "donate" in parameters else {}
+    if "check" in parameters:
+        return lambda *args, check: backend.step(*args, check=check, **options)
+    return lambda *args, check: backend.step(*args, **options)
 
 
 def needs_check(first: bool, obs: np.ndarray, reward: Any) -> bool:

@@ -783,6 +783,32 @@ def test_eager_rtrl_is_the_same_in_one_pass_or_two(config, B: int) -> None:
         agent = got[0]
 
 
+@pytest.mark.parametrize(
+    "config", [c for c in CONFIGS if c.jacobian == "rtrl" and not c.freeze_rnn]
+)
+def test_donated_steps_reuse_the_trace_buffer_and_compute_the_same(config) -> None:
+    """``donate=True`` lets the one-pass RTRL step write a later trace into the memory of a
+    trace it was given (two buffers take turns), and changes no number; without it, an
+    agent a caller keeps holds its values."""
+    donating, keeping = TorchBackend(), TorchBackend()
+    donating.one_pass_rtrl_min_batch = keeping.one_pass_rtrl_min_batch = 1
+    agent = _warm_agent(keeping, config, 3, "float64")
+    inputs = _inputs(keeping, config, 3, "float64", seed=10)
+    donated, kept, addresses = agent, agent, []
+    for _ in range(5):
+        donated = donating.step_eager(config, donated, *inputs, donate=True)[0]
+        kept_before = {k: v.clone() for k, v in kept.items()}
+        previous, kept = kept, keeping.step_eager(config, kept, *inputs)[0]
+        for name in kept:
+            assert torch.equal(donated[name], kept[name]), name
+            assert torch.equal(previous[name], kept_before[name]), name  # left as it was
+        addresses.append(donated["J_W"].data_ptr())
+    # Steps 1 and 2 allocate; from step 3 on the two buffers alternate.
+    assert addresses[2] == addresses[0] and addresses[3] == addresses[1]
+    assert addresses[4] == addresses[2] and addresses[0] != addresses[1]
+    assert len({a for a in (kept["J_W"].data_ptr(), previous["J_W"].data_ptr())}) == 2
+
+
 @pytest.mark.parametrize("config", CONFIGS)
 def test_eager_step_is_the_same_packed_or_not(be: TorchBackend, config) -> None:
     """TorchBackend.packed_update changes how the update runs, not what it computes."""
