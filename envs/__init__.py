@@ -32,6 +32,7 @@ from rtrrl.envs._registry import (
     make_jax,
     paper_tasks,
     register_task,
+    task_definition,
     task_modules,
     task_names,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "make_jax",
     "paper_tasks",
     "register_task",
+    "task_definition",
     "task_modules",
     "task_names",
 ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import json
 import re
 import sys
 import weakref
@@ -542,6 +543,27 @@ def _resolve(name: str) -> Task:
     if _IMPORT_NAME.fullmatch(name):
         return Task(name, "python", name, "Python environment factory")
     raise UnknownTaskError(name, _all_candidates())
+
+
+def task_definition(name: str) -> dict[str, Any]:
+    """What the registry builds for ``name``, as JSON values: its source, the underlying id,
+    the observed entries, the constructor's arguments and the parameters (episode length,
+    options). A run records it (``config.json``) so that resuming it after rtrrl changed what
+    a name stands for (the paper rows did: episode lengths, DeepSea's action mapping,
+    Swimmer's source) can say so; it builds nothing.
+
+    Raises:
+        UnknownTaskError: ``name`` is not a task.
+    """
+    task = _resolve(name)
+    fields = {
+        "source": task.source,
+        "target": task.target,
+        "obs_indices": task.obs_indices,
+        "env_kwargs": task.env_kwargs,
+        "params": task.params,
+    }
+    return json.loads(json.dumps(fields, sort_keys=True, default=repr))
 
 
 def task_modules(name: str) -> list[str]:

@@ -60,7 +60,9 @@ def _tasks(args: argparse.Namespace) -> int:
         "(any brax environment, e.g. brax:ant:mask=odd), "
         "gymnasium:<id> (e.g. gymnasium:CartPole-v1), "
         "popgym:<class> (popgym's own NumPy environment, e.g. popgym:CountRecallEasy), "
-        "MemoryChain-<k> / DeepSea-<k> for any k, -Medium / -Hard for the popgym tasks, and "
+        "MemoryChain-<k> / DeepSea-<k> for any k (DeepSea-<k>-randomized: bsuite's random "
+        "action mapping), -Medium / -Hard for the popgym tasks, -T<steps> after a gymnax task for "
+        "episodes of that many steps (e.g. Swimmer-T500, Table 2's length), and "
         "your own environments: module:function (a function returning a gymnasium "
         "environment) or an id your module registers (--import MODULE); see docs/tasks.md."
     )

@@ -7,6 +7,7 @@ __all__ = [
     "DivergedError",
     "RunExistsError",
     "RunFolderError",
+    "TaskChangedWarning",
     "TrainingError",
 ]
 
@@ -30,3 +31,8 @@ class DivergedError(TrainingError, FloatingPointError):
 
 class RunFolderError(TrainingError, OSError):
     """The run folder cannot be written (checked before any training, so no work is lost)."""
+
+
+class TaskChangedWarning(UserWarning):
+    """A resumed run's task name stands for another environment than when the run started
+    (rtrrl redefined it); the run goes on, on the task as it is defined now."""

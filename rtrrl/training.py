@@ -36,6 +36,7 @@ from rtrrl.errors import (
     DivergedError,
     RunExistsError,
     RunFolderError,
+    TaskChangedWarning,
     TrainingError,
 )
 from rtrrl.host import HostEngine, eval_env_size, evaluate_host
@@ -124,19 +125,62 @@ def _session_meta(backend: Any) -> dict[str, Any]:
     return {"date": _now(), "command": list(sys.argv), "versions": versions, "git": _git_commit()}
 
 
-def _new_meta(backend: Any) -> dict[str, Any]:
+def _new_meta(backend: Any, task: str | None = None) -> dict[str, Any]:
     """``config.json``'s ``"run"`` for a new run: a fresh id (which resume checks: a run
-    folder knows its identity) and the session's metadata."""
-    return {"id": uuid.uuid4().hex, **_session_meta(backend), "resumed": []}
+    folder knows its identity), the session's metadata and what the task name stands for
+    (:func:`rtrrl.envs.task_definition`, which resume compares)."""
+    meta = {"id": uuid.uuid4().hex, **_session_meta(backend), "resumed": []}
+    if task is not None:
+        meta["task_definition"] = _task_definition(task)
+    return meta
 
 
-def _resumed_meta(run_json: dict[str, Any], backend: Any) -> dict[str, Any]:
+def _task_definition(task: str) -> dict[str, Any] | None:
+    from rtrrl import envs
+
+    try:
+        return envs.task_definition(task)
+    except envs.UnknownTaskError:  # a Python task not registered in this process
+        return None
+
+
+def _resumed_meta(
+    run_json: dict[str, Any], backend: Any, task: str | None = None
+) -> dict[str, Any]:
     """The run's metadata with this session appended to ``"resumed"``; a run of an earlier
-    version (no id) gets one now."""
+    version (no id) gets one now. With ``task``: a :class:`TaskChangedWarning` when the
+    name stands for another environment than the run recorded, and the session entry says
+    what changed (a run of a version that recorded nothing is taken as it is)."""
     meta = dict(run_json.get("run") or {})
     meta.setdefault("id", uuid.uuid4().hex)
-    meta["resumed"] = [*meta.get("resumed", []), _session_meta(backend)]
+    session = _session_meta(backend)
+    saved, now = meta.get("task_definition"), None if task is None else _task_definition(task)
+    if saved is not None and now is not None and saved != now:
+        changes = _changes(saved, now)
+        warnings.warn(
+            f"the task {task!r} stands for another environment than when this run started "
+            f"({'; '.join(changes)}): the run goes on, on the task as rtrrl defines it now, so "
+            "its evaluations before and after this resume are not on the same environment. "
+            "To train on one environment throughout, start a new run.",
+            TaskChangedWarning,
+            stacklevel=3,
+        )
+        session["task_changed"] = {"was": saved, "now": now}
+    if now is not None:
+        meta["task_definition"] = now
+    meta["resumed"] = [*meta.get("resumed", []), session]
     return meta
+
+
+def _changes(was: Any, now: Any, where: str = "") -> list[str]:
+    """The differences between two JSON values, as ``path: old → new`` lines."""
+    if isinstance(was, dict) and isinstance(now, dict):
+        return [
+            line
+            for key in sorted(set(was) | set(now))
+            for line in _changes(was.get(key), now.get(key), f"{where}.{key}".lstrip("."))
+        ]
+    return [] if was == now else [f"{where}: {was!r} → {now!r}"]
 
 
 def train(
@@ -203,7 +247,7 @@ def train(
         engine=engine,
         records=[loop.SeedRecord(seed=s) for s in settings.seeds],
         progress=progress,
-        meta=_new_meta(be),
+        meta=_new_meta(be, settings.task),
     )
     return {**_run(session, be, None), "out": str(out_path)}
 
@@ -255,7 +299,7 @@ def resume(run: str | os.PathLike[str], *, progress: bool = False) -> dict[str, 
         rows=list(state["rows"]),
         wall=float(state["wall"]),
         progress=progress,
-        meta=_resumed_meta(ckpt["run"], be),
+        meta=_resumed_meta(ckpt["run"], be, settings.task),
     )
     summary = _run(session, be, (ckpt["agents"], state["engine_state"]))
     return {**summary, "out": str(folder)}

@@ -87,6 +87,39 @@ def test_resume_is_exact_on_numpy(tmp_path: Path, interrupt_after) -> None:
     assert [s["best_eval"] for s in straight["seeds"]] == [s["best_eval"] for s in resumed["seeds"]]
 
 
+def test_resume_warns_when_the_task_now_stands_for_another_environment(
+    tmp_path: Path, interrupt_after, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run records what its task name stands for; resuming it after rtrrl redefined the
+    name (as the paper rows were) warns, names the change and records it."""
+    import warnings
+
+    from rtrrl import envs
+    from rtrrl.errors import TaskChangedWarning
+
+    run = tmp_path / "r"
+    kwargs = dict(backend="numpy", seeds=[3], steps=400, epoch_steps=100, eval_every=1)
+    interrupt_after(1)
+    with pytest.raises(KeyboardInterrupt):
+        training.train("MemoryChain-4", out=run, eval_episodes=2, **kwargs)
+    saved = json.loads((run / "config.json").read_text())["run"]["task_definition"]
+    assert saved == envs.task_definition("MemoryChain-4") and saved["source"] == "gymnax"
+    interrupt_after(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TaskChangedWarning)  # unchanged: no warning
+        with pytest.raises(KeyboardInterrupt):
+            training.resume(run)
+    changed = {**saved, "target": "MemoryChain-redefined"}
+    monkeypatch.setattr(envs, "task_definition", lambda name: changed)
+    change = "target: 'MemoryChain-bsuite' → 'MemoryChain-redefined'"
+    with pytest.warns(TaskChangedWarning, match=change):
+        training.resume(run)
+    meta = json.loads((run / "config.json").read_text())["run"]
+    assert meta["resumed"][-1]["task_changed"] == {"was": saved, "now": changed}
+    assert "task_changed" not in meta["resumed"][0]
+    assert meta["task_definition"] == changed
+
+
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
     with pytest.raises(training.DivergedError, match="non-finite") as info:
