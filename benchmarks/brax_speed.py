@@ -4,9 +4,10 @@ Rows (one run, same machine, same moment), all at B = 1 (one environment, one ag
 
 - ``brax alone``: brax's own ``env.step`` in a jitted ``lax.scan`` with random actions, no
   reset and no time limit (the physics' ceiling);
-- ``brax through rtrrl's adapter``: :class:`rtrrl.envs._brax.BraxJaxEnv`'s ``step`` in the
-  structure of a fused epoch (time limit, same-step auto-reset: a fresh episode is drawn
-  every step and kept where one ended), random actions;
+- ``brax through rtrrl's adapter``: :class:`rtrrl.envs._brax.BraxJaxEnv` stepped as a fused
+  epoch steps it (:func:`rtrrl.envs.batch_step`: time limit, same-step auto-reset, a fresh
+  episode computed only on steps where one ended), random actions. Until ``batch_step``, a
+  fresh episode was computed every step (``benchmarks/reset_speed.py`` times both);
 - ``fused B=1``: :func:`rtrrl.fused.make_train`'s epoch (RFLO, N = 32): agent and
   environment in one scan. It and the adapter row are timed in alternation (``--rounds``)
   and their ratio is the median of the same-round ratios;
@@ -78,7 +79,7 @@ def fused_rows(task: str, epoch_steps: int, repeats: int, rounds: int) -> list[t
         def body(c, xs):
             state, ep_return, ret_sum = c
             action, k = xs
-            state, obs, reward, term, trunc = jax.vmap(env.step)(k, state, action)
+            state, obs, reward, term, trunc = envs.batch_step(env, k, state, action)
             done = term | trunc
             ep_return = ep_return + reward
             ret_sum = ret_sum + jnp.sum(jnp.where(done, ep_return, 0.0))
@@ -127,7 +128,7 @@ def fused_rows(task: str, epoch_steps: int, repeats: int, rounds: int) -> list[t
         (
             "brax through rtrrl's adapter",
             env_rate,
-            f"{env_rate / brax_rate:.2f} × brax alone (time limit, auto-reset every step)",
+            f"{env_rate / brax_rate:.2f} × brax alone (time limit, auto-reset where one ended)",
         ),
         (
             "fused B=1 (agent + environment)",

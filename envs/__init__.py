@@ -39,7 +39,7 @@ from rtrrl.envs._registry import (
 
 if TYPE_CHECKING:
     from rtrrl.envs._gymnasium import GymnasiumHostEnv
-    from rtrrl.envs._gymnax import EnvState, GymnaxHostEnv, JaxEnv
+    from rtrrl.envs._gymnax import EnvState, GymnaxHostEnv, JaxEnv, batch_step
 
 __all__ = [
     "EnvSpec",
@@ -51,6 +51,7 @@ __all__ = [
     "Task",
     "TaskUnavailableError",
     "UnknownTaskError",
+    "batch_step",
     "describe_tasks",
     "flat_to_multi_discrete",
     "make_host",
@@ -66,6 +67,7 @@ _LAZY = {
     "EnvState": "rtrrl.envs._gymnax",
     "JaxEnv": "rtrrl.envs._gymnax",
     "GymnaxHostEnv": "rtrrl.envs._gymnax",
+    "batch_step": "rtrrl.envs._gymnax",
     "GymnasiumHostEnv": "rtrrl.envs._gymnasium",
 }
 

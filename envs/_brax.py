@@ -324,7 +324,9 @@ class BraxJaxEnv:
     ``State`` and the episode's step count. ``terminated`` is brax's ``done`` (an environment
     whose body falls, e.g. hopper); ``truncated`` is the time limit without one. Where the
     episode ended, the returned state and observation are those of a fresh episode drawn
-    with ``key`` (same-step auto-reset; the reward is the last step's).
+    with ``key`` (same-step auto-reset; the reward is the last step's). ``advance`` is
+    ``step`` without the auto-reset, for :func:`rtrrl.envs._gymnax.batch_step`, which steps
+    a batch and runs brax's reset only on steps where an episode ended.
 
     Attributes:
         spec: the task's :class:`EnvSpec` (actions continuous, bounded by the actuators'
@@ -369,12 +371,14 @@ class BraxJaxEnv:
         inner = self.env.reset(_raw_key(key))
         return EnvState(inner, jnp.zeros((), jnp.int32)), self.observe(inner.obs)
 
-    def step(self, key: Any, state: Any, action: Any) -> tuple[Any, Any, Any, Any, Any]:
-        """One step with same-step auto-reset; see the class docstring."""
+    def advance(self, key: Any, state: Any, action: Any) -> Any:
+        """One step without its auto-reset (an :class:`rtrrl.envs._gymnax.Advanced`);
+        :meth:`step` and :func:`rtrrl.envs._gymnax.batch_step` finish it. brax's step is
+        deterministic: the whole ``key`` draws the next episode."""
         import jax
         import jax.numpy as jnp
 
-        from rtrrl.envs._gymnax import EnvState
+        from rtrrl.envs._gymnax import Advanced, EnvState
 
         action = jnp.reshape(jnp.asarray(action, jnp.float32), (self.spec.action_dim,))
         stepped = self.env.step(state.inner, action)
@@ -383,20 +387,29 @@ class BraxJaxEnv:
         # A true terminal on the last allowed step counts as terminated, not truncated.
         truncated = jnp.logical_and(t >= self.spec.max_episode_steps, ~terminated)
         done = jnp.logical_or(terminated, truncated)
-        fresh = self.env.reset(_raw_key(key))
-
-        def pick(reset_leaf: Any, step_leaf: Any) -> Any:
-            step_leaf = jnp.reshape(step_leaf, jnp.shape(reset_leaf)).astype(reset_leaf.dtype)
-            return jnp.where(done, reset_leaf, step_leaf)
-
+        fresh = jax.eval_shape(self.env.reset, _raw_key(key))
         if jax.tree.structure(fresh) != jax.tree.structure(stepped):
             # A scan carries the state: its structure must stay that of a reset.
             raise ValueError(
                 f"task {self.spec.name!r}: brax's step returns a state of another structure "
                 "than its reset (metrics or info added by step); rtrrl needs them alike"
             )
-        inner = jax.tree.map(pick, fresh, stepped)
-        obs = jnp.where(done, self.observe(fresh.obs), self.observe(stepped.obs))
-        reward = jnp.asarray(stepped.reward, jnp.float32).reshape(())
-        new_state = EnvState(inner, jnp.where(done, 0, t).astype(jnp.int32))
-        return new_state, obs, reward, terminated, truncated
+
+        def like(reset_leaf: Any, step_leaf: Any) -> Any:
+            return jnp.reshape(step_leaf, reset_leaf.shape).astype(reset_leaf.dtype)
+
+        return Advanced(
+            EnvState(jax.tree.map(like, fresh, stepped), jnp.where(done, 0, t).astype(jnp.int32)),
+            self.observe(stepped.obs),
+            jnp.asarray(stepped.reward, jnp.float32).reshape(()),
+            terminated,
+            truncated,
+            key,
+        )
+
+    def step(self, key: Any, state: Any, action: Any) -> tuple[Any, Any, Any, Any, Any]:
+        """One step with same-step auto-reset; see the class docstring. The fresh episode
+        is computed whether or not this one ended (``batch_step`` skips it for a batch)."""
+        from rtrrl.envs._gymnax import _restart
+
+        return _restart(self, self.advance(key, state, action))

@@ -3,10 +3,19 @@
 gymnax's own ``step`` already auto-resets; we call ``step_env`` / ``reset_env`` ourselves and
 count the episode's steps in our own state, so that the time limit (truncation) is explicit
 and independent of how an environment folds ``time`` into its ``done``.
+
+A step is two halves: :meth:`JaxEnv.advance` (the environment's own step, the time limit,
+and the key the next episode would be drawn with) and the auto-reset (a fresh episode where
+the old one ended). ``JaxEnv.step`` does both for one environment, so ``vmap(step)`` computes
+a fresh episode for every environment at every step and keeps it where one ended: under
+``vmap`` a branch runs both sides. :func:`batch_step` gives the same results for a batch and
+computes the fresh episodes only on steps where some episode ended, which matters where a
+reset is costly (a labyrinth draws a maze, brax initialises its physics).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -19,6 +28,23 @@ class EnvState(NamedTuple):
 
     inner: Any
     episode_step: Any  # int32 scalar; 0 right after a reset
+
+
+class Advanced(NamedTuple):
+    """One environment step before its auto-reset (:meth:`JaxEnv.advance`).
+
+    ``state`` is the stepped state, its leaves already in the shapes and dtypes a reset gives
+    (so that a fresh episode can replace it leaf by leaf, and a scan's carry keeps one
+    structure) and its step count already 0 where the episode ended; ``obs`` its observation;
+    ``reset_key`` the key the next episode is drawn with where this one ended.
+    """
+
+    state: EnvState
+    obs: Any
+    reward: Any
+    terminated: Any
+    truncated: Any
+    reset_key: Any
 
 
 def _flat_obs_size(space: Any) -> int:
@@ -45,7 +71,9 @@ class JaxEnv:
     ``reset(key) -> (state, obs)`` and ``step(key, state, action) -> (state, obs, reward,
     terminated, truncated)``; ``step`` auto-resets (where ``terminated | truncated`` the returned
     state and obs are those of a fresh episode drawn with ``key``), and is jit/vmap/scan-safe.
-    Observations are flat float32 of length ``spec.obs_dim``.
+    Observations are flat float32 of length ``spec.obs_dim``. ``advance`` is ``step`` without
+    the auto-reset, for :func:`batch_step`, which steps a batch and draws fresh episodes only
+    on steps where one ended.
 
     Attributes:
         spec: the task's :class:`EnvSpec`.
@@ -112,8 +140,8 @@ class JaxEnv:
         raw, inner = self.env.reset_env(key, self.params)
         return EnvState(inner, jnp.zeros((), jnp.int32)), self.observe(raw)
 
-    def step(self, key: Any, state: EnvState, action: Any) -> tuple[EnvState, Any, Any, Any, Any]:
-        """One step with same-step auto-reset; see the class docstring."""
+    def advance(self, key: Any, state: EnvState, action: Any) -> Advanced:
+        """One step without its auto-reset; :meth:`step` and :func:`batch_step` finish it."""
         import jax
         import jax.numpy as jnp
 
@@ -126,24 +154,128 @@ class JaxEnv:
         # A true terminal on the last allowed step counts as terminated, not truncated.
         truncated = jnp.logical_and(t >= self.spec.max_episode_steps, ~terminated)
         done = jnp.logical_or(terminated, truncated)
-        raw_re, inner_re = self.env.reset_env(key_reset, self.params)
+        # Shaped and typed as a reset's state, so the state keeps a fixed structure under scan
+        # even if an environment lets a shape (1,) action broadcast.
+        reset_shapes = jax.eval_shape(self.env.reset_env, key_reset, self.params)[1]
+        inner = jax.tree.map(_like, reset_shapes, inner_st)
+        return Advanced(
+            EnvState(inner, jnp.where(done, 0, t).astype(jnp.int32)),
+            self.observe(raw_st),
+            jnp.asarray(reward, jnp.float32).reshape(()),
+            terminated,
+            truncated,
+            key_reset,
+        )
 
-        # Reshape/cast the stepped leaves to the reset ones so the state keeps a fixed
-        # structure under scan even if an environment lets a shape (1,) action broadcast.
-        def pick(reset_leaf: Any, step_leaf: Any) -> Any:
-            reset_leaf = jnp.asarray(reset_leaf)
-            step_leaf = jnp.reshape(step_leaf, reset_leaf.shape).astype(reset_leaf.dtype)
-            return jnp.where(done, reset_leaf, step_leaf)
+    def step(self, key: Any, state: EnvState, action: Any) -> tuple[EnvState, Any, Any, Any, Any]:
+        """One step with same-step auto-reset; see the class docstring. The fresh episode
+        is computed whether or not this one ended (:func:`batch_step` skips it for a batch)."""
+        return _restart(self, self.advance(key, state, action))
 
-        inner = jax.tree.map(pick, inner_re, inner_st)
-        obs = jnp.where(done, self.observe(raw_re), self.observe(raw_st))
-        new_state = EnvState(inner, jnp.where(done, 0, t).astype(jnp.int32))
-        reward = jnp.asarray(reward, jnp.float32).reshape(())
-        return new_state, obs, reward, terminated, truncated
+
+def _like(shape: Any, leaf: Any) -> Any:
+    """``leaf`` in the shape and dtype of ``shape`` (a reset's leaf, or its abstract value)."""
+    import jax.numpy as jnp
+
+    return jnp.reshape(leaf, jnp.shape(shape)).astype(shape.dtype)
+
+
+def _where_done(done: Any, fresh: Any, kept: Any) -> Any:
+    """Leaf by leaf, ``fresh`` where ``done`` (over the leading axes ``done`` has) else
+    ``kept``."""
+    import jax
+    import jax.numpy as jnp
+
+    def pick(f: Any, k: Any) -> Any:
+        f = jnp.asarray(f)
+        mask = jnp.reshape(done, jnp.shape(done) + (1,) * (f.ndim - jnp.ndim(done)))
+        return jnp.where(mask, f, k).astype(k.dtype)
+
+    return jax.tree.map(pick, fresh, kept)
+
+
+def _restart(env: Any, adv: Advanced) -> tuple[Any, Any, Any, Any, Any]:
+    """Finish ``adv`` (one environment): a fresh episode where it ended, drawn every time."""
+    done = adv.terminated | adv.truncated
+    state, obs = _where_done(done, env.reset(adv.reset_key), (adv.state, adv.obs))
+    return state, obs, adv.reward, adv.terminated, adv.truncated
+
+
+def _restart_if_any(fresh: Callable[..., Any]) -> Callable[..., Any]:
+    """``fresh(done, keys, state, obs)`` behind a ``lax.cond`` on ``any(done)``: on a step
+    where nothing ended, the stepped ``(state, obs)`` pass through and ``fresh`` is not run.
+
+    A ``cond`` under ``vmap`` becomes a select that runs both branches, so the decision must
+    not be vmapped: this function's batching rule (``custom_vmap``) takes each ``vmap`` over
+    it (the fused path's population of seeds or sweep members, any nesting) into the decision,
+    ``any`` over every environment of every member, and vmaps only ``fresh``, the same
+    computation as before, nested as before.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax.custom_batching import custom_vmap
+
+    @custom_vmap
+    def restart(done: Any, keys: Any, state: Any, obs: Any) -> Any:
+        return jax.lax.cond(
+            jnp.any(done),
+            lambda operands: fresh(*operands),
+            lambda operands: (operands[2], operands[3]),
+            (done, keys, state, obs),
+        )
+
+    @restart.def_vmap
+    def batched(axis_size: int, in_batched: Any, *args: Any) -> tuple[Any, Any]:
+        def to_batch(x: Any, is_batched: bool) -> Any:
+            return x if is_batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+
+        args = jax.tree.map(to_batch, args, tuple(in_batched))
+        out = _restart_if_any(jax.vmap(fresh))(*args)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return restart
+
+
+def _fresh_where_done(env: Any) -> Callable[..., Any]:
+    """``(done, keys, state, obs) -> (state, obs)`` for a batch: a fresh episode drawn with
+    each key, kept where ``done``."""
+    import jax
+
+    def fresh(done: Any, keys: Any, state: Any, obs: Any) -> Any:
+        return _where_done(done, jax.vmap(env.reset)(keys), (state, obs))
+
+    return fresh
+
+
+def batch_step(
+    env: Any, keys: Any, state: Any, action: Any, *, reset_every_step: bool = False
+) -> tuple[Any, Any, Any, Any, Any]:
+    """``jax.vmap(env.step)(keys, state, action)``, the same numbers, without the cost of
+    fresh episodes on steps where none ended.
+
+    ``env`` is a :class:`JaxEnv` (or has its ``advance`` and ``reset``); ``keys``, ``state``
+    and ``action`` have a leading batch axis. The keys are split as ``step`` splits them
+    whether or not a fresh episode is drawn, so a run's episodes do not depend on which
+    formulation computed them. Under further ``vmap`` (a population) the decision is one for
+    all: a fresh batch is computed where any environment of any member ended. An environment
+    without ``advance`` (``step`` only), or ``reset_every_step=True`` (the formulation the
+    tests and ``benchmarks/reset_speed.py`` compare against), runs ``vmap(env.step)``.
+    """
+    import jax
+
+    if reset_every_step or not hasattr(env, "advance"):
+        return jax.vmap(env.step)(keys, state, action)
+    adv = jax.vmap(env.advance)(keys, state, action)
+    done = adv.terminated | adv.truncated
+    new_state, obs = _restart_if_any(_fresh_where_done(env))(
+        done, adv.reset_key, adv.state, adv.obs
+    )
+    return new_state, obs, adv.reward, adv.terminated, adv.truncated
 
 
 class GymnaxHostEnv:
-    """A :class:`JaxEnv` vmapped over ``num_envs`` and jitted on the CPU, NumPy in and out.
+    """A :class:`JaxEnv` batched over ``num_envs`` (:func:`batch_step`) and jitted on the CPU,
+    NumPy in and out.
 
     Key scheme (so a pure-JAX run can reproduce it): ``reset(seed)`` takes
     ``key = jax.random.key(seed)``, splits ``key, sub = split(key)`` and resets env ``i`` with
@@ -169,7 +301,7 @@ class GymnaxHostEnv:
 
         def step(key: Any, state: EnvState, action: Any) -> tuple[Any, ...]:
             key, sub = jax.random.split(key)
-            out = jax.vmap(jax_env.step)(jax.random.split(sub, b), state, action)
+            out = batch_step(jax_env, jax.random.split(sub, b), state, action)
             return (key, *out)
 
         self._reset = jax.jit(reset)

@@ -38,6 +38,7 @@ import numpy as np
 
 import rtrrl_spec
 from rtrrl.backends import jax as jaxbe
+from rtrrl.envs import batch_step
 from rtrrl.errors import CheckpointError
 from rtrrl.loop import EpochResult, exploded, non_finite, param_names
 from rtrrl.settings import EVAL_MAX_STEPS, RunSettings, noise_seed
@@ -142,6 +143,7 @@ def make_train(
     eval_steps: int | None = _DEFAULTS.eval_steps,
     dtype: str = _DEFAULTS.dtype,
     per_member: bool = False,
+    reset_every_step: bool = False,
 ) -> tuple[Callable[..., Carry], Callable[..., Any], Callable[..., Any]]:
     """``(init, epoch, evaluate)`` for one agent on ``env`` (an :class:`rtrrl.envs.JaxEnv`).
 
@@ -152,6 +154,7 @@ def make_train(
 
     ``per_member``: the numbers are an argument (a row of :func:`population_numbers`),
     ``epoch(carry, numbers)``, ``evaluate(agent, key, numbers)``; else constants of the code.
+    ``reset_every_step``: see :func:`make_population`.
     """
     B = num_envs
     # The authors' first score runs one environment through episode after episode.
@@ -162,6 +165,7 @@ def make_train(
     env_names = _env_names(config)
     float_names, params = _checked_arrays(config)
     eval_len = eval_steps or int(env.spec.max_episode_steps or EVAL_MAX_STEPS)
+    env_step = functools.partial(batch_step, env, reset_every_step=reset_every_step)
 
     def init(agent: dict[str, jax.Array], key_data: jax.Array) -> Carry:
         key, k_reset = jax.random.split(jax.random.wrap_key_data(key_data))
@@ -180,7 +184,7 @@ def make_train(
         # The epoch's randomness is drawn up front, in two vectorized calls: on the CPU a
         # threefry call inside the scan body costs about a microsecond however few numbers it
         # makes, more than the environment step itself. Per step the scan then only reads its
-        # slice: noise (T, B, K) for the agent, one key per environment for ``env.step``.
+        # slice: noise (T, B, K) for the agent, one key per environment for its step.
         key = jax.random.wrap_key_data(carry["key"])
         key, k_noise, k_env = jax.random.split(key, 3)
         noise, _ = draw_noise(config, epoch_steps * B, k_noise, dtype)
@@ -193,7 +197,7 @@ def make_train(
             agent, action, info = train_step(
                 carry["agent"], carry["obs"], carry["reward"], carry["done"], noise, n
             )
-            env_state, obs, reward, terminated, truncated = jax.vmap(env.step)(
+            env_state, obs, reward, terminated, truncated = env_step(
                 k_env, carry["env_state"], action
             )
             # terminated | truncated: time limits end the episode for the agent (spec default).
@@ -255,7 +259,7 @@ def make_train(
             key, k_noise, k_env = jax.random.split(key, 3)
             noise, _ = draw_noise(config, E, k_noise, dtype)
             agent, action, _ = eval_step(agent, obs, reward, done, noise, n)
-            env_state, obs, reward, terminated, truncated = jax.vmap(env.step)(
+            env_state, obs, reward, terminated, truncated = env_step(
                 jax.random.split(k_env, E), env_state, action
             )
             done = terminated | truncated
@@ -265,16 +269,8 @@ def make_train(
             else:  # each environment's first episode only
                 total = total + jnp.where(finished, 0.0, reward)
                 finished = finished | done
-            return (
-                agent,
-                env_state,
-                obs.astype(dtype),
-                reward.astype(dtype),
-                done,
-                key,
-                total,
-                finished,
-            ), None
+            obs, reward = obs.astype(dtype), reward.astype(dtype)
+            return (agent, env_state, obs, reward, done, key, total, finished), None
 
         init_c = (
             frozen,
@@ -312,6 +308,7 @@ def make_population(
     eval_steps: int | None = _DEFAULTS.eval_steps,
     dtype: str = _DEFAULTS.dtype,
     per_member: bool = False,
+    reset_every_step: bool = False,
 ) -> tuple[Callable[..., Carry], Callable[..., Any], Callable[..., Any]]:
     """:func:`make_train` for ``P`` members at once: ONE ``vmap`` over a leading member axis.
 
@@ -320,6 +317,13 @@ def make_population(
     With ``per_member`` every member has its own numbers: ``epoch(carry, active, numbers)``
     and ``evaluate(agents, keys, numbers)``, ``numbers`` from :func:`population_numbers`
     (whose structure ``config`` must be). All three are jitted.
+
+    The environments step by :func:`rtrrl.envs.batch_step`: fresh episodes are computed on a
+    step only if an episode ended, decided once for every environment of every member (the
+    decision under the member ``vmap`` is not vmapped, see ``batch_step``).
+    ``reset_every_step=True`` computes them at every step and keeps them where an episode
+    ended: the same numbers, slower, the reference of the tests and of
+    ``benchmarks/reset_speed.py``.
     """
     init, epoch, evaluate = make_train(
         config,
@@ -330,6 +334,7 @@ def make_population(
         eval_steps=eval_steps,
         dtype=dtype,
         per_member=per_member,
+        reset_every_step=reset_every_step,
     )
     v_epoch = jax.vmap(epoch)
 
