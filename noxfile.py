@@ -1,5 +1,6 @@
 """Sessions for developers and CI. ``nox`` alone runs lint, spec, conformance(numpy),
-tests, tests_brax (the brax tasks, with the `brax` extra) and docs.
+tests, tests_brax (the brax tasks, with the `brax` extra), tests_ray (sweeps and
+reproductions on a local Ray instance, with the `ray` extra) and docs.
 
     nox                                      # what CI runs (see .ci/run)
     nox -s "conformance(backend='numpy')" -- -k step   # arguments after -- go to pytest
@@ -26,7 +27,15 @@ import nox
 nox.needs_version = ">=2024.10"
 nox.options.default_venv_backend = "virtualenv"
 nox.options.error_on_external_run = True
-nox.options.sessions = ["lint", "spec", "conformance", "tests", "tests_brax", "docs"]
+nox.options.sessions = [
+    "lint",
+    "spec",
+    "conformance",
+    "tests",
+    "tests_brax",
+    "tests_ray",
+    "docs",
+]
 
 ROOT = Path(__file__).parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
@@ -175,6 +184,15 @@ def tests_brax(session: nox.Session) -> None:
     }
     files = ["tests/envs/test_envs_brax.py", "tests/envs/test_envs_registry.py"]
     session.run("pytest", *files, *session.posargs, env={**_hypothesis_env(), **cache})
+
+
+@nox.session
+def tests_ray(session: nox.Session) -> None:
+    """Sweeps and reproductions on Ray (tests/train/test_ray.py) with the `ray` extra
+    installed, on a local Ray instance of 2 CPUs. `tests` runs without it (there its tests
+    skip, but the one for a missing Ray), so `nox` covers both."""
+    _install(session, "all,ray", "test")
+    session.run("pytest", "tests/train/test_ray.py", *session.posargs, env=_hypothesis_env())
 
 
 @nox.session(default=False)

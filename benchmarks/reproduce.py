@@ -31,6 +31,15 @@ median ± std over seeds of the best evaluation reward, the paper's figure besid
 paper gives one). A cell that fails says ``error: ...`` in the table; a cell not run yet says
 ``pending``. ``--render-only`` re-renders from the results file without training.
 
+``--ray [ADDRESS]`` runs every cell as a Ray task (``pip install "rtrrl[ray]"``; see
+docs/distributed.md): ``--ray`` alone starts a local Ray instance, ``--ray auto`` joins the
+cluster running on this machine, ``--ray HOST:PORT`` that head. Each cell asks for
+``--ray-cpus`` CPUs (default 1) and ``--ray-gpus`` GPUs (default 0) and starts again from its
+checkpoint when its worker dies (``--ray-retries``, default 3); the driver writes the results
+file and the table as cells finish, as a local run does, so the same command run again skips
+the finished cells. The run folders (``--runs``) and this script must be on storage every node
+reaches (or at the same path on every node).
+
 Default budget (fits this 2-core CPU machine): 100,000 steps per seed with evaluation every
 10 epochs on gymnax tasks, 20,000 steps per seed with evaluation every 5 epochs on host-loop
 tasks, patience 10. Measured here on a shared, loaded machine: a gymnax cell takes 15 s to
@@ -51,7 +60,7 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -443,6 +452,61 @@ def render(
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+# --- on Ray ---------------------------------------------------------------------------------
+
+
+def run_on_ray(
+    cells: Sequence[tuple[str, str]],
+    args: argparse.Namespace,
+    runs: Path,
+    command: str,
+    path: Path,
+    write_table: Callable[[], None],
+) -> None:
+    """Every cell of ``cells`` as a Ray task (:mod:`rtrrl.distributed`), on whatever the
+    cluster offers: each one :func:`run_cell` on a worker, under the lock of its run folder;
+    its record is appended to ``path`` and the table rendered as it finishes. A cell whose
+    workers all died gets an ``error`` record, and the next run of the command tries it
+    again."""
+    from tqdm.auto import tqdm
+
+    from rtrrl import distributed
+
+    retries = 3 if args.ray_retries is None else args.ray_retries
+    resources = distributed.Resources(args.ray_cpus, args.ray_gpus or 0.0, retries)
+    distributed.connect(args.ray)
+    worker_args = argparse.Namespace(**{**vars(args), "progress": False})
+    script = str(Path(__file__).resolve())
+    units = {
+        (task, variant): (script, "run_cell", str(runs / f"{task}-{variant}"), task, variant)
+        + (worker_args, runs, command)
+        for task, variant in cells
+    }
+    bar = tqdm(total=len(cells), unit="cell", desc="cells")
+
+    def on_finished(done: list[tuple[Any, Any]], failed: dict[Any, str]) -> None:
+        date = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        records = [rec for _, rec in done]
+        for (task, variant), error in failed.items():
+            base = {"task": task, "variant": variant, "backend": args.backend}
+            records.append(
+                {**base, "command": command, "date": date, "status": "error", "error": error}
+            )
+        with path.open("a") as f:
+            for rec in records:
+                f.write(json.dumps(rec) + "\n")
+        write_table()
+        for rec in records:
+            text = cell_text(rec, PAPER.get((rec["task"], rec["variant"])))
+            bar.write(f"{rec['task']} / {rec['variant']}: {text} ({rec.get('wall_time', 0):.0f} s)")
+        bar.update(len(records))
+
+    try:
+        distributed.run_units(distributed.call_file, units, resources.options(), on_finished)
+    finally:
+        bar.close()
+
+
 # --- command line ---------------------------------------------------------------------------
 
 
@@ -486,7 +550,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--render-only", action="store_true", help="render, train nothing")
     p.add_argument("--progress", action="store_true", help="a progress bar per cell")
     p.add_argument("--verbose", action="store_true", help="print a failed cell's traceback")
+    ray = p.add_argument_group("on Ray: one task per cell (docs/distributed.md)")
+    ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run each cell as a Ray task: alone, a local instance; auto: the cluster running "
+        "here; HOST:PORT: that head",
+    )
+    ray.add_argument("--ray-cpus", type=float, metavar="C", help="CPUs per cell (default 1)")
+    ray.add_argument("--ray-gpus", type=float, metavar="G", help="GPUs per cell (default 0)")
+    ray.add_argument(
+        "--ray-retries", type=int, metavar="R", help="restarts after a worker died (default 3)"
+    )
     args = p.parse_args(argv)
+    given = [f"--ray-{k}" for k in ("cpus", "gpus", "retries") if getattr(args, f"ray_{k}")]
+    if args.ray is None and given:
+        p.error(f"{', '.join(given)} apply to cells on Ray: add --ray [ADDRESS]")
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
@@ -521,10 +602,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     runs = Path(args.runs) / path.stem
     finished = {k for k, r in latest(read_results(path)).items() if r["status"] == "ok"}
+    on_ray: list[tuple[str, str]] = []
     for task in tasks:
         for variant in args.variants:
             if (task, variant) in finished:
                 print(f"{task} / {variant}: done earlier, kept")
+                continue
+            if args.ray is not None:
+                on_ray.append((task, variant))
                 continue
             print(f"{task} / {variant}: training ...", flush=True)
             rec = run_cell(task, variant, args, runs, command.strip())
@@ -536,6 +621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"({rec['wall_time']:.0f} s)",
                 flush=True,
             )
+    if on_ray:
+        run_on_ray(on_ray, args, runs, command.strip(), path, write_table)
     write_table()
     print(f"table: {md}; results: {path}")
     return 0

@@ -3,7 +3,8 @@
 Takes every flag of ``rtrrl train`` (the run settings and the agent fields all members share,
 ``--config FILE`` included) and the search space: ``--grid NAME=V1,V2`` and ``--random
 NAME=KIND:LOW:HIGH`` (repeatable), ``--samples``, ``--sweep-seed``, or a TOML file
-(``--space``). Nothing here imports a framework until the command runs.
+(``--space``); ``--ray [ADDRESS]`` runs the chunks on Ray (:mod:`rtrrl.distributed`).
+Nothing here imports a framework until the command runs.
 """
 
 from __future__ import annotations
@@ -36,11 +37,30 @@ def _pairs(flag: str, items: list[str]) -> dict[str, str]:
     return out
 
 
+def _ray_runner(args: argparse.Namespace) -> Any:
+    """The runner of ``--ray`` (``None`` without it): checked before anything is written."""
+    ray_flags = [
+        f"--{k.replace('_', '-')}"
+        for k in ("ray_cpus", "ray_gpus", "ray_retries")
+        if getattr(args, k) is not None
+    ]
+    if args.ray is None:
+        if ray_flags:
+            raise ValueError(f"{', '.join(ray_flags)} apply to units on Ray: add --ray [ADDRESS]")
+        return None
+    from rtrrl import distributed
+
+    retries = 3 if args.ray_retries is None else args.ray_retries
+    resources = distributed.Resources(args.ray_cpus, args.ray_gpus or 0.0, retries)
+    return distributed.ray_runner(args.ray, resources)
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from rtrrl import sweeps as sw
 
     run, agent, flags = _cli_train._given(args)
     progress = not args.no_progress
+    runner = _ray_runner(args)
     if args.resume:
         given = [
             f"--{k.replace('_', '-')}" for k in _SWEEP_FLAGS if getattr(args, k) not in (None, [])
@@ -51,7 +71,7 @@ def _sweep(args: argparse.Namespace) -> int:
                 f"--resume continues the sweep in {args.resume} with the settings it started "
                 f"with; drop {', '.join(given)}"
             )
-        summary = sw.resume_sweep(args.resume, progress=progress)
+        summary = sw.resume_sweep(args.resume, progress=progress, runner=runner)
     else:
         search = sw.space_of(
             _pairs("--grid", args.grid),
@@ -82,6 +102,8 @@ def _sweep(args: argparse.Namespace) -> int:
             out=out,
             progress=progress,
             chunk_size=args.chunk_size,
+            runner=runner,
+            continue_same=runner is not None,  # a restarted driver runs its command again
             **overrides,
         )
     _report(summary)
@@ -105,6 +127,39 @@ def _report(summary: dict[str, Any]) -> None:
         f"{head} Best: {values} (median best evaluation reward {top['median']:.4g} ± "
         f"{top['std']:.3g}). Ranking in {out}/ranking.md; train the best setting with: "
         f"rtrrl train --config {summary['best_file']}"
+    )
+
+
+def _add_ray_flags(p: argparse.ArgumentParser) -> None:
+    ray = p.add_argument_group("on Ray: one task per chunk, on any machine (docs/distributed.md)")
+    ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help='run each chunk as a Ray task (pip install "rtrrl[ray]"): --ray alone starts a '
+        "local Ray instance, --ray auto joins the cluster running here (ray start), --ray "
+        "HOST:PORT joins that head. The sweep folder (--out) must be on storage every node "
+        "reaches; the same command run again continues the sweep",
+    )
+    ray.add_argument(
+        "--ray-cpus",
+        type=float,
+        metavar="C",
+        help="CPUs each chunk asks for (default: --threads, else 1)",
+    )
+    ray.add_argument(
+        "--ray-gpus",
+        type=float,
+        metavar="G",
+        help="GPUs each chunk asks for (default 0; 0.5: two chunks share a GPU)",
+    )
+    ray.add_argument(
+        "--ray-retries",
+        type=int,
+        metavar="R",
+        help="times a chunk starts again, from its checkpoint, after its worker died "
+        "(default 3; -1: no limit)",
     )
 
 
@@ -165,6 +220,7 @@ def add_command(sub: Any) -> None:
         help="members per chunk, each with its own folder and checkpoint, run one after "
         "another (default: one chunk of all members)",
     )
+    _add_ray_flags(p)
     _cli_train.add_config_flag(p)
     _cli_train._add_train_flags(p)
     p.set_defaults(func=_sweep)

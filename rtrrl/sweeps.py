@@ -40,7 +40,7 @@ import os
 import sys
 import tomllib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -895,6 +895,8 @@ def sweep(
     out: str | os.PathLike[str] | None = None,
     progress: bool = False,
     chunk_size: int | None = None,
+    runner: Callable[[Path, bool], dict[str, Any]] | None = None,
+    continue_same: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train every setting of a search space with every seed, all in one population on the
@@ -916,6 +918,11 @@ def sweep(
         progress: one tqdm bar over every member's steps.
         chunk_size: members per chunk (a unit with its own folder and checkpoint); ``None``:
             one chunk of every member.
+        runner: what runs the chunks, ``runner(folder, progress)`` returning the summary;
+            ``None``: one after another, here (:func:`rtrrl.distributed.ray_runner`: on Ray).
+        continue_same: when ``out`` holds a sweep of exactly these settings, continue it (as
+            :func:`resume_sweep`) instead of refusing: a restarted driver runs its command
+            again.
 
     Raises:
         ValueError: an unknown or structural parameter, a bad range, a setting the agent
@@ -953,7 +960,6 @@ def sweep(
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    folder = _new_folder(out)
     saved = {
         "format": SWEEP_FORMAT,
         "protocol": run_settings.to_json(),
@@ -963,14 +969,37 @@ def sweep(
         "chunk_size": min(chunk_size or members, members),
         "run": {"id": uuid.uuid4().hex, **training._session_meta(be), "resumed": []},
     }
+    if continue_same and out is not None and (Path(out) / SWEEP_JSON).exists():
+        _check_same(Path(out), saved)
+        return resume_sweep(out, progress=progress, runner=runner)
+    folder = _new_folder(out)
     run_folder.write_json(folder / SWEEP_JSON, saved)
     _write_settings_csv(_read_sweep(folder))
-    return _run_all(folder, progress)
+    return (runner or _run_all)(folder, progress)
 
 
-def resume_sweep(folder: str | os.PathLike[str], *, progress: bool = False) -> dict[str, Any]:
+def _check_same(folder: Path, saved: Mapping[str, Any]) -> None:
+    """A one-line ``RunExistsError`` unless the sweep in ``folder`` is the one ``saved``
+    describes (its identity: everything but the sessions that ran it)."""
+    on_disk = _read_sweep(folder).saved
+    keys = ("format", "protocol", "agent", "space", "settings", "chunk_size")
+    differ = [k for k in keys if on_disk.get(k) != json.loads(json.dumps(saved[k]))]
+    if differ:
+        raise RunExistsError(
+            f"{folder} holds another sweep ({', '.join(differ)}: not this command's); "
+            f"continue it with `rtrrl sweep --resume {folder}` or choose another --out"
+        )
+
+
+def resume_sweep(
+    folder: str | os.PathLike[str],
+    *,
+    progress: bool = False,
+    runner: Callable[[Path, bool], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Continue the sweep in ``folder``: finished chunks stay, a stopped one continues from
-    its checkpoint exactly, the others start; returns the summary, as :func:`sweep` does."""
+    its checkpoint exactly, the others start; returns the summary, as :func:`sweep` does.
+    ``runner``: as for :func:`sweep`."""
     from rtrrl import _registry, threads, training
 
     sweep = _read_sweep(folder)
@@ -987,4 +1016,4 @@ def resume_sweep(folder: str | os.PathLike[str], *, progress: bool = False) -> d
         "resumed": [*saved["run"].get("resumed", []), training._session_meta(be)],
     }
     run_folder.write_json(sweep.folder / SWEEP_JSON, saved)
-    return _run_all(sweep.folder, progress)
+    return (runner or _run_all)(sweep.folder, progress)
