@@ -18,6 +18,9 @@ def _load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"rtrrl_bench_{name}", BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs, as an import would: a dataclass in the script looks its
+    # module up in sys.modules.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
