@@ -67,7 +67,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe as machine  # noqa: E402
 
-from rtrrl import envs  # noqa: E402
+from rtrrl import distributed, envs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results" / "reproduce"
@@ -470,10 +470,7 @@ def run_on_ray(
     again."""
     from tqdm.auto import tqdm
 
-    from rtrrl import distributed
-
-    retries = 3 if args.ray_retries is None else args.ray_retries
-    resources = distributed.Resources(args.ray_cpus, args.ray_gpus or 0.0, retries)
+    resources = distributed.resources_from_args(args, "cell")
     distributed.connect(args.ray)
     worker_args = argparse.Namespace(**{**vars(args), "progress": False})
     script = str(Path(__file__).resolve())
@@ -550,24 +547,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--render-only", action="store_true", help="render, train nothing")
     p.add_argument("--progress", action="store_true", help="a progress bar per cell")
     p.add_argument("--verbose", action="store_true", help="print a failed cell's traceback")
-    ray = p.add_argument_group("on Ray: one task per cell (docs/distributed.md)")
-    ray.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        help="run each cell as a Ray task: alone, a local instance; auto: the cluster running "
-        "here; HOST:PORT: that head",
-    )
-    ray.add_argument("--ray-cpus", type=float, metavar="C", help="CPUs per cell (default 1)")
-    ray.add_argument("--ray-gpus", type=float, metavar="G", help="GPUs per cell (default 0)")
-    ray.add_argument(
-        "--ray-retries", type=int, metavar="R", help="restarts after a worker died (default 3)"
-    )
+    distributed.add_ray_flags(p, "cell")
     args = p.parse_args(argv)
-    given = [f"--ray-{k}" for k in ("cpus", "gpus", "retries") if getattr(args, f"ray_{k}")]
-    if args.ray is None and given:
-        p.error(f"{', '.join(given)} apply to cells on Ray: add --ray [ADDRESS]")
+    try:
+        distributed.resources_from_args(args, "cell")
+    except ValueError as err:
+        p.error(str(err))
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")

@@ -13,7 +13,7 @@ import argparse
 import time
 from typing import Any
 
-from rtrrl import _cli_train
+from rtrrl import _cli_train, distributed
 from rtrrl.settings import RunSettings
 
 __all__ = ["add_command"]
@@ -39,20 +39,8 @@ def _pairs(flag: str, items: list[str]) -> dict[str, str]:
 
 def _ray_runner(args: argparse.Namespace) -> Any:
     """The runner of ``--ray`` (``None`` without it): checked before anything is written."""
-    ray_flags = [
-        f"--{k.replace('_', '-')}"
-        for k in ("ray_cpus", "ray_gpus", "ray_retries")
-        if getattr(args, k) is not None
-    ]
-    if args.ray is None:
-        if ray_flags:
-            raise ValueError(f"{', '.join(ray_flags)} apply to units on Ray: add --ray [ADDRESS]")
-        return None
-    from rtrrl import distributed
-
-    retries = 3 if args.ray_retries is None else args.ray_retries
-    resources = distributed.Resources(args.ray_cpus, args.ray_gpus or 0.0, retries)
-    return distributed.ray_runner(args.ray, resources)
+    resources = distributed.resources_from_args(args, "chunk")
+    return None if resources is None else distributed.ray_runner(args.ray, resources)
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -130,39 +118,6 @@ def _report(summary: dict[str, Any]) -> None:
     )
 
 
-def _add_ray_flags(p: argparse.ArgumentParser) -> None:
-    ray = p.add_argument_group("on Ray: one task per chunk, on any machine (docs/distributed.md)")
-    ray.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        help='run each chunk as a Ray task (pip install "rtrrl[ray]"): --ray alone starts a '
-        "local Ray instance, --ray auto joins the cluster running here (ray start), --ray "
-        "HOST:PORT joins that head. The sweep folder (--out) must be on storage every node "
-        "reaches; the same command run again continues the sweep",
-    )
-    ray.add_argument(
-        "--ray-cpus",
-        type=float,
-        metavar="C",
-        help="CPUs each chunk asks for (default: --threads, else 1)",
-    )
-    ray.add_argument(
-        "--ray-gpus",
-        type=float,
-        metavar="G",
-        help="GPUs each chunk asks for (default 0; 0.5: two chunks share a GPU)",
-    )
-    ray.add_argument(
-        "--ray-retries",
-        type=int,
-        metavar="R",
-        help="times a chunk starts again, from its checkpoint, after its worker died "
-        "(default 3; -1: no limit)",
-    )
-
-
 def add_command(sub: Any) -> None:
     """Add ``sweep`` to the ``rtrrl`` subparsers ``sub``."""
     p = sub.add_parser(
@@ -220,7 +175,12 @@ def add_command(sub: Any) -> None:
         help="members per chunk, each with its own folder and checkpoint, run one after "
         "another (default: one chunk of all members)",
     )
-    _add_ray_flags(p)
+    distributed.add_ray_flags(
+        p,
+        "chunk",
+        where=". The sweep folder (--out) must be on storage every node reaches; the same "
+        "command run again continues the sweep",
+    )
     _cli_train.add_config_flag(p)
     _cli_train._add_train_flags(p)
     p.set_defaults(func=_sweep)

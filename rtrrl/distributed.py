@@ -25,6 +25,7 @@ What makes a distributed run lose nothing and do nothing twice:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import functools
@@ -53,10 +54,12 @@ __all__ = [
     "RayNotInstalledError",
     "Resources",
     "UnitsFailedError",
+    "add_ray_flags",
     "call_file",
     "connect",
     "ray_runner",
     "require_ray",
+    "resources_from_args",
     "run_sweep",
     "run_units",
 ]
@@ -137,6 +140,60 @@ class Resources:
             "max_retries": self.retries,
             "retry_exceptions": False,
         }
+
+
+_RAY_FLAGS = ("ray_cpus", "ray_gpus", "ray_retries")
+
+
+def add_ray_flags(parser: argparse.ArgumentParser, unit: str, where: str = "") -> None:
+    """Add ``--ray [ADDRESS]``, ``--ray-cpus``, ``--ray-gpus`` and ``--ray-retries`` to
+    ``parser``, as one group, for a command whose units of work are ``unit`` (``"chunk"``,
+    ``"cell"``); ``where`` adds to ``--ray``'s help what that command needs of the cluster.
+    Read them back with :func:`resources_from_args`."""
+    ray = parser.add_argument_group(
+        f"on Ray: one task per {unit}, on any machine (docs/distributed.md)"
+    )
+    ray.add_argument(
+        "--ray",
+        nargs="?",
+        const=LOCAL,
+        metavar="ADDRESS",
+        help=f"run each {unit} as a Ray task ({INSTALL}): --ray alone starts a local Ray "
+        "instance, --ray auto joins the cluster running here (ray start), --ray HOST:PORT "
+        f"joins that head{where}",
+    )
+    ray.add_argument(
+        "--ray-cpus",
+        type=float,
+        metavar="C",
+        help=f"CPUs each {unit} asks for (default: --threads, else 1)",
+    )
+    ray.add_argument(
+        "--ray-gpus",
+        type=float,
+        metavar="G",
+        help=f"GPUs each {unit} asks for (default 0; 0.5: two {unit}s share a GPU)",
+    )
+    ray.add_argument(
+        "--ray-retries",
+        type=int,
+        metavar="R",
+        help=f"times a {unit} starts again, from its checkpoint, after its worker died "
+        "(default 3; -1: no limit)",
+    )
+
+
+def resources_from_args(args: argparse.Namespace, unit: str) -> Resources | None:
+    """What the flags of :func:`add_ray_flags` ask for: ``None`` without ``--ray``. A
+    ``--ray-*`` flag without ``--ray`` is an error (it would silently do nothing), as is a
+    request Ray cannot honour (:class:`Resources`)."""
+    given = [f"--{k.replace('_', '-')}" for k in _RAY_FLAGS if getattr(args, k) is not None]
+    if args.ray is None:
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to {unit}s on Ray: add --ray [ADDRESS]")
+        return None
+    retries = 3 if args.ray_retries is None else args.ray_retries
+    return Resources(args.ray_cpus, args.ray_gpus or 0.0, retries)
 
 
 def connect(address: str | None = LOCAL) -> ModuleType:

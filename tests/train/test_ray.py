@@ -383,7 +383,7 @@ def test_a_missing_ray_is_one_line_that_says_how_to_install_it(
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--ray-cpus", "2"], "--ray-cpus apply to units on Ray: add --ray"),
+        (["--ray-cpus", "2"], "--ray-cpus apply to chunks on Ray: add --ray"),
         (["--ray", "--ray-cpus", "-1"], "--ray-cpus must be a finite number >= 0"),
         (["--ray", "--ray-cpus", "0", "--ray-gpus", "0"], "asks for nothing"),
         (["--ray", "--ray-gpus", "1.5"], "--ray-gpus above 1 must be a whole number"),
@@ -402,12 +402,23 @@ def test_bad_ray_flags_are_one_line_errors(
     assert not out.exists()
 
 
-def test_reproduce_refuses_ray_flags_without_ray(capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ray-gpus", "1"], "--ray-gpus apply to cells on Ray: add --ray"),
+        # A zero is still a flag given: it must not pass for "not given".
+        (["--ray-retries", "0"], "--ray-retries apply to cells on Ray: add --ray"),
+        (["--ray", "--ray-gpus", "1.5"], "--ray-gpus above 1 must be a whole number"),
+    ],
+)
+def test_reproduce_refuses_bad_ray_flags_before_running(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
     reproduce = _reproduce()
     with pytest.raises(SystemExit) as stop:
-        reproduce.parse_args(["--ray-gpus", "1"])
+        reproduce.parse_args(flags)
     assert stop.value.code == 2
-    assert "--ray-gpus apply to cells on Ray: add --ray" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.ray
