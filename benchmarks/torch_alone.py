@@ -12,8 +12,9 @@ shipped, each step's agent donated to the next as the training loop does), ``one
 ``two passes`` (RTRL with ``_torch_speed.OnePassRTRL`` at every batch size, or never), ``not
 donated`` (as shipped, each step's agent kept: every RTRL product a fresh buffer) and, with
 ``--baseline DIR``, the eager step of another checkout's torch backend. Processes alternate
-round by round; each reports the median over five chunks of this thread's CPU time per step
-and the minor page faults per step. Torch runs on one thread (rtrrl's host-loop default).
+round by round; each reports the median over five chunks of this thread's CPU time per step,
+the minor page faults per step and the ATen operators one step dispatches (its Python
+overhead, which no load changes). Torch runs on one thread (rtrrl's host-loop default).
 
 Prints a Markdown table (medians over rounds); ``--record`` appends it with the command,
 date and machine to ``benchmarks/results/step_speed.md``.
@@ -28,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -65,7 +67,24 @@ def measure(batch: int, jacobian: str, variant: str, baseline: str | None) -> di
         for _ in range(steps):
             call()
         chunks.append((time.thread_time() - start) / steps * 1e6)
-    return {"cpu_us": statistics.median(chunks), "faults": torch_buffers.faults_per_step(call)}
+    return {
+        "cpu_us": statistics.median(chunks),
+        "faults": torch_buffers.faults_per_step(call),
+        "ops": aten_ops_per_step(call),
+    }
+
+
+def aten_ops_per_step(call: Callable[[], None], steps: int = 20) -> float:
+    """How many ATen operators one step dispatches: the eager step's Python and dispatch
+    overhead grows with it, whatever the machine's load, so it compares two versions of the
+    step where their times are too close for this machine's noise."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            call()
+    events = prof.key_averages()
+    return sum(e.count for e in events if e.key.startswith("aten::")) / steps
 
 
 def main() -> None:
@@ -84,8 +103,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     lines = [
         "| jacobian | B | step | CPU µs / step (median over rounds) | ÷ default | "
-        "page faults / step |",
-        "|---|---:|---|---:|---:|---:|",
+        "page faults / step | ATen ops / step |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
     for jacobian in args.jacobian.split(","):
         for batch in (int(b) for b in args.batch.split(",")):
@@ -107,9 +126,10 @@ def main() -> None:
             for variant in variants:
                 cpu = statistics.median(r["cpu_us"] for r in runs[variant])
                 faults = statistics.median(r["faults"] for r in runs[variant])
+                ops = statistics.median(r["ops"] for r in runs[variant])
                 lines.append(
                     f"| {jacobian} | {batch} | {variant} | {cpu:,.0f} | {cpu / default:.3f} | "
-                    f"{faults:,.0f} |"
+                    f"{faults:,.0f} | {ops:,.0f} |"
                 )
     date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
     baseline = ""
