@@ -6,7 +6,10 @@ Rows (one run, same machine, same moment):
   over one seed, the config's numbers constants of the code), B = 1;
 - ``sweep population-P``: the fused epoch of ``rtrrl sweep`` (``make_population(...,
   per_member=True)``): P members at B = 1, each with its own learning rates (log-spaced) and
-  half of them without clip, all in one vmapped scan; steps summed over the members.
+  half of them without clip, all in one vmapped scan (in blocks of
+  ``rtrrl.fused.MEMBER_BLOCK`` members, as shipped); steps summed over the members;
+- ``sweep population-P, one block``: the same with every member in one block
+  (``member_block=None``), for populations larger than a block.
 
 Every row runs the same number of epochs; the rows are timed in alternation, one call each per
 round (order rotated every round), so load that drifts during the run cancels out of the
@@ -72,14 +75,18 @@ def runners(task: str, epoch_steps: int, populations: list[int]) -> dict[str, tu
             for i, lr in enumerate(lrs)
         ]
         structure, numbers = fused.population_numbers(configs)
-        init, epoch, _ = fused.make_population(
-            structure, env, epoch_steps=epoch_steps, per_member=True
-        )
         inits = [rtrrl_spec.init(c, 1, i) for i, c in enumerate(configs)]
         agents = {k: jnp.asarray(np.stack([a[k] for a in inits])) for k in inits[0]}
-        carry = init(agents, key_data(list(range(P))))
-        run = runner(epoch, carry, jnp.ones(P, bool), numbers)
-        out[f"sweep population-{P}"] = (run, P * epoch_steps)
+        blocks = {"": fused.MEMBER_BLOCK}
+        if P > fused.MEMBER_BLOCK:
+            blocks[", one block"] = None
+        for label, member_block in blocks.items():
+            init, epoch, _ = fused.make_population(
+                structure, env, epoch_steps=epoch_steps, per_member=True, member_block=member_block
+            )
+            carry = init(agents, key_data(list(range(P))))
+            run = runner(epoch, carry, jnp.ones(P, bool), numbers)
+            out[f"sweep population-{P}{label}"] = (run, P * epoch_steps)
     return out
 
 
@@ -126,6 +133,8 @@ def main() -> None:
         table.append(f"| {name} | {members} | {rate:,.0f} | {mid:.2f} ({lo:.2f}–{hi:.2f}) |")
     import jax
 
+    from rtrrl import fused
+
     lines = [
         f"## {date}",
         "",
@@ -135,7 +144,8 @@ def main() -> None:
         f"epoch (one jitted scan per call), JAX {jax.__version__} on {jax.default_backend()}. "
         f"Rows timed in alternation over {args.rounds} rounds, one call each per round; rates "
         "from the median call; ratios the median (quartiles) of the same-round ratios. "
-        "Members: learning rates log-spaced over 1e-4..1e-2, every other one without clip.",
+        "Members: learning rates log-spaced over 1e-4..1e-2, every other one without clip; "
+        f"blocks of {fused.MEMBER_BLOCK} members unless the row says one block.",
         "",
         *table,
         "",

@@ -56,6 +56,8 @@ Carry = dict[str, Any]
 Numbers = dict[str, jax.Array]
 # The run settings' defaults, so that these functions default as a run does.
 _DEFAULTS = RunSettings()
+#: Members per block of a population's epoch (see :func:`make_population`).
+MEMBER_BLOCK = 64
 #: The metrics of an epoch that the loop records (an epoch also reports its checks).
 _METRICS = ("episodes", "mean_return", "mean_abs_td", "mean_value")
 
@@ -309,6 +311,7 @@ def make_population(
     dtype: str = _DEFAULTS.dtype,
     per_member: bool = False,
     reset_every_step: bool = False,
+    member_block: int | None = MEMBER_BLOCK,
 ) -> tuple[Callable[..., Carry], Callable[..., Any], Callable[..., Any]]:
     """:func:`make_train` for ``P`` members at once: ONE ``vmap`` over a leading member axis.
 
@@ -324,6 +327,13 @@ def make_population(
     ``reset_every_step=True`` computes them at every step and keeps them where an episode
     ended: the same numbers, slower, the reference of the tests and of
     ``benchmarks/reset_speed.py``.
+
+    ``member_block``: a population of more members runs its epoch in blocks of this many, one
+    block's whole epoch after the other (:func:`_in_member_blocks`), so that the arrays a
+    step reads and writes (parameters, traces, Adam's moments: tens of kilobytes a member)
+    stay in the CPU's cache through the epoch instead of streaming from memory every step;
+    members are independent, so each computes what it would in one block. ``None``: one
+    block (``benchmarks/sweep_speed.py`` compares the two).
     """
     init, epoch, evaluate = make_train(
         config,
@@ -336,7 +346,7 @@ def make_population(
         per_member=per_member,
         reset_every_step=reset_every_step,
     )
-    v_epoch = jax.vmap(epoch)
+    v_epoch = _in_member_blocks(jax.vmap(epoch), member_block)
 
     def population_epoch(carry: Carry, active: jax.Array, *numbers: Numbers) -> tuple[Carry, Any]:
         new, metrics = v_epoch(carry, *numbers)
@@ -353,6 +363,36 @@ def make_population(
         jax.jit(population_epoch, compiler_options=options),
         jax.jit(jax.vmap(evaluate), compiler_options=options),
     )
+
+
+def _in_member_blocks(v_fn: Callable[..., Any], block: int | None) -> Callable[..., Any]:
+    """``v_fn`` (vmapped over a leading member axis of every argument and result) over
+    blocks of at most ``block`` members, one after the other under ``lax.map``.
+
+    The blocks are of equal size (``ceil(P / ceil(P / block))``), the last member repeated
+    to fill the last block and its copies dropped from the results: every member then runs
+    in the same compiled kernel (a block of another size may round differently), and at most
+    one member per block is computed twice."""
+    if block is not None and block < 1:
+        raise ValueError(f"member_block must be a positive number of members or None, got {block}")
+
+    def blocked(*args: Any) -> Any:
+        members = jax.tree_util.tree_leaves(args)[0].shape[0]
+        if block is None or members <= block:
+            return v_fn(*args)
+        n_blocks = -(-members // block)
+        size = -(-members // n_blocks)
+        padding = n_blocks * size - members
+
+        def to_blocks(x: jax.Array) -> jax.Array:
+            if padding:
+                x = jnp.concatenate([x, jnp.repeat(x[-1:], padding, axis=0)])
+            return x.reshape((n_blocks, size) + x.shape[1:])
+
+        out = jax.lax.map(lambda a: v_fn(*a), jax.tree_util.tree_map(to_blocks, args))
+        return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:])[:members], out)
+
+    return blocked
 
 
 _REGION_COPIES = {"xla_cpu_copy_insertion_use_region_analysis": True}

@@ -1,0 +1,61 @@
+"""A sweep population's epoch in blocks of members (``rtrrl.fused.make_population``'s
+``member_block``) computes what it computes with every member in one block."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rtrrl_spec
+from rtrrl import envs, fused
+
+MEMBERS = 5
+EPOCH_STEPS = 150
+
+
+def _epochs(member_block: int | None) -> tuple[list[dict], list[np.ndarray]]:
+    env = envs.make_jax("CartPole-vel")
+    base = env.spec.agent_config(n_hidden=6, jacobian="rflo")
+    configs = [
+        base.replace(lr_td=float(lr), clip_norm=None if i % 2 else 1.0)
+        for i, lr in enumerate(np.geomspace(1e-3, 1e-1, MEMBERS))
+    ]
+    structure, numbers = fused.population_numbers(configs)
+    init, epoch, _ = fused.make_population(
+        structure, env, epoch_steps=EPOCH_STEPS, per_member=True, member_block=member_block
+    )
+    inits = [rtrrl_spec.init(c, 1, i) for i, c in enumerate(configs)]
+    agents = {k: jnp.asarray(np.stack([a[k] for a in inits])) for k in inits[0]}
+    keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in range(MEMBERS)])
+    carry = init(agents, keys)
+    metrics = []
+    # The second epoch holds member 3 (in the middle of a block), as a sweep holds a member
+    # stopped early.
+    for active in (np.ones(MEMBERS, bool), np.arange(MEMBERS) != 3):
+        carry, m = epoch(carry, jnp.asarray(active), numbers)
+        metrics.append(jax.device_get(m))
+    return metrics, [np.asarray(x) for x in jax.tree_util.tree_leaves(carry)]
+
+
+@pytest.mark.slow  # compiles three population epochs
+def test_blocks_compute_what_one_block_computes() -> None:
+    # Blocks of 2 for 5 members: three blocks, the last member repeated to fill the last.
+    blocked_metrics, blocked = _epochs(member_block=2)
+    one_metrics, one = _epochs(member_block=None)
+    assert any(np.any(m["episodes"] > 0) for m in one_metrics)  # episodes ended: resets ran
+    for a, b in zip(blocked_metrics, one_metrics, strict=True):
+        assert a.keys() == b.keys()
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert len(blocked) == len(one)
+    for a, b in zip(blocked, one, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_block_must_hold_a_member() -> None:
+    env = envs.make_jax("CartPole-vel")
+    config = env.spec.agent_config(n_hidden=4)
+    with pytest.raises(ValueError, match="member_block must be a positive number"):
+        fused.make_population(config, env, member_block=0)
