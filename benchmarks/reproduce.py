@@ -547,7 +547,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--render-only", action="store_true", help="render, train nothing")
     p.add_argument("--progress", action="store_true", help="a progress bar per cell")
     p.add_argument("--verbose", action="store_true", help="print a failed cell's traceback")
-    distributed.add_ray_flags(p, "cell")
+    distributed.add_ray_flags(p, "cell", cpus="1")
     args = p.parse_args(argv)
     try:
         distributed.resources_from_args(args, "cell")

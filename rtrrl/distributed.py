@@ -145,11 +145,14 @@ class Resources:
 _RAY_FLAGS = ("ray_cpus", "ray_gpus", "ray_retries")
 
 
-def add_ray_flags(parser: argparse.ArgumentParser, unit: str, where: str = "") -> None:
+def add_ray_flags(
+    parser: argparse.ArgumentParser, unit: str, where: str = "", cpus: str = "--threads, else 1"
+) -> None:
     """Add ``--ray [ADDRESS]``, ``--ray-cpus``, ``--ray-gpus`` and ``--ray-retries`` to
     ``parser``, as one group, for a command whose units of work are ``unit`` (``"chunk"``,
-    ``"cell"``); ``where`` adds to ``--ray``'s help what that command needs of the cluster.
-    Read them back with :func:`resources_from_args`."""
+    ``"cell"``); ``where`` adds to ``--ray``'s help what that command needs of the cluster,
+    ``cpus`` says what a unit asks for without ``--ray-cpus``. Read them back with
+    :func:`resources_from_args`."""
     ray = parser.add_argument_group(
         f"on Ray: one task per {unit}, on any machine (docs/distributed.md)"
     )
@@ -166,7 +169,7 @@ def add_ray_flags(parser: argparse.ArgumentParser, unit: str, where: str = "") -
         "--ray-cpus",
         type=float,
         metavar="C",
-        help=f"CPUs each {unit} asks for (default: --threads, else 1)",
+        help=f"CPUs each {unit} asks for (default: {cpus})",
     )
     ray.add_argument(
         "--ray-gpus",
