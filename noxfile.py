@@ -164,26 +164,34 @@ def conformance(session: nox.Session, backend: str) -> None:
         session.run(*suite, env={**profile_env, **x64, **_keras_env(session, backend)})
 
 
+def _jax_cache(session: nox.Session) -> dict[str, str]:
+    """A JAX compilation cache in the session's tmp dir, every compilation kept: tests that
+    build the same program again (a new closure of the same step, the same environment in
+    another test) load it instead of compiling it again. The programs run are the same."""
+    return {
+        "JAX_COMPILATION_CACHE_DIR": str(Path(session.create_tmp()) / "jax-cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Unit and integration tests of everything but the reference, with every framework."""
     _install(session, "all", "test")
-    session.run("pytest", "tests", "--ignore=tests/spec", *session.posargs, env=_hypothesis_env())
+    env = {**_hypothesis_env(), **_jax_cache(session)}
+    session.run("pytest", "tests", "--ignore=tests/spec", *session.posargs, env=env)
 
 
 @nox.session
 def tests_brax(session: nox.Session) -> None:
     """The brax tasks' tests with the `brax` extra installed. `tests` runs without it (its
     brax tests skip there, but the one for a missing brax), so `nox` covers both. brax
-    compiles slowly on the CPU: a compilation cache in the session's tmp dir lets the tests
-    that build the same environment again (host adapters, training) skip the compile."""
+    compiles slowly on the CPU: the compilation cache lets the tests that build the same
+    environment again (host adapters, training) skip the compile."""
     _install(session, "all,brax", "test")
-    cache = {
-        "JAX_COMPILATION_CACHE_DIR": str(Path(session.create_tmp()) / "jax-cache"),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    }
     files = ["tests/envs/test_envs_brax.py", "tests/envs/test_envs_registry.py"]
-    session.run("pytest", *files, *session.posargs, env={**_hypothesis_env(), **cache})
+    env = {**_hypothesis_env(), **_jax_cache(session)}
+    session.run("pytest", *files, *session.posargs, env=env)
 
 
 @nox.session
