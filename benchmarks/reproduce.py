@@ -578,7 +578,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.sort(key=lambda t: rank.get(t, len(rank)))
         md.parent.mkdir(parents=True, exist_ok=True)
         curves = keep_curves(records, md, path.stem)
-        md.write_text(render(records, rows, list(VARIANTS), shown, curves))
+        # Columns: the variants asked for and those run earlier into the same file.
+        ran = {r["variant"] for r in records}
+        columns = [v for v in VARIANTS if v in args.variants or v in ran]
+        md.write_text(render(records, rows, columns, shown, curves))
 
     if args.render_only:
         write_table()
