@@ -82,3 +82,28 @@ def test_locked_versions_reads_poetry_pins_and_names_a_missing_one(authors_code,
     lock.write_text("\n".join(e for e in entries if '"flax"' not in e))
     with pytest.raises(SystemExit, match="does not pin flax"):
         authors_code.locked_versions(lock)
+
+
+def test_population_profile_names_what_each_operator_computes():
+    profile = _load("population_profile")
+    hlo = """
+%fused_computation.7 (param_0: f32[4,3], param_1: f32[4,3]) -> f32[4,3] {
+  %param_0 = f32[4,3]{1,0} parameter(0)
+  %param_1 = f32[4,3]{1,0} parameter(1)
+  %sqrt.1 = f32[4,3]{1,0} sqrt(%param_1)
+  %divide.2 = f32[4,3]{1,0} divide(%param_0, %sqrt.1)
+  ROOT %divide.3 = f32[4,3]{1,0} divide(%divide.2, %param_1)
+}
+
+ENTRY %main (p: f32[4,3]) -> f32[4,3] {
+  %p = f32[4,3]{1,0} parameter(0)
+  %add_divide_fusion.1 = f32[4,3]{1,0} fusion(%p, %p), kind=kLoop, calls=%fused_computation.7
+  %while.9 = (s32[], u32[4,1]{1,0}, /*index=2*/u32[4]{0}) while(%t), condition=%c, body=%b
+  ROOT %dot.4 = f32[4,3]{1,0} dot(%add_divide_fusion.1, %p), lhs_contracting_dims={1}
+}
+"""
+    described = profile.instructions(hlo)
+    assert described["add_divide_fusion.1"] == ("f32[4,3]", "fusion: divide×2, sqrt")
+    assert described["dot.4"] == ("f32[4,3]", "dot")
+    assert described["while.9"][1] == "while"
+    assert described["while.9"][0].startswith("(s32[], u32[4,1]")
