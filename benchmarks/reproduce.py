@@ -74,7 +74,8 @@ RESULTS_DIR = ROOT / "benchmarks" / "results" / "reproduce"
 TABLE = ROOT / "benchmarks" / "results" / "reproduction.md"
 RUNS = ROOT / "runs" / "reproduce"
 
-#: Column name -> agent Config overrides.
+#: Column name -> agent Config overrides, over the paper's Table 1 (``preset="paper"``) unless
+#: the column names another preset (rtrrl.presets: "tuned" is what ``rtrrl train`` starts from).
 VARIANTS: dict[str, dict[str, Any]] = {
     "rflo": {},
     "rtrl": {"jacobian": "rtrl"},
@@ -86,6 +87,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # unless asked, and clipping biases the critic (benchmarks/clip_bias.py).
     "no-clip": {"clip_norm": None},
     "lru-no-clip": {"body": "lru", "clip_norm": None},
+    "tuned": {"preset": "tuned"},
+    "lru-tuned": {"preset": "tuned", "body": "lru"},
 }
 VARIANT_TITLES = {
     "rflo": "RFLO (CT-RNN)",
@@ -96,6 +99,8 @@ VARIANT_TITLES = {
     "frozen": "frozen CT-RNN",
     "no-clip": "RFLO, no clip",
     "lru-no-clip": "LRU, no clip",
+    "tuned": "RFLO, rtrrl's defaults",
+    "lru-tuned": "LRU, rtrrl's defaults",
 }
 
 #: The paper's tasks (Lemmel & Grosu, AAAI 2025), as the registry lists them: the fixed names,
@@ -200,6 +205,59 @@ def latest(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str,
     return cells
 
 
+#: Paper rows that commit c6226a1 (2026-12-03 02:18 UTC) put on the paper's environment
+#: (docs/tasks.md): episodes of 500 or 1000 steps, DeepSea's action 1 always right, Swimmer on
+#: gymnax. Their cells recorded before then, which name no task definition, ran on another
+#: environment.
+REDEFINED_AT_C6226A1 = "2026-12-03 02:18:34 UTC"
+REDEFINED_TASKS = (
+    "MountainCarContinuous-vel",
+    "MountainCarContinuous-pos",
+    "BernoulliBandit",
+    "GaussianBandit",
+    "MetaMaze",
+    "PointRobot",
+    "Reacher",
+    "Swimmer",
+    "DeepSea-4",
+    "DeepSea-8",
+    "DeepSea-16",
+)
+
+
+def task_definition(task: str) -> dict[str, Any] | None:
+    """What the task is now (source, environment, parameters): a cell ran on it if its record
+    says the same."""
+    try:
+        return json.loads(json.dumps(envs.task_definition(task)))
+    except envs.UnknownTaskError:
+        return None
+
+
+def current(record: dict[str, Any], definition: dict[str, Any] | None) -> bool:
+    """Whether ``record`` ran on the task as it is defined now."""
+    if "definition" in record:
+        return record["definition"] == definition
+    return not (record["task"] in REDEFINED_TASKS and record["date"] < REDEFINED_AT_C6226A1)
+
+
+def finished_cells(
+    records: Sequence[dict[str, Any]], engines: dict[str, str]
+) -> set[tuple[str, str]]:
+    """The cells of the tasks in ``engines`` (task -> the engine it runs on now) that finished
+    on the task as it is now: on its engine of now (Swimmer became gymnax's Swimmer-misc,
+    fused; the MuJoCo one is Swimmer-gymnasium, host) and its definition of now."""
+    definitions = {task: task_definition(task) for task in engines}
+    return {
+        (task, variant)
+        for (task, variant), r in latest(records).items()
+        if r["status"] == "ok"
+        and task in engines
+        and r.get("engine") == engines[task]
+        and current(r, definitions[task])
+    }
+
+
 def run_cell(
     task: str, variant: str, args: argparse.Namespace, runs: Path, command: str
 ) -> dict[str, Any]:
@@ -218,6 +276,7 @@ def run_cell(
         "machine": machine(),
         "load": [round(x, 1) for x in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "definition": task_definition(task),
     }
     t0 = time.perf_counter()
     try:
@@ -225,13 +284,17 @@ def run_cell(
         budget = budget_of(args, engine)
         record.update(engine=engine, **budget)
         overrides = {**parse_overrides(args.set), **VARIANTS[variant]}
-        record["overrides"] = overrides
+        preset = overrides.pop("preset", "paper")
+        record.update(overrides=overrides, preset=preset)
         out = runs / f"{task}-{variant}"
         summary = None
         if (out / training.CHECKPOINT).exists():
             previous = json.loads((out / "config.json").read_text())
-            same = previous["protocol"]["steps"] == budget["steps"] and all(
-                previous["agent"].get(k) == v for k, v in overrides.items()
+            saved = previous["protocol"]
+            same = (
+                saved["steps"] == budget["steps"]
+                and saved.get("preset", "paper") == preset
+                and all(previous["agent"].get(k) == v for k, v in overrides.items())
             )
             done = out / "summary.json"
             if same and done.exists():
@@ -255,6 +318,7 @@ def run_cell(
                 eval_every=budget["eval_every"],
                 eval_episodes=budget["eval_episodes"],
                 patience=budget["patience"],
+                preset=preset,
                 progress=args.progress,
                 **overrides,
             )
@@ -405,7 +469,10 @@ def render(
         "RTRRL; the paper's DeepSea figures have no std). The paper trains up to 50 million "
         "steps per seed with evaluation every 100 epochs and patience 20: a cell below the "
         "paper's figure at a much smaller budget does not show that the figure is wrong, and "
-        "only a cell at or above it reproduces it.",
+        "only a cell at or above it reproduces it. † ran on the task's earlier definition "
+        "(before commit c6226a1 put the row on the paper's environment: episode length, "
+        "DeepSea's action map, Swimmer's simulator; docs/tasks.md), so it is not comparable "
+        "with a cell without †.",
         "",
         "| task | engine | " + " | ".join(VARIANT_TITLES.get(v, v) for v in variants) + " |",
         "|---|---|" + "---|" * len(variants),
@@ -414,7 +481,12 @@ def render(
         engines = {cells[(task, v)].get("engine") for v in variants if (task, v) in cells}
         engines.discard(None)
         engine = "/".join(sorted(engines)) or "—"
-        row = [cell_text(cells.get((task, v)), PAPER.get((task, v))) for v in variants]
+        definition = task_definition(task)
+        row = []
+        for v in variants:
+            rec = cells.get((task, v))
+            stale = rec is not None and not current(rec, definition)
+            row.append(cell_text(rec, PAPER.get((task, v))) + " †" * stale)
         lines.append(f"| {task} | {engine} | " + " | ".join(row) + " |")
     detail = [r for r in cells.values() if r["status"] == "ok"]
     if detail:
@@ -589,7 +661,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     path.parent.mkdir(parents=True, exist_ok=True)
     runs = Path(args.runs) / path.stem
-    finished = {k for k, r in latest(read_results(path)).items() if r["status"] == "ok"}
+    engines = {task: engine_of(task, args.backend) for task in tasks}
+    finished = finished_cells(read_results(path), engines)
     on_ray: list[tuple[str, str]] = []
     for task in tasks:
         for variant in args.variants:

@@ -13,7 +13,7 @@ import argparse
 import time
 from typing import Any
 
-from rtrrl import _cli_train, distributed
+from rtrrl import _cli_train, distributed, presets
 from rtrrl.settings import RunSettings
 
 __all__ = ["add_command"]
@@ -82,6 +82,9 @@ def _sweep(args: argparse.Namespace) -> int:
                 f"rtrrl sweep: no --task given: {settings.task}, {settings.steps} steps per "
                 f"seed, evaluation every {settings.eval_every} epochs (the quick start's)"
             )
+        own = [*overrides, *search.names()]
+        body = presets.body_of(overrides)
+        print(f"rtrrl sweep: {presets.describe(settings.preset, settings.task, body, own)}")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = args.out or f"sweeps/{settings.task}-{stamp}"
         summary = sw.sweep(

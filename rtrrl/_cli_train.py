@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rtrrl import presets
 from rtrrl.settings import TASK_FIELDS, RunSettings
 
 __all__ = [
@@ -427,6 +428,9 @@ def _train(args: argparse.Namespace) -> int:
                 f"rtrrl train: no --task given, running the quick start: {settings.task}, "
                 f"{settings.steps} steps per seed, evaluation every {settings.eval_every} epochs"
             )
+        body = presets.body_of(overrides)
+        line = presets.describe(settings.preset, settings.task, body, overrides)
+        print(f"rtrrl train: {line}")
         summary = training.train(settings=settings, out=out, progress=progress, **overrides)
     bests = ", ".join(
         "—" if s["best_eval"] is None else f"{s['best_eval']:.4g}" for s in summary["seeds"]

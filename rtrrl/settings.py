@@ -31,8 +31,8 @@ Numbers are checked the same way wherever they come from (Python, the command li
 stored as ``5``), never a bool or a float; zero is zero (an error where a setting must be
 positive), never "the default".
 
-This module imports nothing beyond the standard library and :mod:`rtrrl._registry` (itself
-framework-free), so ``rtrrl train --help`` stays cheap.
+This module imports nothing beyond the standard library, :mod:`rtrrl._registry` and
+:mod:`rtrrl.presets` (both framework-free), so ``rtrrl train --help`` stays cheap.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from rtrrl._registry import canonical_name
+from rtrrl.presets import DEFAULT_PRESET, PRESETS
 
 __all__ = [
     "DEFAULT_TASK",
@@ -93,6 +94,9 @@ class RunSettings:
     error wherever it comes from (Python, the command line, a checkpoint). ``backend`` is
     stored as the registry spells it (``"Jax"`` becomes ``"jax"``), so the engine choice and
     the saved run never depend on the case typed.
+
+    ``preset`` names the agent settings the run starts from (:mod:`rtrrl.presets`): the
+    agent's hyper-parameters themselves are ``rtrrl_spec.Config``'s, saved beside these.
 
     ``imports`` names modules that register the task (custom environments, e.g. with
     ``gymnasium.register``); they are imported when the settings are made, so a run read back
@@ -157,6 +161,16 @@ class RunSettings:
             shown="auto",
         ),
     )
+    preset: str = field(
+        default=DEFAULT_PRESET,
+        metadata=_doc(
+            "the agent settings the run starts from, before its own flags: 'tuned' is "
+            "rtrrl's setting and the task's own where it has one (each chosen by a recorded "
+            "sweep, printed at the start of the run; rtrrl.presets); 'paper' is the paper's "
+            "Table 1 exactly",
+            metavar="{" + ",".join(PRESETS) + "}",
+        ),
+    )
     imports: tuple[str, ...] = field(
         default=(),
         metadata=_doc(
@@ -183,6 +197,8 @@ class RunSettings:
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
         object.__setattr__(self, "backend", canonical_name(self.backend))
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if type(self.fused).__name__ == "bool_":  # NumPy's bool is a bool
@@ -196,14 +212,15 @@ class RunSettings:
     @classmethod
     def from_json(cls, saved: Mapping[str, Any]) -> RunSettings:
         """The settings a ``config.json`` saved (``"protocol"``); settings added since then
-        take their defaults."""
+        take their defaults, except ``preset``: a run saved before presets existed started
+        from Table 1, which is ``"paper"``."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(saved) - known)
         if unknown:
             raise ValueError(
                 f"run settings {unknown} are unknown to this rtrrl (written by a newer one?)"
             )
-        return cls(**saved)  # ``imports`` are imported again here
+        return cls(**{"preset": "paper", **saved})  # ``imports`` are imported again here
 
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON values (what ``config.json`` stores under ``"protocol"``)."""

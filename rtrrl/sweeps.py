@@ -952,7 +952,7 @@ def sweep(
     be = _registry.get_backend(run_settings.backend)
     training._check_backend_runs(be, run_settings)
     _check_engine(run_settings)
-    base = training._spec_of(run_settings.task).agent_config(**agent_kw)
+    base = training.agent_config(run_settings, agent_kw)
     values = search.settings()
     member_configs(base, values)
     members = len(values) * len(run_settings.seeds)

@@ -24,12 +24,12 @@ import sys
 import tempfile
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import rtrrl_spec
-from rtrrl import _registry, checkpoint, loop, run_folder, threads
+from rtrrl import _registry, checkpoint, loop, presets, run_folder, threads
 from rtrrl.checkpoint import BEST, CHECKPOINT, load_checkpoint, read_run
 from rtrrl.errors import (
     CheckpointError,
@@ -237,7 +237,7 @@ def train(
     # the run's dtype, first: a typo or a setup error fails before any file is written.
     be = _registry.get_backend(settings.backend)
     _check_backend_runs(be, settings)
-    config = _spec_of(settings.task).agent_config(**agent_kw)
+    config = agent_config(settings, agent_kw)
     engine = _pick_engine(settings)
     out_path = _prepare_out(out)
     session = loop.Session(
@@ -475,6 +475,15 @@ def _split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[st
             f"{sorted(_AGENT_FIELDS)}"
         )
     return run_kw, agent_kw
+
+
+def agent_config(settings: RunSettings, fields: Mapping[str, Any]) -> Any:
+    """The agent of a new run: Table 1 (``rtrrl_spec.Config``'s defaults), then the run's
+    preset for its task (:mod:`rtrrl.presets`), then ``fields`` (the run's own), then what the
+    task decides (sizes, action bounds)."""
+    body = presets.body_of(fields)
+    chosen = {**presets.preset_fields(settings.preset, settings.task, body), **fields}
+    return _spec_of(settings.task).agent_config(**chosen)
 
 
 def _spec_of(task: str) -> Any:

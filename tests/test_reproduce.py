@@ -162,3 +162,38 @@ def test_one_real_cell_on_numpy(reproduce: ModuleType, tmp_path: Path) -> None:
     # The cell's learning curve is kept beside the table, which shows it.
     assert (tmp_path / "curves" / "r" / "MemoryChain-4-frozen.png").stat().st_size > 1000
     assert "](curves/r/MemoryChain-4-frozen.png)" in md.read_text()
+
+
+def test_a_cell_counts_as_finished_only_on_its_tasks_engine_of_now(
+    reproduce: ModuleType,
+) -> None:
+    records = [
+        # Before Swimmer became gymnax's (fused), it ran on the host loop.
+        _record("Swimmer", "rflo", engine="host", status="ok"),
+        _record("MemoryChain-4", "rflo", engine="fused", status="ok"),
+        _record("MemoryChain-4", "lru", engine="fused", status="error", error="boom"),
+        _record("DeepSea-4", "rflo", engine="fused", status="ok"),  # a task not asked for
+    ]
+    engines = {"Swimmer": "fused", "MemoryChain-4": "fused"}
+    assert reproduce.finished_cells(records, engines) == {("MemoryChain-4", "rflo")}
+    assert reproduce.finished_cells(records, {"MemoryChain-4": "host"}) == set()
+
+
+def test_a_cell_from_before_its_task_was_redefined_is_not_finished_and_marked(
+    reproduce: ModuleType,
+) -> None:
+    old = _record("DeepSea-16", "rflo", status="ok", median=0.0, std=0.0, bests=[0.0] * 3)
+    now = reproduce.task_definition("DeepSea-16")
+    new = {**old, "variant": "lru", "date": "2026-12-04 00:00:00 UTC", "definition": now}
+    moved = {**new, "variant": "no-fa", "definition": {**now, "params": {}}}
+    engines = {"DeepSea-16": "fused"}
+    assert reproduce.finished_cells([old, new, moved], engines) == {("DeepSea-16", "lru")}
+    # A record before the redefinition, of a task it did not touch, still counts.
+    kept = _record("MemoryChain-4", "rflo", status="ok")
+    assert reproduce.finished_cells([kept], {"MemoryChain-4": "fused"}) == {
+        ("MemoryChain-4", "rflo")
+    }
+    table = reproduce.render([old, new], ["DeepSea-16"], ["rflo", "lru"])
+    row = next(line for line in table.splitlines() if line.startswith("| DeepSea-16 |"))
+    rflo, lru = row.split(" | ")[2:4]
+    assert rflo.endswith(" †") and not lru.rstrip(" |").endswith("†")

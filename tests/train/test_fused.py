@@ -129,7 +129,8 @@ def test_popgym_port_trains_fused(tmp_path: Path) -> None:
 
 def test_fused_stops_when_parameters_explode(tmp_path: Path) -> None:
     """Finite but exploded parameters (a learning rate of 1e30) stop the run, as on the host
-    loop: the seed, the parameter, the epoch, what to change; the last good checkpoint."""
+    loop: the seed, the parameter, the epoch, what to change; the last good checkpoint. The
+    clip keeps each update finite, so the parameters pass 1e8 before any inf or NaN."""
     message = (
         r"seeds 0, 1: parameter \w+ reached [0-9.e+]+ in magnitude \(beyond 1e\+08: it "
         r"exploded\).* during epoch 1; .*last good checkpoint .* lower the learning rates "
@@ -137,7 +138,14 @@ def test_fused_stops_when_parameters_explode(tmp_path: Path) -> None:
     )
     with pytest.raises(training.DivergedError, match=message):
         training.train(
-            "MemoryChain-4", "jax", seeds=2, out=tmp_path / "r", lr_td=1e30, lr_rnn=1e30, **TINY
+            "MemoryChain-4",
+            "jax",
+            seeds=2,
+            out=tmp_path / "r",
+            lr_td=1e30,
+            lr_rnn=1e30,
+            clip_norm=1.0,
+            **TINY,
         )
     saved = training.load_checkpoint(tmp_path / "r")
     assert [r["epoch"] for r in saved["state"]["records"]] == [0, 0]

@@ -76,7 +76,9 @@ def test_saved_settings_of_earlier_runs_load() -> None:
     settings, config = checkpoint.read_run(
         {"format": 1, "protocol": saved, "agent": {"obs_dim": 2, "n_actions": 2}}
     )
-    assert settings == RunSettings(**{**saved, "seeds": (0, 1)}) and settings.threads is None
+    # A run from before presets started from Table 1: its preset reads as "paper".
+    assert settings == RunSettings(**{**saved, "seeds": (0, 1), "preset": "paper"})
+    assert settings.threads is None
     assert config.obs_dim == 2
     with pytest.raises(training.CheckpointError, match="unknown to this rtrrl"):
         checkpoint.read_run({"protocol": {**saved, "warp": 9}, "agent": {}})
