@@ -72,8 +72,14 @@ _LRU_POPGYM = Preset(
     chosen_by="benchmarks/results/learning.md",
     why="the LRU on popgym: 1.00 on every seed at 1e-4, 0.55 at Table 1's 1e-3 (no clip, 5 seeds)",
 )
+_DEEP_SEA_16 = Preset(
+    {"clip_norm": 1.0, "lr_rnn": 1e-3},
+    chosen_by=f"{_SWEEPS}/DeepSea-16.md",
+    why="DeepSea-16 with Table 1's clip: 0.99 on every seed, 0.00 (median) without it",
+)
 TASK_PRESETS: Mapping[tuple[str, str], Preset] = MappingProxyType(
     {
+        ("DeepSea-16", "ctrnn"): _DEEP_SEA_16,
         ("RepeatPrevious", "lru"): _LRU_POPGYM,
         ("StatelessCartPole", "lru"): _LRU_POPGYM,
     }

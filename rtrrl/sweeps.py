@@ -627,8 +627,9 @@ def _member_results(sweep: _Sweep) -> tuple[dict[int, dict[str, Any]], list[dict
 
 def _rank(sweep: _Sweep, records: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One entry per setting, best first: the median over its seeds of their best evaluation
-    rewards, over the seeds evaluated; a setting with a seed not evaluated (not started yet,
-    or diverged before its first evaluation) ranks below every setting whose seeds all were."""
+    rewards, over the seeds evaluated (equal medians: the higher mean first); a setting with a
+    seed not evaluated (not started yet, or diverged before its first evaluation) ranks below
+    every setting whose seeds all were."""
     by_setting: dict[int, list[tuple[int, Mapping[str, Any] | None]]] = {}
     for m, s, seed in sweep.members():
         by_setting.setdefault(s, []).append((seed, records.get(m)))
@@ -657,9 +658,13 @@ def _rank(sweep: _Sweep, records: Mapping[int, Mapping[str, Any]]) -> list[dict[
             }
         )
 
-    def key(e: dict[str, Any]) -> tuple[bool, float, int]:
+    def key(e: dict[str, Any]) -> tuple[bool, float, float, int]:
+        # Equal medians (a task's maximum reached by most seeds) rank by the mean over seeds:
+        # five seeds at the maximum above three.
         complete = e["evaluated"] == len(e["seeds"])
-        return (not complete, -e["median"] if e["median"] is not None else math.inf, e["setting"])
+        done = [b for b in e["best"] if b is not None]
+        median = -e["median"] if e["median"] is not None else math.inf
+        return (not complete, median, -float(np.mean(done)) if done else math.inf, e["setting"])
 
     entries.sort(key=key)
     for rank, e in enumerate(entries, 1):

@@ -492,3 +492,20 @@ def test_best_toml_round_trips_every_field(tmp_path: Path) -> None:
     run, agent = _cli_train.read_config_file(path)
     assert RunSettings(**run) == settings
     assert config.replace(**agent) == config
+
+
+def test_equal_medians_rank_by_the_mean_over_seeds() -> None:
+    """Three settings with the task's maximum as median: five seeds there rank above three."""
+    from types import SimpleNamespace
+
+    members = [(3 * s + i, s, seed) for s in range(2) for i, seed in enumerate((0, 1, 2))]
+    bests = {0: 0.99, 1: 0.0, 2: 0.99, 3: 0.99, 4: 0.99, 5: 0.99}
+    records = {m: {"best": bests[m], "stop_reason": "patience", "epoch": 10} for m, _, _ in members}
+    sweep = SimpleNamespace(
+        members=lambda: members,
+        values=[{"lr_td": 1e-3}, {"lr_td": 3e-4}],
+        settings=RunSettings(epoch_steps=100),
+    )
+    ranking = sweeps._rank(sweep, records)  # type: ignore[arg-type]
+    assert [e["setting"] for e in ranking] == [1, 0]
+    assert ranking[0]["median"] == ranking[1]["median"] == 0.99
