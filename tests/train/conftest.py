@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from rtrrl import interrupts, loop
+from rtrrl import interrupts, loop, training
 
 
 def _sigint_hook(n: int) -> Callable[[loop.Session], None]:
@@ -48,3 +48,25 @@ def sigint_after() -> Callable[[int], contextlib.AbstractContextManager[None]]:
     """``with sigint_after(n): ...``: as :func:`interrupt_after` within the block, for
     fixtures wider than one test (which cannot use ``monkeypatch``)."""
     return _sigint_after
+
+
+@pytest.fixture
+def captured_sessions(monkeypatch: pytest.MonkeyPatch) -> list[loop.Session]:
+    """The sessions :func:`rtrrl.train` would run, appended as it builds them; nothing trains,
+    and each run returns an empty summary that the CLI can print."""
+    sessions: list[loop.Session] = []
+
+    def run(session: loop.Session, be: object, restored: object) -> dict:
+        sessions.append(session)
+        return {
+            "task": session.settings.task,
+            "backend": "numpy",
+            "engine": "host",
+            "seeds": [],
+            "median": None,
+            "std": None,
+            "wall_time": 0.0,
+        }
+
+    monkeypatch.setattr(training, "_run", run)
+    return sessions

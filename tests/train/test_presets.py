@@ -21,26 +21,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TABLE_1 = rtrrl_spec.Config(obs_dim=1, n_actions=2)
 
 
-def _captured(monkeypatch: pytest.MonkeyPatch) -> list[loop.Session]:
-    """The sessions ``train`` would run (nothing trains), with a summary the CLI can print."""
-    sessions: list[loop.Session] = []
-
-    def run(session: loop.Session, be: object, restored: object) -> dict:
-        sessions.append(session)
-        return {
-            "task": session.settings.task,
-            "backend": "numpy",
-            "engine": "host",
-            "seeds": [],
-            "median": None,
-            "std": None,
-            "wall_time": 0.0,
-        }
-
-    monkeypatch.setattr(training, "_run", run)
-    return sessions
-
-
 def _agent_numbers(config: rtrrl_spec.Config) -> dict:
     skip = {"obs_dim", "n_actions", "action_dim", "action_low", "action_high"}
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
@@ -88,37 +68,35 @@ def test_every_preset_names_a_recorded_sweep_with_its_command() -> None:
 
 
 def test_train_starts_from_the_preset_and_the_runs_own_fields_win(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, captured_sessions: list[loop.Session]
 ) -> None:
-    sessions = _captured(monkeypatch)
     task = "MemoryChain-4"
     kw = {"backend": "numpy", "steps": 500}
     training.train(task, out=tmp_path / "paper", preset="paper", **kw)
     training.train(task, out=tmp_path / "tuned", **kw)
     training.train(task, out=tmp_path / "own", clip_norm=0.5, lr_td=0.01, **kw)
-    paper, tuned, own = (s.config for s in sessions)
+    paper, tuned, own = (s.config for s in captured_sessions)
     assert _agent_numbers(paper) == _agent_numbers(TABLE_1)
     expected = TABLE_1.replace(**presets.preset_fields("tuned", task))
     assert _agent_numbers(tuned) == _agent_numbers(expected)
     assert own == tuned.replace(clip_norm=0.5, lr_td=0.01)
-    assert [s.settings.preset for s in sessions] == ["paper", "tuned", "tuned"]
+    assert [s.settings.preset for s in captured_sessions] == ["paper", "tuned", "tuned"]
 
 
 def test_the_cli_prints_the_preset_and_saves_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], captured_sessions: list[loop.Session]
 ) -> None:
-    sessions = _captured(monkeypatch)
     base = ["train", "--task", "MemoryChain-4", "--backend", "numpy", "--steps", "500"]
     assert cli.main([*base, "--out", str(tmp_path / "a"), "--clip-norm", "2"]) == 0
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if "preset tuned" in x)
     assert presets.TUNED.chosen_by in line
     assert "the run's own value wins for clip_norm" in line
-    assert sessions[-1].config.clip_norm == 2.0
+    assert captured_sessions[-1].config.clip_norm == 2.0
     assert cli.main([*base, "--out", str(tmp_path / "b"), "--preset", "paper"]) == 0
     assert "preset paper: the paper's Table 1, unchanged" in capsys.readouterr().out
-    assert sessions[-1].config.clip_norm == TABLE_1.clip_norm
-    assert sessions[-1].settings.preset == "paper"
+    assert captured_sessions[-1].config.clip_norm == TABLE_1.clip_norm
+    assert captured_sessions[-1].settings.preset == "paper"
     assert cli.main([*base, "--out", str(tmp_path / "c"), "--preset", "best"]) == 2
     err = capsys.readouterr().err
     assert "preset must be one of tuned, paper, got 'best'" in err

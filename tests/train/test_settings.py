@@ -84,21 +84,12 @@ def test_saved_settings_of_earlier_runs_load() -> None:
         checkpoint.read_run({"protocol": {**saved, "warp": 9}, "agent": {}})
 
 
-def _captured(monkeypatch: pytest.MonkeyPatch) -> list[loop.Session]:
-    sessions: list[loop.Session] = []
-    monkeypatch.setattr(
-        training, "_run", lambda session, be, restored: sessions.append(session) or {}
-    )
-    return sessions
-
-
 def test_train_takes_settings_and_keyword_overrides(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, captured_sessions: list[loop.Session]
 ) -> None:
-    sessions = _captured(monkeypatch)
     base = RunSettings(backend="numpy", steps=500, patience=3)
     training.train("MemoryChain-4", settings=base, out=tmp_path / "a", patience=4, lr_td=0.01)
-    (session,) = sessions
+    (session,) = captured_sessions
     assert session.settings == dataclasses.replace(base, patience=4)
     assert session.config.lr_td == 0.01 and session.config.obs_dim == 3
     assert session.engine == "host"
@@ -199,10 +190,9 @@ def test_bools_are_not_numbers_in_the_agent_config(name: str) -> None:
         rtrrl_spec.Config(obs_dim=3, n_actions=2, **{name: True})
 
 
-def test_train_takes_numpy_scalars(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_takes_numpy_scalars(tmp_path: Path, captured_sessions: list[loop.Session]) -> None:
     import numpy as np
 
-    sessions = _captured(monkeypatch)
     training.train(
         "MemoryChain-4",
         "numpy",
@@ -212,7 +202,7 @@ def test_train_takes_numpy_scalars(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         steps=np.int64(500),
         seeds=np.int64(1),
     )
-    (session,) = sessions
+    (session,) = captured_sessions
     assert session.config.lr_td == float(np.float32(1e-3)) and session.config.n_hidden == 8
     assert session.settings.steps == 500 and session.settings.seeds == (0,)
 
