@@ -205,10 +205,12 @@ class Session:
         else:
             rec.since_best += 1
         if self._bar is not None:
-            bests = [r.best for r in self.records if r.best > -math.inf]
-            self._bar.set_postfix(
-                last=f"{score:.3g}", best=f"{float(np.median(bests)):.3g}", refresh=False
-            )
+            self._bar.set_postfix(last=f"{score:.3g}", best=f"{self.bar_best():.3g}", refresh=False)
+
+    def bar_best(self) -> float:
+        """The progress bar's "best": the median over the seeds evaluated so far of their best
+        evaluation reward (the figure the run's summary reports)."""
+        return float(np.median([r.best for r in self.records if r.best > -math.inf]))
 
     def run_json(self) -> dict[str, Any]:
         """``config.json``: everything needed to re-create or resume the run (``format``,

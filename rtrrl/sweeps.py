@@ -501,6 +501,17 @@ class _ChunkSession(loop.Session):
             entry["member"] = rec.member
         return out
 
+    def bar_best(self) -> float:
+        """The best setting's median, as the ranking scores it: per setting of this chunk, the
+        median over its members evaluated so far of their best evaluation reward; the largest
+        of those. (A median over all members would mix settings.)"""
+        setting_of = {m: s for m, s, _ in self.sweep["members"]}
+        by_setting: dict[int, list[float]] = {}
+        for rec in self.records:
+            if rec.best > -math.inf:
+                by_setting.setdefault(setting_of[rec.member], []).append(rec.best)
+        return max(float(np.median(bests)) for bests in by_setting.values())
+
     def write_files(self, final: bool) -> None:
         run_folder.write_json(self.out / "config.json", self.run_json())
         setting_of = {m: s for m, s, _ in self.sweep["members"]}

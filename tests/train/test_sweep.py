@@ -509,3 +509,23 @@ def test_equal_medians_rank_by_the_mean_over_seeds() -> None:
     ranking = sweeps._rank(sweep, records)  # type: ignore[arg-type]
     assert [e["setting"] for e in ranking] == [1, 0]
     assert ranking[0]["median"] == ranking[1]["median"] == 0.99
+
+
+def test_the_progress_bar_shows_the_best_settings_median(tmp_path: Path) -> None:
+    """Setting 0's seeds reach 1, 1, 0 (median 1); setting 1's 0, 0 and one not yet evaluated:
+    the bar shows 1, where a median over all members (0) would hide the good setting."""
+    members = [[0, 0, 0], [1, 0, 1], [2, 0, 2], [3, 1, 0], [4, 1, 1], [5, 1, 2]]
+    bests = [1.0, 1.0, 0.0, 0.0, 0.0, -math.inf]
+    session = sweeps._ChunkSession(
+        out=tmp_path,
+        settings=RunSettings(),
+        config=None,  # type: ignore[arg-type]
+        engine="sweep",
+        records=[
+            loop.SeedRecord(seed=s, member=m, best=b)
+            for (m, _, s), b in zip(members, bests, strict=True)
+        ],
+        sweep={"id": "x", "chunk": 0, "members": members},
+    )
+    assert session.bar_best() == 1.0
+    assert loop.Session.bar_best(session) == 0.0
