@@ -222,8 +222,9 @@ def make_train(
             return (carry, ret_sum, n_done), out
 
         # Inside the scan the Adam moments are one flat vector per optimizer group
-        # (jaxbe.pack_moments): about 10 % faster at B = 1 (benchmarks/results/train_speed.md);
-        # the carry outside an epoch keeps the canonical layout.
+        # (jaxbe.pack_moments): fewer, larger operations, which is what a single agent at
+        # B = 1 pays for (benchmarks/results/train_speed.md); the carry outside an epoch keeps
+        # the canonical layout.
         agent = jaxbe.pack_moments(structure, carry["agent"])
         carry = dict(carry, agent=agent, key=jax.random.key_data(key))
         zero = jnp.zeros((), dtype)
