@@ -103,6 +103,15 @@ VARIANT_TITLES = {
     "lru-tuned": "LRU, rtrrl's defaults",
 }
 
+#: Variants that run the method of a paper column with other hyper-parameters: a table without
+#: that column shows the paper's figure in theirs (the paper reports one figure per method).
+SAME_METHOD: dict[str, str] = {
+    "no-clip": "rflo",
+    "tuned": "rflo",
+    "lru-no-clip": "lru",
+    "lru-tuned": "lru",
+}
+
 #: The paper's tasks (Lemmel & Grosu, AAAI 2025), as the registry lists them: the fixed names,
 #: the memory chain and deep sea sizes it reports, and the popgym tasks (Easy).
 PAPER_TASKS: tuple[str, ...] = tuple(envs.paper_tasks())
@@ -383,6 +392,15 @@ def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}"
 
 
+def paper_figure(task: str, variant: str, columns: Sequence[str] = ()) -> str | None:
+    """The paper's figure for a cell: its own, else, where the table lacks the column of the
+    variant's method (:data:`SAME_METHOD`), that method's."""
+    method = SAME_METHOD.get(variant)
+    if (task, variant) not in PAPER and method is not None and method not in columns:
+        return PAPER.get((task, method))
+    return PAPER.get((task, variant))
+
+
 def cell_text(rec: dict[str, Any] | None, paper: str | None) -> str:
     """``median ± std`` (or ``error: …`` / ``pending``), with the paper's figure beside it."""
     if rec is None:
@@ -466,7 +484,9 @@ def render(
         "",
         "Cells: median ± std over seeds of each seed's best evaluation reward (the paper's "
         "measure); the paper's figure in parentheses where it gives one (RFLO column: CT-RNN "
-        "RTRRL; the paper's DeepSea figures have no std). The paper trains up to 50 million "
+        "RTRRL; the paper's DeepSea figures have no std; in a table without the RFLO or LRU "
+        "column, the columns of the same method at other settings, such as rtrrl's defaults, "
+        "show it). The paper trains up to 50 million "
         "steps per seed with evaluation every 100 epochs and patience 20: a cell below the "
         "paper's figure at a much smaller budget does not show that the figure is wrong, and "
         "only a cell at or above it reproduces it. † ran on the task's earlier definition "
@@ -486,7 +506,7 @@ def render(
         for v in variants:
             rec = cells.get((task, v))
             stale = rec is not None and not current(rec, definition)
-            row.append(cell_text(rec, PAPER.get((task, v))) + " †" * stale)
+            row.append(cell_text(rec, paper_figure(task, v, variants)) + " †" * stale)
         lines.append(f"| {task} | {engine} | " + " | ".join(row) + " |")
     detail = [r for r in cells.values() if r["status"] == "ok"]
     if detail:
@@ -566,7 +586,7 @@ def run_on_ray(
                 f.write(json.dumps(rec) + "\n")
         write_table()
         for rec in records:
-            text = cell_text(rec, PAPER.get((rec["task"], rec["variant"])))
+            text = cell_text(rec, paper_figure(rec["task"], rec["variant"]))
             bar.write(f"{rec['task']} / {rec['variant']}: {text} ({rec.get('wall_time', 0):.0f} s)")
         bar.update(len(records))
 
@@ -678,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f.write(json.dumps(rec) + "\n")
             write_table()
             print(
-                f"{task} / {variant}: {cell_text(rec, PAPER.get((task, variant)))} "
+                f"{task} / {variant}: {cell_text(rec, paper_figure(task, variant))} "
                 f"({rec['wall_time']:.0f} s)",
                 flush=True,
             )

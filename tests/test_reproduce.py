@@ -197,3 +197,23 @@ def test_a_cell_from_before_its_task_was_redefined_is_not_finished_and_marked(
     row = next(line for line in table.splitlines() if line.startswith("| DeepSea-16 |"))
     rflo, lru = row.split(" | ")[2:4]
     assert rflo.endswith(" †") and not lru.rstrip(" |").endswith("†")
+
+
+def test_a_table_without_the_methods_column_shows_the_paper_figure_in_its_variants(
+    reproduce: ModuleType,
+) -> None:
+    """The paper reports one figure per method: beside the RFLO column it is there alone; in a
+    table of rtrrl's defaults only (the paper's protocol) it is beside those cells."""
+    lru = reproduce.PAPER[("StatelessCartPole", "lru")]
+    assert reproduce.paper_figure("StatelessCartPole", "lru-tuned", ["tuned", "lru-tuned"]) == lru
+    assert reproduce.paper_figure("StatelessCartPole", "lru-tuned", ["lru", "lru-tuned"]) is None
+    assert reproduce.paper_figure("CartPole-pos", "tuned", ["tuned"]) == "500.00 ± 163.17"
+    assert reproduce.paper_figure("CartPole-pos", "rtrl", ["tuned"]) is None
+    records = [
+        _record("CartPole-pos", v, status="ok", bests=[500.0], median=500.0, std=0.0)
+        for v in ("rflo", "tuned")
+    ]
+    both = reproduce.render(records, ["CartPole-pos"], ["rflo", "tuned"])
+    alone = reproduce.render(records[1:], ["CartPole-pos"], ["tuned"])
+    assert "| 500.00 ± 0.00 (paper 500.00 ± 163.17) | 500.00 ± 0.00 |" in both
+    assert "| CartPole-pos | fused | 500.00 ± 0.00 (paper 500.00 ± 163.17) |" in alone
