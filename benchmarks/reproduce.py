@@ -67,7 +67,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe as machine  # noqa: E402
 
-from rtrrl import distributed, envs  # noqa: E402
+from rtrrl import distributed, envs, presets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results" / "reproduce"
@@ -250,6 +250,27 @@ def current(record: dict[str, Any], definition: dict[str, Any] | None) -> bool:
     return not (record["task"] in REDEFINED_TASKS and record["date"] < REDEFINED_AT_C6226A1)
 
 
+#: Presets changed since cells were recorded without the fields they ran
+#: (``"preset_fields"``): (task, body) -> the change's date. Cells of those before the date
+#: ran another setting.
+PRESET_CHANGED = {("CartPole-vel", "ctrnn"): "2026-12-03 18:00:00 UTC"}
+
+
+def preset_fields(task: str, preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The agent fields ``preset`` sets for a cell of ``task`` with ``overrides``, as they are
+    now (JSON's form: ``None`` is ``null``)."""
+    return presets.preset_fields(preset, task, presets.body_of(overrides))
+
+
+def current_preset(record: dict[str, Any]) -> bool:
+    """Whether ``record`` ran its preset as the preset is now."""
+    preset, overrides = record.get("preset", "paper"), record.get("overrides", {})
+    if "preset_fields" in record:
+        return record["preset_fields"] == preset_fields(record["task"], preset, overrides)
+    changed = PRESET_CHANGED.get((record["task"], presets.body_of(overrides)))
+    return preset == "paper" or changed is None or record["date"] >= changed
+
+
 def finished_cells(
     records: Sequence[dict[str, Any]], engines: dict[str, str]
 ) -> set[tuple[str, str]]:
@@ -264,6 +285,7 @@ def finished_cells(
         and task in engines
         and r.get("engine") == engines[task]
         and current(r, definitions[task])
+        and current_preset(r)
     }
 
 
@@ -294,7 +316,11 @@ def run_cell(
         record.update(engine=engine, **budget)
         overrides = {**parse_overrides(args.set), **VARIANTS[variant]}
         preset = overrides.pop("preset", "paper")
-        record.update(overrides=overrides, preset=preset)
+        record.update(
+            overrides=overrides,
+            preset=preset,
+            preset_fields=preset_fields(task, preset, overrides),
+        )
         out = runs / f"{task}-{variant}"
         summary = None
         if (out / training.CHECKPOINT).exists():
@@ -492,7 +518,8 @@ def render(
         "only a cell at or above it reproduces it. † ran on the task's earlier definition "
         "(before commit c6226a1 put the row on the paper's environment: episode length, "
         "DeepSea's action map, Swimmer's simulator; docs/tasks.md), so it is not comparable "
-        "with a cell without †.",
+        "with a cell without †. ‡ ran its preset as it was before a change (rtrrl/presets.py), "
+        "so it is not what the preset gives now.",
         "",
         "| task | engine | " + " | ".join(VARIANT_TITLES.get(v, v) for v in variants) + " |",
         "|---|---|" + "---|" * len(variants),
@@ -506,7 +533,9 @@ def render(
         for v in variants:
             rec = cells.get((task, v))
             stale = rec is not None and not current(rec, definition)
-            row.append(cell_text(rec, paper_figure(task, v, variants)) + " †" * stale)
+            earlier_preset = rec is not None and not current_preset(rec)
+            text = cell_text(rec, paper_figure(task, v, variants))
+            row.append(text + " †" * stale + " ‡" * earlier_preset)
         lines.append(f"| {task} | {engine} | " + " | ".join(row) + " |")
     detail = [r for r in cells.values() if r["status"] == "ok"]
     if detail:

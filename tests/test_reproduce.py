@@ -10,6 +10,8 @@ from types import ModuleType
 
 import pytest
 
+from rtrrl import presets
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce.py"
 
 
@@ -217,3 +219,35 @@ def test_a_table_without_the_methods_column_shows_the_paper_figure_in_its_varian
     alone = reproduce.render(records[1:], ["CartPole-pos"], ["tuned"])
     assert "| 500.00 ± 0.00 (paper 500.00 ± 163.17) | 500.00 ± 0.00 |" in both
     assert "| CartPole-pos | fused | 500.00 ± 0.00 (paper 500.00 ± 163.17) |" in alone
+
+
+def test_a_cell_run_under_an_earlier_preset_is_not_finished_and_marked(
+    reproduce: ModuleType,
+) -> None:
+    """A cell counts only under the preset as it is now: its recorded fields, or (records
+    without them) its date against the preset's change; the table marks the others ‡."""
+    task, engines = "CartPole-vel", {"CartPole-vel": "fused"}
+    now = reproduce.preset_fields(task, "tuned", {})
+    assert now == presets.preset_fields("tuned", task) and now["clip_norm"] == 1.0
+    ok = {"status": "ok", "median": 400.0, "std": 0.0, "bests": [400.0]}
+    fields_then = {**now, "clip_norm": None, "lr_rnn": 3e-4}
+    records = [
+        _record(task, "tuned", preset="tuned", overrides={}, preset_fields=fields_then, **ok),
+        _record(task, "no-clip", preset="paper", overrides={"clip_norm": None}, **ok),
+        _record(task, "lru-tuned", preset="tuned", overrides={"body": "lru"}, **ok),
+        _record(task, "rtrl", preset="tuned", overrides={"jacobian": "rtrl"}, **ok),
+    ]
+    # A record from after the change, with no fields recorded, ran the preset of now.
+    later = {**records[3], "variant": "rflo", "date": "2026-12-04 00:00:00 UTC"}
+    assert reproduce.finished_cells([*records, later], engines) == {
+        (task, "no-clip"),  # Table 1: no preset to change
+        (task, "lru-tuned"),  # the LRU's preset for this task did not change
+        (task, "rflo"),
+    }
+    assert reproduce.finished_cells([{**records[0], "preset_fields": now}], engines) == {
+        (task, "tuned")
+    }
+    table = reproduce.render(records, [task], ["tuned", "no-clip"])
+    row = next(line for line in table.splitlines() if line.startswith(f"| {task} |"))
+    tuned, no_clip = row.split(" | ")[2:4]
+    assert tuned.endswith(" ‡") and "‡" not in no_clip
