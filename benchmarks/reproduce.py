@@ -383,12 +383,13 @@ def run_cell(
 # --- curves ---------------------------------------------------------------------------------
 
 
-def keep_curve(run: Path, table: Path, name: str) -> str | None:
+def keep_curve(run: Path, table: Path, name: str, *, fresh: bool = False) -> str | None:
     """Copy ``run/curve.png`` to ``curves/<name>.png`` beside the markdown file ``table``
-    (once: a run folder may be deleted later); the link from ``table``, or None if there is no
-    curve. The docs site serves ``benchmarks/results/curves/`` at the same relative path."""
+    (once, since a run folder may be deleted later; again when ``fresh``: the cell has just
+    run again); the link from ``table``, or None if there is no curve. The docs site serves
+    ``benchmarks/results/curves/`` at the same relative path."""
     source, kept = run / "curve.png", table.parent / "curves" / f"{name}.png"
-    if not kept.exists():
+    if not kept.exists() or (fresh and source.exists()):
         if not source.exists():
             return None
         kept.parent.mkdir(parents=True, exist_ok=True)
@@ -397,13 +398,19 @@ def keep_curve(run: Path, table: Path, name: str) -> str | None:
 
 
 def keep_curves(
-    records: Sequence[dict[str, Any]], table: Path, stem: str
+    records: Sequence[dict[str, Any]],
+    table: Path,
+    stem: str,
+    fresh: Sequence[dict[str, Any]] = (),
 ) -> dict[tuple[str, str], str]:
-    """The kept curve of every finished cell (see :func:`keep_curve`), by (task, variant)."""
+    """The kept curve of every finished cell (see :func:`keep_curve`), by (task, variant);
+    the cells of the records ``fresh`` (just run) replace theirs."""
     curves = {}
+    new = {(r["task"], r["variant"]) for r in fresh}
     for (task, variant), rec in latest(records).items():
         if rec["status"] == "ok" and rec.get("run"):
-            kept = keep_curve(ROOT / rec["run"], table, f"{stem}/{task}-{variant}")
+            name = f"{stem}/{task}-{variant}"
+            kept = keep_curve(ROOT / rec["run"], table, name, fresh=(task, variant) in new)
             if kept:
                 curves[(task, variant)] = kept
     return curves
@@ -582,7 +589,7 @@ def run_on_ray(
     runs: Path,
     command: str,
     path: Path,
-    write_table: Callable[[], None],
+    write_table: Callable[[Sequence[dict[str, Any]]], None],
 ) -> None:
     """Every cell of ``cells`` as a Ray task (:mod:`rtrrl.distributed`), on whatever the
     cluster offers: each one :func:`run_cell` on a worker, under the lock of its run folder;
@@ -613,7 +620,7 @@ def run_on_ray(
         with path.open("a") as f:
             for rec in records:
                 f.write(json.dumps(rec) + "\n")
-        write_table()
+        write_table(records)
         for rec in records:
             text = cell_text(rec, paper_figure(rec["task"], rec["variant"]))
             bar.write(f"{rec['task']} / {rec['variant']}: {text} ({rec.get('wall_time', 0):.0f} s)")
@@ -691,14 +698,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv[1:] if argv is None else list(argv)
     )
 
-    def write_table() -> None:
+    def write_table(fresh: Sequence[dict[str, Any]] = ()) -> None:
+        """The table of the results file; ``fresh``: records just run (their curves replace
+        those kept from an earlier run of the cell)."""
         records = read_results(path)
         # Rows: the tasks asked for and those run earlier into the same file, paper order.
         rows = list(dict.fromkeys([*tasks, *(r["task"] for r in records)]))
         rank = {t: i for i, t in enumerate(PAPER_TASKS)}
         rows.sort(key=lambda t: rank.get(t, len(rank)))
         md.parent.mkdir(parents=True, exist_ok=True)
-        curves = keep_curves(records, md, path.stem)
+        curves = keep_curves(records, md, path.stem, fresh)
         # Columns: the variants asked for and those run earlier into the same file.
         ran = {r["variant"] for r in records}
         columns = [v for v in VARIANTS if v in args.variants or v in ran]
@@ -725,7 +734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rec = run_cell(task, variant, args, runs, command.strip())
             with path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
-            write_table()
+            write_table([rec])
             print(
                 f"{task} / {variant}: {cell_text(rec, paper_figure(task, variant))} "
                 f"({rec['wall_time']:.0f} s)",

@@ -251,3 +251,21 @@ def test_a_cell_run_under_an_earlier_preset_is_not_finished_and_marked(
     row = next(line for line in table.splitlines() if line.startswith(f"| {task} |"))
     tuned, no_clip = row.split(" | ")[2:4]
     assert tuned.endswith(" ‡") and "‡" not in no_clip
+
+
+def test_a_cell_run_again_replaces_its_kept_curve(reproduce: ModuleType, tmp_path: Path) -> None:
+    run, table = tmp_path / "run", tmp_path / "results" / "table.md"
+    run.mkdir()
+    (run / "curve.png").write_bytes(b"first run")
+    rec = _record("CartPole-vel", "tuned", status="ok", run=str(run))
+    link = reproduce.keep_curves([rec], table, "budget")[("CartPole-vel", "tuned")]
+    kept = table.parent / link
+    (run / "curve.png").write_bytes(b"second run")
+    reproduce.keep_curves([rec], table, "budget")  # a table rendered again keeps the first
+    assert kept.read_bytes() == b"first run"
+    reproduce.keep_curves([rec], table, "budget", fresh=[rec])  # the cell ran again
+    assert kept.read_bytes() == b"second run"
+    (run / "curve.png").unlink()  # its run folder deleted: the kept curve stays
+    assert reproduce.keep_curves([rec], table, "budget", fresh=[rec]) == {
+        ("CartPole-vel", "tuned"): link
+    }
