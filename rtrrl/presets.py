@@ -80,8 +80,8 @@ _CARTPOLE_VEL = Preset(
     {"clip_norm": 1.0, "lr_rnn": 1e-3},
     chosen_by="benchmarks/results/learning.md",
     why=(
-        "CartPole-vel at the paper's protocol: Table 1 (clip 1.0) a median of 495.6 over 20 "
-        "seeds, 9 at 500; without the clip 374 (two 5-seed runs)"
+        "CartPole-vel at the paper's evaluation interval: Table 1 (clip 1.0) a median of 495.6 "
+        "over 20 seeds, 9 at 500; without the clip 374 (two 5-seed runs)"
     ),
 )
 TASK_PRESETS: Mapping[tuple[str, str], Preset] = MappingProxyType(
