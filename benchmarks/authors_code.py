@@ -106,10 +106,6 @@ TASKS = {
     "RepeatPrevious": AuthorsTask("RepeatPreviousEasy", 1.0, popjym=True),
 }
 
-# The paper's RFLO figures for the popgym rows (its Table 3, as issue 18 quotes them), which
-# reproduce.PAPER does not hold (it lists their LRU figures).
-PAPER_RFLO_POPGYM = {"StatelessCartPole": "1.00", "RepeatPrevious": "0.54"}
-
 # What their lock file pins and their code imports on a CPU machine (poetry.lock names).
 LOCKED = [
     "jax", "jaxlib", "flax", "distrax", "optax", "brax", "gymnax", "chex",
@@ -251,7 +247,7 @@ def section(args: argparse.Namespace, rows: list[dict], wall: float, header: str
     std = statistics.pstdev(bests)
     reached = sum(b >= spec.best for b in bests)
     clip = f"gradient clip {args.clip} on both optimizers" if args.clip is not None else "no clip"
-    paper = PAPER.get((args.task, "rflo")) or PAPER_RFLO_POPGYM.get(args.task, "—")
+    paper = PAPER.get((args.task, "rflo"), "—")
     if spec.popjym:
         where = f"popjym at commit {git_commit(args.popjym)}"
     else:

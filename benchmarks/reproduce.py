@@ -68,6 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe as machine  # noqa: E402
 
 from rtrrl import distributed, envs, presets  # noqa: E402
+from rtrrl.envs._registry import PAPER_ROWS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results" / "reproduce"
@@ -116,23 +117,77 @@ SAME_METHOD: dict[str, str] = {
 #: the memory chain and deep sea sizes it reports, and the popgym tasks (Easy).
 PAPER_TASKS: tuple[str, ...] = tuple(envs.paper_tasks())
 
-#: The paper's figures (best evaluation reward, median ± std over 5 runs) where it gives them.
-PAPER: dict[tuple[str, str], str] = {
-    ("CartPole-vel", "rflo"): "500.00 ± 0.00",
-    ("CartPole-pos", "rflo"): "500.00 ± 163.17",
-    ("MemoryChain-4", "rflo"): "1.00 ± 0.00",
-    ("MemoryChain-8", "rflo"): "1.00 ± 0.00",
-    ("MemoryChain-16", "rflo"): "1.00 ± 0.00",
-    ("MemoryChain-32", "rflo"): "0.77 ± 0.18",
-    ("MemoryChain-64", "rflo"): "0.32 ± 0.08",
-    ("DeepSea-4", "rflo"): "0.99",
-    ("DeepSea-8", "rflo"): "0.99",
-    ("DeepSea-16", "rflo"): "0.99",
-    ("CartPole-pos", "linear"): "57.47 ± 1.38",
-    ("MemoryChain-16", "linear"): "0.12 ± 0.04",
-    ("RepeatPrevious", "lru"): "1.00 ± 0.00",
-    ("StatelessCartPole", "lru"): "1.00 ± 0.00",
+#: The appendix's Tables 2 and 3 (Lemmel & Grosu, AAAI 2025; RTRRL_AAAI25_Appendix.pdf in
+#: github.com/FranzKnut/RTRRL-AAAI25), as printed: per row, the best evaluation reward, median
+#: ± std over 5 runs, of each column that is a variant here (their PPO column is not). A row's
+#: environment is rtrrl.envs._registry.PAPER_ROWS's; "nan" is printed where no figure is.
+PAPER_TABLES: dict[int, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {
+    2: (
+        ("linear", "rtrl", "rflo"),
+        {
+            "CartPole-vel": ("454.55 ± 34.47", "500.00 ± 0.00", "500.00 ± 0.00"),
+            "CartPole-pos": ("57.47 ± 1.38", "178.57 ± 93.04", "500.00 ± 163.17"),
+            "MetaMaze": ("28.00 ± 43.33", "34.00 ± 3.28", "40.00 ± 7.30"),
+            "DiscountingChain": ("1.10 ± 0.04", "1.05 ± 0.04", "1.10 ± 0.05"),
+            "UmbrellaChain": ("0.79 ± 0.05", "0.99 ± 0.15", "1.29 ± 0.07"),
+            "BernoulliBandit": ("404.40 ± 20.51", "373.80 ± 18.20", "371.70 ± 5.17"),
+            "GaussianBandit": ("0.01 ± 5.83", "-126.17 ± 70.60", "24.05 ± 21.43"),
+            "Reacher": ("106.66 ± 6.04", "114.45 ± 9.40", "111.06 ± 26.76"),
+            "Swimmer": ("91.26 ± 7.77", "97.57 ± 4.80", "442.54 ± 225.73"),
+            "MountCarCont": ("-30.00 ± 8.94", "-40.00 ± 5.48", "-0.03 ± 0.67"),
+            "MountCarCont-vel": ("-41.88 ± 16.54", "-1.31 ± 16.14", "-20.00 ± 40.80"),
+            "MountCarCont-pos": ("-46.91 ± 15.50", "0.04 ± 8.43", "-59.54 ± 43.45"),
+            "MemoryChain-4": ("0.07 ± 0.01", "1.00 ± 0.11", "1.00 ± 0.00"),
+            "MemoryChain-8": ("0.07 ± 0.02", "0.90 ± 0.25", "1.00 ± 0.00"),
+            "MemoryChain-16": ("0.12 ± 0.04", "0.61 ± 0.27", "1.00 ± 0.00"),
+            "MemoryChain-32": ("0.17 ± 0.03", "0.56 ± 0.13", "0.77 ± 0.18"),
+            "MemoryChain-64": ("0.26 ± 0.07", "0.61 ± 0.13", "0.32 ± 0.08"),
+            "DeepSea-4": ("0.99 ± 0.00", "0.99 ± 0.44", "0.99 ± 0.00"),
+            "DeepSea-8": ("0.99 ± 0.54", "0.99 ± 0.44", "0.99 ± 0.54"),
+            "DeepSea-16": ("-0.00 ± 0.54", "0.99 ± 0.54", "0.99 ± 0.44"),
+        },
+    ),
+    3: (
+        ("linear", "rflo", "lru"),
+        {
+            "MetaMaze": ("55.93 ± 43.33", "61.60 ± 9.24", "15.80 ± 5.02"),
+            "DiscountingChain": ("1.09 ± 0.02", "1.10 ± 0.00", "1.10 ± 0.00"),
+            "UmbrellaChain": ("1.19 ± 0.05", "1.72 ± 0.13", "1.20 ± 0.04"),
+            "Catch": ("0.27 ± 0.08", "1.00 ± 0.00", "0.39 ± 0.83"),
+            "BernoulliBandit": ("393.38 ± 20.51", "893.96 ± 11.35", "807.96 ± 100.19"),
+            "GaussianBandit": ("nan", "61.10 ± 32.98", "37.78 ± 67.01"),
+            "PointRobot": ("1.34 ± 0.21", "5.30 ± 4.30", "0.98 ± 0.49"),
+            "Reacher": ("120.79 ± 8.69", "216.28 ± 16.90", "199.77 ± 9.26"),
+            "Swimmer": ("95.87 ± 5.94", "465.08 ± 17.47", "102.17 ± 70.34"),
+            "StatelessCartPole": ("0.72 ± 0.02", "1.00 ± 0.00", "1.00 ± 0.00"),
+            "NoisyStatelessCartPole": ("0.50 ± 0.01", "0.99 ± 0.01", "0.93 ± 0.04"),
+            "Minesweeper": ("0.14 ± 0.02", "0.02 ± 0.05", "0.12 ± 0.01"),
+            "MultiArmedBandit": ("0.25 ± 0.05", "0.39 ± 0.03", "0.38 ± 0.08"),
+            "RepeatFirst": ("0.15 ± 0.12", "-0.22 ± 0.13", "0.05 ± 0.33"),
+            "RepeatPrevious": ("-0.35 ± 0.01", "0.54 ± 0.23", "1.00 ± 0.00"),
+        },
+    ),
 }
+
+
+def _paper_figures() -> dict[tuple[str, str], str]:
+    """(task, variant) -> the paper's figure, for the tasks reproduced here (PAPER_TASKS). A
+    task that is the environment of a row of both tables (UmbrellaChain) gets both."""
+    found: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for table, (columns, rows) in PAPER_TABLES.items():
+        for row, figures in rows.items():
+            task = PAPER_ROWS[table][row]
+            for variant, figure in zip(columns, figures, strict=True):
+                if task in PAPER_TASKS and figure != "nan":
+                    found.setdefault((task, variant), []).append((table, figure))
+    return {
+        key: figs[0][1] if len(figs) == 1 else ", ".join(f"{f} in Table {t}" for t, f in figs)
+        for key, figs in found.items()
+    }
+
+
+#: The paper's figures (best evaluation reward, median ± std over 5 runs) where it gives them.
+PAPER: dict[tuple[str, str], str] = _paper_figures()
 
 DEFAULTS = {
     "steps": 100_000,
@@ -516,8 +571,8 @@ def render(
     lines += [
         "",
         "Cells: median ± std over seeds of each seed's best evaluation reward (the paper's "
-        "measure); the paper's figure in parentheses where it gives one (RFLO column: CT-RNN "
-        "RTRRL; the paper's DeepSea figures have no std; in a table without the RFLO or LRU "
+        "measure); the paper's figure in parentheses where it gives one (its appendix's Tables 2 "
+        "and 3; RFLO column: CT-RNN RTRRL; in a table without the RFLO or LRU "
         "column, the columns of the same method at other settings, such as rtrrl's defaults, "
         "show it). The paper trains up to 50 million "
         "steps per seed with evaluation every 100 epochs and patience 20: a cell below the "

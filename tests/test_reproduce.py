@@ -47,6 +47,14 @@ def _record(task: str, variant: str, **kw: object) -> dict:
 def test_paper_figures_name_paper_tasks_and_variants(reproduce: ModuleType) -> None:
     for task, variant in reproduce.PAPER:
         assert task in reproduce.PAPER_TASKS and variant in reproduce.VARIANTS
+    # Table 2's 500-step rows are other tasks than Table 3's (docs/tasks.md, "Paper rows"):
+    # the paper tasks carry Table 3's figures; a task of both tables' rows gets both.
+    assert reproduce.PAPER[("Reacher", "rflo")] == "216.28 ± 16.90"
+    assert reproduce.PAPER[("CartPole-pos", "rtrl")] == "178.57 ± 93.04"
+    assert reproduce.PAPER[("UmbrellaChain", "rflo")] == (
+        "1.29 ± 0.07 in Table 2, 1.72 ± 0.13 in Table 3"
+    )
+    assert ("GaussianBandit", "linear") not in reproduce.PAPER  # printed as nan
 
 
 def test_render_a_fake_results_file(reproduce: ModuleType, tmp_path: Path) -> None:
@@ -89,12 +97,12 @@ def test_render_a_fake_results_file(reproduce: ModuleType, tmp_path: Path) -> No
         if line.startswith("| "):
             rows.setdefault(line.split(" | ")[0].strip("| "), line)
     assert rows["MemoryChain-4"] == (
-        "| MemoryChain-4 | fused | 1.00 ± 0.09 (paper 1.00 ± 0.00) | pending | pending | "
-        "pending | error: NotImplementedError: no / lru | pending |"
+        "| MemoryChain-4 | fused | 1.00 ± 0.09 (paper 1.00 ± 0.00) | pending (paper 1.00 ± 0.11) "
+        "| pending (paper 0.07 ± 0.01) | pending | error: NotImplementedError: no / lru | pending |"
     )
     assert rows["RepeatPrevious"] == (
-        "| RepeatPrevious | host | pending | pending | pending | pending | "
-        "0.38 ± 0.12 (paper 1.00 ± 0.00) | pending |"
+        "| RepeatPrevious | host | pending (paper 0.54 ± 0.23) | pending | pending (paper -0.35 "
+        "± 0.01) | pending | 0.38 ± 0.12 (paper 1.00 ± 0.00) | pending |"
     )
     assert (
         "1,000 environment steps per seed, evaluation every 1 epochs of 1000 steps on 10 "
@@ -210,7 +218,7 @@ def test_a_table_without_the_methods_column_shows_the_paper_figure_in_its_varian
     assert reproduce.paper_figure("StatelessCartPole", "lru-tuned", ["tuned", "lru-tuned"]) == lru
     assert reproduce.paper_figure("StatelessCartPole", "lru-tuned", ["lru", "lru-tuned"]) is None
     assert reproduce.paper_figure("CartPole-pos", "tuned", ["tuned"]) == "500.00 ± 163.17"
-    assert reproduce.paper_figure("CartPole-pos", "rtrl", ["tuned"]) is None
+    assert reproduce.paper_figure("StatelessCartPole", "rtrl", ["tuned"]) is None  # Table 3
     records = [
         _record("CartPole-pos", v, status="ok", bests=[500.0], median=500.0, std=0.0)
         for v in ("rflo", "tuned")
