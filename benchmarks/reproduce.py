@@ -371,20 +371,19 @@ def run_cell(
         record.update(engine=engine, **budget)
         overrides = {**parse_overrides(args.set), **VARIANTS[variant]}
         preset = overrides.pop("preset", "paper")
-        record.update(
-            overrides=overrides,
-            preset=preset,
-            preset_fields=preset_fields(task, preset, overrides),
-        )
+        fields = preset_fields(task, preset, overrides)
+        record.update(overrides=overrides, preset=preset, preset_fields=fields)
         out = runs / f"{task}-{variant}"
         summary = None
         if (out / training.CHECKPOINT).exists():
             previous = json.loads((out / "config.json").read_text())
             saved = previous["protocol"]
+            # The run folder is this cell's only if it trains what the cell asks for now: the
+            # budget, the preset as it is now, and the overrides.
             same = (
                 saved["steps"] == budget["steps"]
                 and saved.get("preset", "paper") == preset
-                and all(previous["agent"].get(k) == v for k, v in overrides.items())
+                and all(previous["agent"].get(k) == v for k, v in {**fields, **overrides}.items())
             )
             done = out / "summary.json"
             if same and done.exists():

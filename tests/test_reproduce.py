@@ -277,3 +277,31 @@ def test_a_cell_run_again_replaces_its_kept_curve(reproduce: ModuleType, tmp_pat
     assert reproduce.keep_curves([rec], table, "budget", fresh=[rec]) == {
         ("CartPole-vel", "tuned"): link
     }
+
+
+@pytest.mark.numpy
+def test_a_cell_of_a_changed_preset_trains_again(
+    reproduce: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a preset changes, the cell's run folder (finished under the old one) is not
+    taken for the new cell: it trains again, with the preset of now."""
+    pytest.importorskip("gymnax")
+    results = tmp_path / "r.jsonl"
+    argv = ["--tasks", "MemoryChain-4", "--variants", "tuned", "--backend", "numpy"]
+    argv += ["--seeds", "1", "--host-steps", "100", "--epoch-steps", "100"]
+    argv += ["--host-eval-every", "1", "--eval-episodes", "1", "--set", "n_hidden=4"]
+    argv += ["--results", str(results), "--md", str(tmp_path / "t.md")]
+    argv += ["--runs", str(tmp_path / "runs")]
+    config = tmp_path / "runs" / "r" / "MemoryChain-4-tuned" / "config.json"
+    assert reproduce.main(argv) == 0
+    assert json.loads(config.read_text())["agent"]["lr_rnn"] == presets.TUNED.fields["lr_rnn"]
+    before = presets.preset_fields
+
+    def changed(preset: str, task: str, body: str = "ctrnn") -> dict:
+        return {**before(preset, task, body), "lr_rnn": 5e-4} if preset == "tuned" else {}
+
+    monkeypatch.setattr(presets, "preset_fields", changed)
+    assert reproduce.main(argv) == 0
+    first, second = reproduce.read_results(results)
+    assert first["preset_fields"]["lr_rnn"] != second["preset_fields"]["lr_rnn"] == 5e-4
+    assert json.loads(config.read_text())["agent"]["lr_rnn"] == 5e-4
