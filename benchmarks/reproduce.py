@@ -308,7 +308,10 @@ def current(record: dict[str, Any], definition: dict[str, Any] | None) -> bool:
 #: Presets changed since cells were recorded without the fields they ran
 #: (``"preset_fields"``): (task, body) -> the change's date. Cells of those before the date
 #: ran another setting.
-PRESET_CHANGED = {("CartPole-vel", "ctrnn"): "2026-12-03 18:00:00 UTC"}
+PRESET_CHANGED = {
+    ("CartPole-vel", "ctrnn"): "2026-12-03 18:00:00 UTC",
+    ("Swimmer", "ctrnn"): "2026-12-03 18:47:00 UTC",
+}
 
 
 def preset_fields(task: str, preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
