@@ -209,8 +209,9 @@ class Session:
 
     def bar_best(self) -> float:
         """The progress bar's "best": the median over the seeds evaluated so far of their best
-        evaluation reward (the figure the run's summary reports)."""
-        return float(np.median([r.best for r in self.records if r.best > -math.inf]))
+        evaluation reward (the figure the run's summary reports); NaN before any has one."""
+        bests = [r.best for r in self.records if r.best > -math.inf]
+        return float(np.median(bests)) if bests else math.nan
 
     def run_json(self) -> dict[str, Any]:
         """``config.json``: everything needed to re-create or resume the run (``format``,

@@ -510,7 +510,7 @@ class _ChunkSession(loop.Session):
         for rec in self.records:
             if rec.best > -math.inf:
                 by_setting.setdefault(setting_of[rec.member], []).append(rec.best)
-        return max(float(np.median(bests)) for bests in by_setting.values())
+        return max((float(np.median(b)) for b in by_setting.values()), default=math.nan)
 
     def write_files(self, final: bool) -> None:
         run_folder.write_json(self.out / "config.json", self.run_json())

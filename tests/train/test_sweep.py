@@ -529,3 +529,7 @@ def test_the_progress_bar_shows_the_best_settings_median(tmp_path: Path) -> None
     )
     assert session.bar_best() == 1.0
     assert loop.Session.bar_best(session) == 0.0
+    # A chunk whose first evaluations are not numbers (diverged members) shows NaN, no error.
+    for rec in session.records:
+        rec.best = -math.inf
+    assert math.isnan(session.bar_best()) and math.isnan(loop.Session.bar_best(session))
