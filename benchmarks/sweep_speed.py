@@ -7,9 +7,14 @@ Rows (one run, same machine, same moment):
 - ``sweep population-P``: the fused epoch of ``rtrrl sweep`` (``make_population(...,
   per_member=True)``): P members at B = 1, each with its own learning rates (log-spaced) and
   half of them without clip, all in one vmapped scan (in blocks of
-  ``rtrrl.fused.MEMBER_BLOCK`` members, as shipped); steps summed over the members;
-- ``sweep population-P, one block``: the same with every member in one block
-  (``member_block=None``), for populations larger than a block.
+  ``rtrrl.fused.MEMBER_BLOCK`` members), shared out over JAX's CPU devices, one per core, as
+  ``rtrrl sweep`` does (``rtrrl.threads.cpu_devices_before_jax_starts``); steps summed over
+  the members;
+- ``sweep population-P, one device``: the same on one device (what a sweep got before it
+  shared its members out), for the largest P.
+
+The single agent runs on one device, as ``rtrrl train`` does: one agent at B = 1 is a chain of
+small operations, which one core runs.
 
 Every row runs the same number of epochs; the rows are timed in alternation, one call each per
 round (order rotated every round), so load that drifts during the run cancels out of the
@@ -42,6 +47,9 @@ RESULTS = Path(__file__).parent / "results" / "sweep_speed.md"
 
 def runners(task: str, epoch_steps: int, populations: list[int]) -> dict[str, tuple]:
     """``{row: (run one epoch, agent-steps per call)}``, each compiled and run once."""
+    from rtrrl import threads
+
+    threads.cpu_devices_before_jax_starts()
     import jax
     import jax.numpy as jnp
 
@@ -77,12 +85,12 @@ def runners(task: str, epoch_steps: int, populations: list[int]) -> dict[str, tu
         structure, numbers = fused.population_numbers(configs)
         inits = [rtrrl_spec.init(c, 1, i) for i, c in enumerate(configs)]
         agents = {k: jnp.asarray(np.stack([a[k] for a in inits])) for k in inits[0]}
-        blocks = {"": fused.MEMBER_BLOCK}
-        if P > fused.MEMBER_BLOCK:
-            blocks[", one block"] = None
-        for label, member_block in blocks.items():
+        placements = {"": jax.devices()}
+        if max(populations) == P:
+            placements[", one device"] = None
+        for label, devices in placements.items():
             init, epoch, _ = fused.make_population(
-                structure, env, epoch_steps=epoch_steps, per_member=True, member_block=member_block
+                structure, env, epoch_steps=epoch_steps, per_member=True, devices=devices
             )
             carry = init(agents, key_data(list(range(P))))
             run = runner(epoch, carry, jnp.ones(P, bool), numbers)
@@ -145,7 +153,9 @@ def main() -> None:
         f"Rows timed in alternation over {args.rounds} rounds, one call each per round; rates "
         "from the median call; ratios the median (quartiles) of the same-round ratios. "
         "Members: learning rates log-spaced over 1e-4..1e-2, every other one without clip; "
-        f"blocks of {fused.MEMBER_BLOCK} members unless the row says one block.",
+        f"blocks of {fused.MEMBER_BLOCK} members, shared out over {len(jax.devices())} JAX "
+        "CPU devices (one per core) unless the row says one device; the single agent on "
+        "one device.",
         "",
         *table,
         "",

@@ -313,6 +313,7 @@ def make_population(
     per_member: bool = False,
     reset_every_step: bool = False,
     member_block: int | None = MEMBER_BLOCK,
+    devices: Sequence[jax.Device] | None = None,
 ) -> tuple[Callable[..., Carry], Callable[..., Any], Callable[..., Any]]:
     """:func:`make_train` for ``P`` members at once: ONE ``vmap`` over a leading member axis.
 
@@ -335,6 +336,12 @@ def make_population(
     stay in the CPU's cache through the epoch instead of streaming from memory every step;
     members are independent, so each computes what it would in one block. ``None``: one
     block (``benchmarks/sweep_speed.py`` compares the two).
+
+    ``devices``: the members are shared out over these devices, each running its share (in
+    blocks) at the same time as the others (:func:`_over_devices`): on a CPU, JAX's CPU
+    devices (``jax_num_cpu_devices``, :func:`rtrrl.threads.cpu_devices_before_jax_starts`)
+    are its cores, so a population uses every core, where one agent at B = 1 is a chain of
+    small operations that uses one. ``None`` or one device: all on JAX's default device.
     """
     init, epoch, evaluate = make_train(
         config,
@@ -348,6 +355,7 @@ def make_population(
         reset_every_step=reset_every_step,
     )
     v_epoch = _in_member_blocks(jax.vmap(epoch), member_block)
+    v_evaluate = jax.vmap(evaluate)
 
     def population_epoch(carry: Carry, active: jax.Array, *numbers: Numbers) -> tuple[Carry, Any]:
         new, metrics = v_epoch(carry, *numbers)
@@ -358,11 +366,14 @@ def make_population(
 
         return jax.tree_util.tree_map(keep, new, carry), metrics
 
+    if devices is not None and len(devices) > 1:
+        population_epoch = _over_devices(population_epoch, devices)
+        v_evaluate = _over_devices(v_evaluate, devices)
     options = compiler_options()
     return (
         jax.jit(jax.vmap(init)),
         jax.jit(population_epoch, compiler_options=options),
-        jax.jit(jax.vmap(evaluate), compiler_options=options),
+        jax.jit(v_evaluate, compiler_options=options),
     )
 
 
@@ -394,6 +405,37 @@ def _in_member_blocks(v_fn: Callable[..., Any], block: int | None) -> Callable[.
         return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:])[:members], out)
 
     return blocked
+
+
+def _over_devices(v_fn: Callable[..., Any], devices: Sequence[jax.Device]) -> Callable[..., Any]:
+    """``v_fn`` (vmapped over a leading member axis of every argument and result) with the
+    members shared out over ``devices`` in equal, consecutive shares (``shard_map``), each
+    device running its share at the same time as the others.
+
+    Members are independent, so each computes on its device what it would on one: the
+    shares are padded to equal size with copies of the last member, whose results are
+    dropped; a population of fewer members than devices uses one device per member."""
+
+    def sharded(*args: Any) -> Any:
+        members = jax.tree_util.tree_leaves(args)[0].shape[0]
+        used = min(len(devices), members)
+        if used == 1:
+            return v_fn(*args)
+        share = -(-members // used)
+        padding = used * share - members
+
+        def padded(x: jax.Array) -> jax.Array:
+            return jnp.concatenate([x, jnp.repeat(x[-1:], padding, axis=0)]) if padding else x
+
+        mesh = jax.sharding.Mesh(np.asarray(devices[:used]), ("members",))
+        spec = jax.sharding.PartitionSpec("members")
+        run = jax.shard_map(
+            v_fn, mesh=mesh, in_specs=(spec,) * len(args), out_specs=spec, check_vma=False
+        )
+        out = run(*jax.tree_util.tree_map(padded, args))
+        return jax.tree_util.tree_map(lambda x: x[:members], out)
+
+    return sharded
 
 
 _REGION_COPIES = {"xla_cpu_copy_insertion_use_region_analysis": True}
@@ -434,8 +476,10 @@ class FusedEngine:
 
     ``members``: ``(config, seed)`` per member, configs of ``config``'s structure that may
     differ in every number (:func:`population_numbers`): a sweep's population
-    (:mod:`rtrrl.sweeps`), whose numbers are arguments of the compiled code. ``None`` (a run):
-    ``config`` with each of ``settings.seeds``, its numbers constants of the code.
+    (:mod:`rtrrl.sweeps`), whose numbers are arguments of the compiled code, shared out over
+    every device of JAX's default backend (``make_population``'s ``devices``). ``None`` (a
+    run): ``config`` with each of ``settings.seeds``, its numbers constants of the code, on
+    the default device.
     """
 
     name = "fused"
@@ -469,7 +513,9 @@ class FusedEngine:
             settings.eval_steps,
             dtype,
             members is not None,
+            tuple(jax.devices()) if members is not None else None,
         )
+        self.devices = 1 if members is None else len(jax.devices())
         self.float_names, self.params = _checked_arrays(config)
         keys = jnp.asarray(np.stack([_key_data(noise_seed(s)) for s in seeds]))
         self.carry = self.init(agents, keys)
@@ -554,6 +600,7 @@ def _cached_population(
     eval_steps: int | None,
     dtype: str,
     per_member: bool = False,
+    devices: tuple[jax.Device, ...] | None = None,
 ) -> tuple[Callable[..., Carry], Callable[..., Any], Callable[..., Any]]:
     # Cached so that a resumed run in the same process reuses the compiled functions.
     from rtrrl import envs
@@ -567,4 +614,5 @@ def _cached_population(
         eval_steps=eval_steps,
         dtype=dtype,
         per_member=per_member,
+        devices=devices,
     )

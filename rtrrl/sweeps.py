@@ -581,7 +581,7 @@ def run_chunk(
     if _finished(ckpt, out):
         return json.loads((out / "summary.json").read_text())
     settings = sweep.settings
-    threads.before_frameworks_load(settings.threads)
+    _before_jax_starts(settings)
     be = _registry.get_backend(settings.backend)
     if ckpt is None:
         out.mkdir(parents=True, exist_ok=True)
@@ -866,6 +866,15 @@ def _run_all(folder: Path, progress: bool) -> dict[str, Any]:
     return summary
 
 
+def _before_jax_starts(settings: RunSettings) -> None:
+    """The run's threads, and one JAX CPU device per core for the members to share out
+    (:mod:`rtrrl.threads`): both are fixed when JAX starts its backends."""
+    from rtrrl import threads
+
+    threads.before_frameworks_load(settings.threads)
+    threads.cpu_devices_before_jax_starts()
+
+
 def _check_engine(settings: RunSettings) -> None:
     """Sweeps run on the fused JAX engine only: a one-line error otherwise."""
     from rtrrl import training
@@ -945,7 +954,7 @@ def sweep(
             refuses, a backend other than JAX or a task without a JAX implementation.
         RunExistsError: ``out`` holds a sweep, a run, or other files.
     """
-    from rtrrl import _registry, envs, threads, training
+    from rtrrl import _registry, envs, training
 
     if isinstance(space, SearchSpace):
         if grid or random or samples is not None or sweep_seed is not None:
@@ -964,7 +973,7 @@ def sweep(
     run_settings = dataclasses.replace(settings or RunSettings(), **run_kw)
     if run_settings.backend != "jax" or run_settings.fused is False:
         _check_engine(run_settings)  # before a framework loads: the error is all there is
-    threads.before_frameworks_load(run_settings.threads)
+    _before_jax_starts(run_settings)
     be = _registry.get_backend(run_settings.backend)
     training._check_backend_runs(be, run_settings)
     _check_engine(run_settings)
@@ -1016,7 +1025,7 @@ def resume_sweep(
     """Continue the sweep in ``folder``: finished chunks stay, a stopped one continues from
     its checkpoint exactly, the others start; returns the summary, as :func:`sweep` does.
     ``runner``: as for :func:`sweep`."""
-    from rtrrl import _registry, threads, training
+    from rtrrl import _registry, training
 
     sweep = _read_sweep(folder)
     run_folder.check_writable(
@@ -1024,7 +1033,7 @@ def resume_sweep(
     )
     for chunk in range(len(sweep.chunks())):  # every chunk this sweep's, before any write
         _load_chunk(sweep, chunk)
-    threads.before_frameworks_load(sweep.settings.threads)
+    _before_jax_starts(sweep.settings)
     be = _registry.get_backend(sweep.settings.backend)
     saved = dict(sweep.saved)
     saved["run"] = {

@@ -8,6 +8,13 @@
   asks for threads before anything imported JAX (the ``rtrrl train`` command always does)
   gets ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=N`` added to
   ``XLA_FLAGS``; once JAX is running nothing can change them, and a warning says so.
+- JAX's CPU devices (sweeps): a sweep shares its members out over every device of JAX's
+  default backend (:func:`rtrrl.fused.make_population`'s ``devices``). On a CPU those are
+  ``jax_num_cpu_devices``, one unless set, which JAX also fixes when it starts its backends:
+  :func:`cpu_devices_before_jax_starts` (what ``rtrrl sweep`` and :func:`rtrrl.sweep` call)
+  asks for one per core this process may use, unless the user set a number
+  (``JAX_NUM_CPU_DEVICES``, ``jax.config``, or ``--xla_force_host_platform_device_count`` in
+  ``XLA_FLAGS``) or JAX has already run something, in which case its devices stay as they are.
 - NumPy: left alone.
 """
 
@@ -19,7 +26,13 @@ import sys
 import warnings
 from collections.abc import Iterator
 
-__all__ = ["HOST_TORCH_THREADS", "before_frameworks_load", "framework_threads"]
+__all__ = [
+    "HOST_TORCH_THREADS",
+    "before_frameworks_load",
+    "cpu_devices_before_jax_starts",
+    "framework_threads",
+    "usable_cores",
+]
 
 #: Torch threads of the host loop when the run does not say.
 HOST_TORCH_THREADS = 1
@@ -58,3 +71,24 @@ def framework_threads(threads: int | None, torch_default: int | None) -> Iterato
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def cpu_devices_before_jax_starts(devices: int | None = None) -> None:
+    """Ask JAX for ``devices`` CPU devices (default: :func:`usable_cores`) if it has not
+    started its backends and the user has not chosen a number; else leave it as it is."""
+    import jax
+
+    if jax.config.jax_num_cpu_devices != -1 or "JAX_NUM_CPU_DEVICES" in os.environ:
+        return
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    with contextlib.suppress(RuntimeError):  # JAX has started: its devices stay
+        jax.config.update("jax_num_cpu_devices", devices or usable_cores())

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from rtrrl import _registry, _selection
+from rtrrl import _registry, _selection, threads
+
+# Two JAX CPU devices, as on a 2-core machine, so that the tests see a sweep's members shared
+# out over devices (rtrrl.fused._over_devices); every other computation runs on the first.
+threads.cpu_devices_before_jax_starts(2)
 
 _counter = itertools.count()
 

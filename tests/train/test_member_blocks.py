@@ -1,5 +1,6 @@
 """A sweep population's epoch in blocks of members (``rtrrl.fused.make_population``'s
-``member_block``) computes what it computes with every member in one block."""
+``member_block``), or shared out over devices (its ``devices``), computes what it computes
+with every member in one block on one device."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ MEMBERS = 5
 EPOCH_STEPS = 150
 
 
-def _epochs(member_block: int | None) -> tuple[list[dict], list[np.ndarray]]:
+def _epochs(
+    member_block: int | None, devices: list[jax.Device] | None = None
+) -> tuple[list[dict], list[np.ndarray]]:
     env = envs.make_jax("CartPole-vel")
     base = env.spec.agent_config(n_hidden=6, jacobian="rflo")
     configs = [
@@ -23,8 +26,13 @@ def _epochs(member_block: int | None) -> tuple[list[dict], list[np.ndarray]]:
         for i, lr in enumerate(np.geomspace(1e-3, 1e-1, MEMBERS))
     ]
     structure, numbers = fused.population_numbers(configs)
-    init, epoch, _ = fused.make_population(
-        structure, env, epoch_steps=EPOCH_STEPS, per_member=True, member_block=member_block
+    init, epoch, evaluate = fused.make_population(
+        structure,
+        env,
+        epoch_steps=EPOCH_STEPS,
+        per_member=True,
+        member_block=member_block,
+        devices=devices,
     )
     inits = [rtrrl_spec.init(c, 1, i) for i, c in enumerate(configs)]
     agents = {k: jnp.asarray(np.stack([a[k] for a in inits])) for k in inits[0]}
@@ -36,6 +44,7 @@ def _epochs(member_block: int | None) -> tuple[list[dict], list[np.ndarray]]:
     for active in (np.ones(MEMBERS, bool), np.arange(MEMBERS) != 3):
         carry, m = epoch(carry, jnp.asarray(active), numbers)
         metrics.append(jax.device_get(m))
+    metrics.append({"score": np.asarray(evaluate(carry["agent"], keys, numbers))})
     return metrics, [np.asarray(x) for x in jax.tree_util.tree_leaves(carry)]
 
 
@@ -51,6 +60,22 @@ def test_blocks_compute_what_one_block_computes() -> None:
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     assert len(blocked) == len(one)
     for a, b in zip(blocked, one, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow  # compiles two population epochs
+def test_shares_over_devices_compute_what_one_device_computes() -> None:
+    # tests/conftest.py starts JAX with two CPU devices. Five members over two devices:
+    # shares of three, the last member repeated to fill the second.
+    devices = jax.devices()
+    assert len(devices) >= 2, "tests/conftest.py should have asked JAX for two CPU devices"
+    shared_metrics, shared = _epochs(member_block=None, devices=devices[:2])
+    one_metrics, one = _epochs(member_block=None)
+    for a, b in zip(shared_metrics, one_metrics, strict=True):
+        assert a.keys() == b.keys()
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    for a, b in zip(shared, one, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
