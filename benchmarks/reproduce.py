@@ -31,6 +31,15 @@ median ± std over seeds of the best evaluation reward, the paper's figure besid
 paper gives one). A cell that fails says ``error: ...`` in the table; a cell not run yet says
 ``pending``. ``--render-only`` re-renders from the results file without training.
 
+``--pack`` trains the cells of a task whose agents differ only in numbers (``rflo``,
+``no-clip`` and ``tuned``; ``lru``, ``lru-no-clip`` and ``lru-tuned``; as the task's presets
+resolve) as ONE population: an :func:`rtrrl.sweep` whose settings are those cells' agents,
+listed, each with the cell's seeds and its own early stopping, in a folder
+``<runs>/<task>-pack-<variants>/``. Each cell records what it records run alone (members
+compute what a run computes, to float rounding), plus the pack; the cells of a pack share
+its wall time. A pack compiles once where its cells compile one each, and steps its members
+in one larger population (``benchmarks/pack_speed.py`` measures what that saves).
+
 ``--ray [ADDRESS]`` runs every cell as a Ray task (``pip install "rtrrl[ray]"``; see
 docs/distributed.md): ``--ray`` alone starts a local Ray instance, ``--ray auto`` joins the
 cluster running on this machine, ``--ray HOST:PORT`` that head. Each cell asks for
@@ -437,6 +446,150 @@ def run_cell(
     return record
 
 
+# --- packed cells ---------------------------------------------------------------------------
+
+
+def cell_agent(task: str, variant: str, args: argparse.Namespace) -> Any:
+    """The agent config a cell of ``variant`` on ``task`` trains (its preset resolved)."""
+    from rtrrl import training
+    from rtrrl._cli_train import parse_overrides
+    from rtrrl.settings import RunSettings
+
+    overrides = {**parse_overrides(args.set), **VARIANTS[variant]}
+    preset = overrides.pop("preset", "paper")
+    return training.agent_config(RunSettings(task=task, preset=preset), overrides)
+
+
+def packs(task: str, variants: Sequence[str], args: argparse.Namespace) -> list[list[str]]:
+    """``variants`` of ``task`` in groups whose agents differ only in numbers (a clip of
+    ``None`` among clipped ones included, as in a sweep): each group of two or more trains as
+    one population (:func:`run_pack`), in the order asked for."""
+    import rtrrl_spec
+
+    groups: dict[Any, list[str]] = {}
+    for v in variants:
+        config = cell_agent(task, v, args)
+        if config.clip_norm is None:
+            config = config.replace(clip_norm=1.0)
+        groups.setdefault(rtrrl_spec.structure_of(config), []).append(v)
+    return list(groups.values())
+
+
+def _listed(configs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Per config, the sweepable numbers in which ``configs`` differ (one setting each)."""
+    from rtrrl.sweeps import SWEEPABLE
+
+    names = [n for n in SWEEPABLE if len({getattr(c, n) for c in configs}) > 1]
+    return [{n: getattr(c, n) for n in names} for c in configs]
+
+
+def run_pack(
+    task: str, variants: Sequence[str], args: argparse.Namespace, runs: Path, command: str
+) -> list[dict[str, Any]]:
+    """Train the cells of ``variants`` (one of :func:`packs`) on ``task`` as ONE population:
+    a sweep (:func:`rtrrl.sweep`) whose listed settings are the variants, each with the
+    cell's seeds, every member early-stopped on its own. A cell's record is its setting's
+    seeds, as a cell run alone records them, plus ``"pack"`` (the variants and the pack's
+    wall time; the cell's ``wall_time`` is its share). Each member computes what the cell run
+    alone computes, to float rounding. A failure is recorded for every cell of the pack."""
+    import dataclasses
+
+    import numpy as np
+
+    from rtrrl import sweeps, training
+    from rtrrl._cli_train import parse_overrides
+    from rtrrl.errors import RunExistsError
+    from rtrrl.settings import TASK_FIELDS, RunSettings
+
+    base: dict[str, Any] = {
+        "backend": args.backend,
+        "command": command,
+        "machine": machine(),
+        "load": [round(x, 1) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "definition": task_definition(task),
+    }
+    records = []
+    for variant in variants:
+        overrides = {**parse_overrides(args.set), **VARIANTS[variant]}
+        preset = overrides.pop("preset", "paper")
+        records.append(
+            {
+                "task": task,
+                "variant": variant,
+                **base,
+                "overrides": overrides,
+                "preset": preset,
+                "preset_fields": preset_fields(task, preset, overrides),
+            }
+        )
+    t0 = time.perf_counter()
+    out = runs / f"{task}-pack-{'+'.join(variants)}"
+    try:
+        engine = engine_of(task, args.backend)
+        budget = budget_of(args, engine)
+        configs = [cell_agent(task, v, args) for v in variants]
+        listed = _listed(configs)
+        fixed = {
+            f.name: getattr(configs[0], f.name)
+            for f in dataclasses.fields(configs[0])
+            if f.name not in TASK_FIELDS and f.name not in listed[0]
+        }
+        # The sweep's agent: Table 1, then every field the cells share; its members then
+        # add the numbers in which they differ, and are exactly the cells' agents.
+        shared = training.agent_config(RunSettings(task=task, preset="paper"), fixed)
+        if sweeps.member_configs(shared, listed) != configs:
+            raise RuntimeError(f"the pack's members are not the cells' agents: {variants}")
+        kw = dict(
+            space=sweeps.SearchSpace(listed=tuple(listed)),
+            preset="paper",
+            out=out,
+            seeds=budget["seeds"],
+            steps=budget["steps"],
+            epoch_steps=budget["epoch_steps"],
+            eval_every=budget["eval_every"],
+            eval_episodes=budget["eval_episodes"],
+            patience=budget["patience"],
+            progress=args.progress,
+            continue_same=True,
+            **fixed,
+        )
+        try:
+            summary = sweeps.sweep(task, args.backend, **kw)
+        except RunExistsError:  # a pack of other settings (a preset changed): start again
+            shutil.rmtree(out)
+            summary = sweeps.sweep(task, args.backend, **kw)
+        by_setting = {e["setting"]: e for e in summary["ranking"]}
+        run = str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)
+        for i, rec in enumerate(records):
+            entry = by_setting[i]
+            finite = [b for b in entry["best"] if b is not None and math.isfinite(b)]
+            rec.update(
+                status="ok",
+                engine=engine,
+                **budget,
+                bests=entry["best"],
+                median=float(np.median(finite)) if finite else None,
+                std=float(np.std(finite)) if finite else None,
+                seed_steps=entry["steps"],
+                stopped=entry["stop_reasons"],
+                run=run,
+            )
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # noqa: BLE001 - failed cells are recorded, the sweep goes on
+        message = f"{type(err).__name__}: {err}".splitlines()[0]
+        for rec in records:
+            rec.update(status="error", error=message[:300])
+        if args.verbose:
+            traceback.print_exc()
+    wall = round(time.perf_counter() - t0, 1)
+    for rec in records:
+        rec["wall_time"] = round(wall / len(records), 1)
+        rec["pack"] = {"variants": list(variants), "wall_time": wall}
+    return records
+
+
 # --- curves ---------------------------------------------------------------------------------
 
 
@@ -445,7 +598,9 @@ def keep_curve(run: Path, table: Path, name: str, *, fresh: bool = False) -> str
     (once, since a run folder may be deleted later; again when ``fresh``: the cell has just
     run again); the link from ``table``, or None if there is no curve. The docs site serves
     ``benchmarks/results/curves/`` at the same relative path."""
-    source, kept = run / "curve.png", table.parent / "curves" / f"{name}.png"
+    # A run folder has curve.png; a pack's sweep folder has curves.png (its settings' medians).
+    source = run / "curve.png" if (run / "curve.png").exists() else run / "curves.png"
+    kept = table.parent / "curves" / f"{name}.png"
     if not kept.exists() or (fresh and source.exists()):
         if not source.exists():
             return None
@@ -618,9 +773,12 @@ def render(
             bests = ", ".join("—" if b is None else f"{b:.3g}" for b in r["bests"])
             steps = ", ".join(f"{s:,}" for s in r.get("seed_steps", []))
             stopped = ", ".join(r.get("stopped", []))
+            wall = f"{r.get('wall_time', 0):.0f}"
+            if "pack" in r:
+                pack = r["pack"]
+                wall += f" (packed: {'+'.join(pack['variants'])}, {pack['wall_time']:.0f} in all)"
             lines.append(
-                f"| {r['task']} | {r['variant']} | {bests} | {steps} | {stopped} "
-                f"| {r.get('wall_time', 0):.0f} |"
+                f"| {r['task']} | {r['variant']} | {bests} | {steps} | {stopped} | {wall} |"
             )
     shown = [(t, v) for t in tasks for v in variants if (t, v) in (curves or {})]
     if shown:
@@ -732,12 +890,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--render-only", action="store_true", help="render, train nothing")
     p.add_argument("--progress", action="store_true", help="a progress bar per cell")
     p.add_argument("--verbose", action="store_true", help="print a failed cell's traceback")
+    p.add_argument(
+        "--pack",
+        action="store_true",
+        help="train a task's cells whose agents differ only in numbers as one population",
+    )
     distributed.add_ray_flags(p, "cell", cpus="1")
     args = p.parse_args(argv)
     try:
         distributed.resources_from_args(args, "cell")
     except ValueError as err:
         p.error(str(err))
+    if args.pack and args.ray is not None:
+        p.error("--pack trains here (one population per pack); drop --pack or --ray")
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
@@ -780,23 +945,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     finished = finished_cells(read_results(path), engines)
     on_ray: list[tuple[str, str]] = []
     for task in tasks:
+        pending = []
         for variant in args.variants:
             if (task, variant) in finished:
                 print(f"{task} / {variant}: done earlier, kept")
-                continue
-            if args.ray is not None:
+            elif args.ray is not None:
                 on_ray.append((task, variant))
-                continue
-            print(f"{task} / {variant}: training ...", flush=True)
-            rec = run_cell(task, variant, args, runs, command.strip())
+            else:
+                pending.append(variant)
+        groups = [[v] for v in pending]
+        if args.pack and pending and engines[task] == "fused":
+            groups = packs(task, pending, args)
+        for group in groups:
+            print(f"{task} / {'+'.join(group)}: training ...", flush=True)
+            if len(group) == 1:
+                new = [run_cell(task, group[0], args, runs, command.strip())]
+            else:
+                new = run_pack(task, group, args, runs, command.strip())
             with path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-            write_table([rec])
-            print(
-                f"{task} / {variant}: {cell_text(rec, paper_figure(task, variant))} "
-                f"({rec['wall_time']:.0f} s)",
-                flush=True,
-            )
+                f.writelines(json.dumps(rec) + "\n" for rec in new)
+            write_table(new)
+            for rec in new:
+                text = cell_text(rec, paper_figure(task, rec["variant"]))
+                print(f"{task} / {rec['variant']}: {text} ({rec['wall_time']:.0f} s)", flush=True)
     if on_ray:
         run_on_ray(on_ray, args, runs, command.strip(), path, write_table)
     write_table()

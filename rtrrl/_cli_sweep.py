@@ -169,7 +169,8 @@ def add_command(sub: Any) -> None:
     space.add_argument(
         "--space",
         metavar="FILE",
-        help='the space as a TOML file: [grid] (lists), [random] ("KIND:LOW:HIGH"), samples, seed',
+        help='the space as a TOML file: [grid] (lists), [random] ("KIND:LOW:HIGH"), samples, '
+        "seed; or [[settings]], each tried as it is",
     )
     space.add_argument(
         "--chunk-size",

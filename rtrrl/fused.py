@@ -476,10 +476,10 @@ class FusedEngine:
 
     ``members``: ``(config, seed)`` per member, configs of ``config``'s structure that may
     differ in every number (:func:`population_numbers`): a sweep's population
-    (:mod:`rtrrl.sweeps`), whose numbers are arguments of the compiled code, shared out over
-    every device of JAX's default backend (``make_population``'s ``devices``). ``None`` (a
-    run): ``config`` with each of ``settings.seeds``, its numbers constants of the code, on
-    the default device.
+    (:mod:`rtrrl.sweeps`), whose numbers are arguments of the compiled code. ``None`` (a
+    run): ``config`` with each of ``settings.seeds``, its numbers constants of the code.
+    Either way the members are shared out over every device of JAX's default backend
+    (``make_population``'s ``devices``; on a CPU, one per core: :mod:`rtrrl.threads`).
     """
 
     name = "fused"
@@ -513,9 +513,8 @@ class FusedEngine:
             settings.eval_steps,
             dtype,
             members is not None,
-            tuple(jax.devices()) if members is not None else None,
+            tuple(jax.devices()),
         )
-        self.devices = 1 if members is None else len(jax.devices())
         self.float_names, self.params = _checked_arrays(config)
         keys = jnp.asarray(np.stack([_key_data(noise_seed(s)) for s in seeds]))
         self.carry = self.init(agents, keys)

@@ -213,17 +213,23 @@ def parse_distribution(name: str, spec: str | Mapping[str, Any]) -> Distribution
 @dataclass
 class SearchSpace:
     """What a sweep tries: a grid (every combination of its axes) crossed with ``samples``
-    random draws (each drawing every random parameter), reproducible from ``seed``."""
+    random draws (each drawing every random parameter), reproducible from ``seed``; or
+    ``listed`` settings, each a ``{name: value}`` of the same names, tried as they are (what
+    ``benchmarks/reproduce.py --pack`` runs: the columns of a table that differ in numbers)."""
 
     grid: dict[str, tuple[float | None, ...]] = field(default_factory=dict)
     random: dict[str, Distribution] = field(default_factory=dict)
     samples: int | None = None
     seed: int = 0
+    listed: tuple[dict[str, float | None], ...] = ()
 
     def __post_init__(self) -> None:
         both = sorted(set(self.grid) & set(self.random))
         if both:
             raise ValueError(f"{', '.join(both)}: both on the grid and random; give one")
+        if self.listed:
+            self._check_listed()
+            return
         if not self.grid and not self.random:
             raise ValueError(
                 "nothing to sweep: give --grid NAME=V1,V2 or --random NAME=KIND:LOW:HIGH "
@@ -240,12 +246,34 @@ class SearchSpace:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"--sweep-seed must be an int >= 0, got {self.seed!r}")
 
+    def _check_listed(self) -> None:
+        if self.grid or self.random or self.samples is not None:
+            raise ValueError(
+                "listed settings are the whole space: give them without a grid, random "
+                "parameters or samples"
+            )
+        names = list(self.listed[0])
+        if not names:
+            raise ValueError("a listed setting needs at least one value, e.g. {lr_td = 1e-3}")
+        for i, values in enumerate(self.listed):
+            if sorted(values) != sorted(names):
+                raise ValueError(
+                    f"listed setting {i} gives {sorted(values)}, setting 0 {sorted(names)}: "
+                    "every listed setting gives the same parameters (a value for each)"
+                )
+        for name in names:
+            _check_name(name)
+        self.listed = tuple({n: _number(n, v[n]) for n in names} for v in self.listed)
+
     def settings(self) -> list[dict[str, float | None]]:
-        """Every setting: the grid's combinations (the first axis slowest) × the draws.
+        """Every setting: the listed ones as they are; else the grid's combinations (the
+        first axis slowest) × the draws.
 
         The draws come first, all from ``numpy.random.default_rng(seed)``, parameters in
         name order: the same seed and random space give the same draws, whatever the grid.
         """
+        if self.listed:
+            return [dict(v) for v in self.listed]
         rng = np.random.default_rng(self.seed)
         names = sorted(self.random)
         draws = [{n: self.random[n].draw(rng) for n in names} for _ in range(self.samples or 1)]
@@ -257,7 +285,10 @@ class SearchSpace:
         return [{**point, **draw} for point in points for draw in draws]
 
     def names(self) -> list[str]:
-        """The varied parameters: the grid's axes, then the random ones in name order."""
+        """The varied parameters: the listed settings' names; else the grid's axes, then the
+        random ones in name order."""
+        if self.listed:
+            return list(self.listed[0])
         return [*self.grid, *sorted(self.random)]
 
     def to_json(self) -> dict[str, Any]:
@@ -267,6 +298,7 @@ class SearchSpace:
             "random": {k: d.text() for k, d in self.random.items()},
             "samples": self.samples,
             "seed": self.seed,
+            **({"listed": [dict(v) for v in self.listed]} if self.listed else {}),
         }
 
     @classmethod
@@ -277,6 +309,7 @@ class SearchSpace:
             random={k: parse_distribution(k, v) for k, v in saved["random"].items()},
             samples=saved["samples"],
             seed=saved["seed"],
+            listed=tuple(saved.get("listed", ())),
         )
 
 
@@ -287,11 +320,18 @@ def read_space(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = tomllib.loads(Path(path).read_text())
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"--space {path}: not valid TOML ({err})") from err
-    unknown = sorted(set(data) - {"grid", "random", "samples", "seed"})
+    unknown = sorted(set(data) - {"grid", "random", "samples", "seed", "settings"})
     if unknown:
         raise ValueError(
             f"--space {path}: unknown key(s) {unknown}; a space file has [grid], [random], "
-            "samples and seed (run settings and fixed agent fields go in --config FILE)"
+            "samples and seed, or [[settings]] (run settings and fixed agent fields go in "
+            "--config FILE)"
+        )
+    listed = data.get("settings", [])
+    if not isinstance(listed, list) or not all(isinstance(v, dict) for v in listed):
+        raise ValueError(
+            f"--space {path}: settings must be an array of tables, each [[settings]] with "
+            "one value per parameter"
         )
     for table in ("grid", "random"):
         if not isinstance(data.get(table, {}), dict):
@@ -305,6 +345,7 @@ def read_space(path: str | os.PathLike[str]) -> dict[str, Any]:
         "random": data.get("random", {}),
         "samples": data.get("samples"),
         "sweep_seed": data.get("seed"),
+        "listed": listed,
     }
 
 
@@ -330,6 +371,7 @@ def space_of(
         random={k: parse_distribution(k, v) for k, v in r.items()},
         samples=samples if samples is not None else from_file.get("samples"),
         seed=sweep_seed if sweep_seed is not None else (from_file.get("sweep_seed") or 0),
+        listed=tuple(from_file.get("listed") or ()),
     )
 
 
@@ -581,7 +623,7 @@ def run_chunk(
     if _finished(ckpt, out):
         return json.loads((out / "summary.json").read_text())
     settings = sweep.settings
-    _before_jax_starts(settings)
+    threads.before_frameworks_load(settings.threads)
     be = _registry.get_backend(settings.backend)
     if ckpt is None:
         out.mkdir(parents=True, exist_ok=True)
@@ -666,6 +708,10 @@ def _rank(sweep: _Sweep, records: Mapping[int, Mapping[str, Any]]) -> list[dict[
                 "best": bests,
                 "steps": [0 if r is None else int(r["epoch"]) * spe for _, r in seeds],
                 "stopped": stopped,
+                "stop_reasons": [
+                    "not started" if r is None else (r["stop_reason"] or "running")
+                    for _, r in seeds
+                ],
             }
         )
 
@@ -866,15 +912,6 @@ def _run_all(folder: Path, progress: bool) -> dict[str, Any]:
     return summary
 
 
-def _before_jax_starts(settings: RunSettings) -> None:
-    """The run's threads, and one JAX CPU device per core for the members to share out
-    (:mod:`rtrrl.threads`): both are fixed when JAX starts its backends."""
-    from rtrrl import threads
-
-    threads.before_frameworks_load(settings.threads)
-    threads.cpu_devices_before_jax_starts()
-
-
 def _check_engine(settings: RunSettings) -> None:
     """Sweeps run on the fused JAX engine only: a one-line error otherwise."""
     from rtrrl import training
@@ -954,7 +991,7 @@ def sweep(
             refuses, a backend other than JAX or a task without a JAX implementation.
         RunExistsError: ``out`` holds a sweep, a run, or other files.
     """
-    from rtrrl import _registry, envs, training
+    from rtrrl import _registry, envs, threads, training
 
     if isinstance(space, SearchSpace):
         if grid or random or samples is not None or sweep_seed is not None:
@@ -973,7 +1010,7 @@ def sweep(
     run_settings = dataclasses.replace(settings or RunSettings(), **run_kw)
     if run_settings.backend != "jax" or run_settings.fused is False:
         _check_engine(run_settings)  # before a framework loads: the error is all there is
-    _before_jax_starts(run_settings)
+    threads.before_frameworks_load(run_settings.threads)
     be = _registry.get_backend(run_settings.backend)
     training._check_backend_runs(be, run_settings)
     _check_engine(run_settings)
@@ -1025,7 +1062,7 @@ def resume_sweep(
     """Continue the sweep in ``folder``: finished chunks stay, a stopped one continues from
     its checkpoint exactly, the others start; returns the summary, as :func:`sweep` does.
     ``runner``: as for :func:`sweep`."""
-    from rtrrl import _registry, training
+    from rtrrl import _registry, threads, training
 
     sweep = _read_sweep(folder)
     run_folder.check_writable(
@@ -1033,7 +1070,7 @@ def resume_sweep(
     )
     for chunk in range(len(sweep.chunks())):  # every chunk this sweep's, before any write
         _load_chunk(sweep, chunk)
-    _before_jax_starts(sweep.settings)
+    threads.before_frameworks_load(sweep.settings.threads)
     be = _registry.get_backend(sweep.settings.backend)
     saved = dict(sweep.saved)
     saved["run"] = {

@@ -8,11 +8,12 @@
   asks for threads before anything imported JAX (the ``rtrrl train`` command always does)
   gets ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=N`` added to
   ``XLA_FLAGS``; once JAX is running nothing can change them, and a warning says so.
-- JAX's CPU devices (sweeps): a sweep shares its members out over every device of JAX's
-  default backend (:func:`rtrrl.fused.make_population`'s ``devices``). On a CPU those are
+- JAX's CPU devices: the fused engine shares a population's members (a run's seeds, a
+  sweep's members) out over every device of JAX's default backend
+  (:func:`rtrrl.fused.make_population`'s ``devices``). On a CPU those are
   ``jax_num_cpu_devices``, one unless set, which JAX also fixes when it starts its backends:
-  :func:`cpu_devices_before_jax_starts` (what ``rtrrl sweep`` and :func:`rtrrl.sweep` call)
-  asks for one per core this process may use, unless the user set a number
+  :func:`before_frameworks_load` (what every run and sweep calls first) asks for one per core
+  this process may use (:func:`cpu_devices_before_jax_starts`), unless the user set a number
   (``JAX_NUM_CPU_DEVICES``, ``jax.config``, or ``--xla_force_host_platform_device_count`` in
   ``XLA_FLAGS``) or JAX has already run something, in which case its devices stay as they are.
 - NumPy: left alone.
@@ -39,7 +40,10 @@ HOST_TORCH_THREADS = 1
 
 
 def before_frameworks_load(threads: int | None) -> None:
-    """Pass ``threads`` to XLA, which reads it only when JAX starts (call before that)."""
+    """Pass ``threads`` to XLA, and ask JAX for one CPU device per core
+    (:func:`cpu_devices_before_jax_starts`): both are read only when JAX starts (call before
+    that)."""
+    cpu_devices_before_jax_starts()
     if threads is None:
         return
     if "jax" in sys.modules:
@@ -82,13 +86,19 @@ def usable_cores() -> int:
 
 
 def cpu_devices_before_jax_starts(devices: int | None = None) -> None:
-    """Ask JAX for ``devices`` CPU devices (default: :func:`usable_cores`) if it has not
-    started its backends and the user has not chosen a number; else leave it as it is."""
-    import jax
-
-    if jax.config.jax_num_cpu_devices != -1 or "JAX_NUM_CPU_DEVICES" in os.environ:
+    """Ask JAX for ``devices`` CPU devices (default: :func:`usable_cores`) unless the user has
+    chosen a number or JAX has started its backends; then leave it as it is. JAX is not
+    imported for this: before it is, the request is ``JAX_NUM_CPU_DEVICES``, which it reads."""
+    if "JAX_NUM_CPU_DEVICES" in os.environ:
         return
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return
+    count = devices or usable_cores()
+    jax = sys.modules.get("jax")
+    if jax is None:
+        os.environ["JAX_NUM_CPU_DEVICES"] = str(count)
+        return
+    if jax.config.jax_num_cpu_devices != -1:
+        return
     with contextlib.suppress(RuntimeError):  # JAX has started: its devices stay
-        jax.config.update("jax_num_cpu_devices", devices or usable_cores())
+        jax.config.update("jax_num_cpu_devices", count)

@@ -12,8 +12,8 @@ import pytest
 
 from rtrrl import _registry, _selection, threads
 
-# Two JAX CPU devices, as on a 2-core machine, so that the tests see a sweep's members shared
-# out over devices (rtrrl.fused._over_devices); every other computation runs on the first.
+# Two JAX CPU devices, as on a 2-core machine, whatever machine runs the tests, so that they see
+# a population's members shared out over devices (rtrrl.fused._over_devices).
 threads.cpu_devices_before_jax_starts(2)
 
 _counter = itertools.count()

@@ -305,3 +305,64 @@ def test_a_cell_of_a_changed_preset_trains_again(
     first, second = reproduce.read_results(results)
     assert first["preset_fields"]["lr_rnn"] != second["preset_fields"]["lr_rnn"] == 5e-4
     assert json.loads(config.read_text())["agent"]["lr_rnn"] == 5e-4
+
+
+@pytest.mark.slow  # compiles a fused population and a sweep population
+def test_packed_cells_record_what_the_cells_run_alone_record(
+    reproduce: ModuleType, tmp_path: Path
+) -> None:
+    """``--pack``: the cells of one task whose agents differ only in numbers (here Table 1,
+    no clip and the tuned preset, which clips none and sets other learning rates) train as
+    one population, and each records the bests and steps its cell run alone records; a cell
+    of another structure (frozen) runs alone beside them."""
+    pytest.importorskip("jax")
+    pytest.importorskip("gymnax")
+    pytest.importorskip("matplotlib")
+    common = ["--tasks", "MemoryChain-4", "--seeds", "2", "--steps", "600"]
+    common += ["--epoch-steps", "200", "--eval-every", "1", "--patience", "1"]
+    common += ["--eval-episodes", "3", "--set", "n_hidden=4", "--runs", str(tmp_path / "runs")]
+    variants = ["--variants", "rflo,no-clip,tuned,frozen"]
+    packed, alone = tmp_path / "packed.jsonl", tmp_path / "alone.jsonl"
+    md = tmp_path / "t.md"
+    argv = [*common, *variants, "--pack", "--results", str(packed), "--md", str(md)]
+    assert reproduce.packs(
+        "MemoryChain-4", ["rflo", "no-clip", "tuned", "frozen"], reproduce.parse_args(argv)
+    ) == [
+        ["rflo", "no-clip", "tuned"],
+        ["frozen"],
+    ]
+    assert reproduce.main(argv) == 0
+    assert reproduce.main([*common, *variants, "--results", str(alone), "--md", str(md)]) == 0
+    by_cell = {r["variant"]: r for r in reproduce.read_results(packed)}
+    assert set(by_cell) == {"rflo", "no-clip", "tuned", "frozen"}
+    assert "pack" not in by_cell["frozen"]
+    for rec in reproduce.read_results(alone):
+        twin = by_cell[rec["variant"]]
+        assert twin["status"] == rec["status"] == "ok", (twin.get("error"), rec.get("error"))
+        assert twin["bests"] == rec["bests"], rec["variant"]
+        assert twin["seed_steps"] == rec["seed_steps"]
+        assert twin["stopped"] == rec["stopped"]
+        assert twin["preset_fields"] == rec["preset_fields"]
+        assert twin["engine"] == rec["engine"] == "fused"
+        if rec["variant"] == "frozen":
+            continue
+        assert twin["pack"]["variants"] == ["rflo", "no-clip", "tuned"]
+        # The setting the pack trained for this cell is the agent the cell run alone trained.
+        saved = json.loads((Path(twin["run"]) / "sweep.json").read_text())
+        setting = saved["settings"][twin["pack"]["variants"].index(rec["variant"])]
+        agent = json.loads((Path(rec["run"]) / "config.json").read_text())["agent"]
+        assert setting and {k: agent[k] for k in setting} == setting, rec["variant"]
+    # The three packed cells differ: the pack did not train one setting three times.
+    assert (
+        len(
+            {
+                json.dumps(by_cell[v]["preset_fields"]) + json.dumps(by_cell[v]["overrides"])
+                for v in ("rflo", "no-clip", "tuned")
+            }
+        )
+        == 3
+    )
+    # Running the command again keeps every finished cell.
+    assert reproduce.main(argv) == 0
+    assert len(reproduce.read_results(packed)) == 4
+    assert "packed: rflo+no-clip+tuned" in md.read_text()

@@ -11,6 +11,7 @@ import pytest
 
 import rtrrl_spec
 from rtrrl import envs, fused
+from rtrrl.backends import jax as jaxbe
 
 MEMBERS = 5
 EPOCH_STEPS = 150
@@ -75,6 +76,29 @@ def test_shares_over_devices_compute_what_one_device_computes() -> None:
         assert a.keys() == b.keys()
         for name in a:
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    for a, b in zip(shared, one, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow  # compiles two population epochs
+def test_a_runs_seeds_over_devices_compute_what_one_device_computes() -> None:
+    # A run's population (its seeds; the config's numbers constants of the code), three seeds
+    # over two devices.
+    env = envs.make_jax("CartPole-vel")
+    config = env.spec.agent_config(n_hidden=6, jacobian="rflo", lr_td=1e-2)
+    seeds = [0, 1, 2]
+    keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
+    results = []
+    for devices in (jax.devices()[:2], None):
+        init, epoch, evaluate = fused.make_population(
+            config, env, epoch_steps=EPOCH_STEPS, devices=devices
+        )
+        carry = init(jaxbe.init_population(config, seeds), keys)
+        carry, metrics = epoch(carry, jnp.ones(len(seeds), bool))
+        score = evaluate(carry["agent"], keys)
+        results.append(jax.device_get((carry, metrics, score)))
+    shared, one = (jax.tree_util.tree_leaves(r) for r in results)
+    assert len(shared) == len(one)
     for a, b in zip(shared, one, strict=True):
         np.testing.assert_array_equal(a, b)
 

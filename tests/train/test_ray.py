@@ -151,9 +151,14 @@ def assert_same_sweep(want: Path, got: Path) -> None:
     best = (got / "best.toml").read_text().replace(str(got), "FOLDER")
     assert best == (want / "best.toml").read_text().replace(str(want), "FOLDER")
     paths = ("wall_time", "out", "best_file")
-    assert _without(json.loads((got / "summary.json").read_text()), *paths) == _without(
-        json.loads((want / "summary.json").read_text()), *paths
+    got_summary, want_summary = (
+        _without(json.loads((x / "summary.json").read_text()), *paths) for x in (got, want)
     )
+    for g, w in zip(got_summary.pop("ranking"), want_summary.pop("ranking"), strict=True):
+        assert g == w, {
+            k: (g.get(k), w.get(k)) for k in g.keys() | w.keys() if g.get(k) != w.get(k)
+        }
+    assert got_summary == want_summary
     for c in range(CHUNKS):
         a, b = want / "chunks" / f"{c:03d}", got / "chunks" / f"{c:03d}"
         assert _csv(b / "metrics.csv") == _csv(a / "metrics.csv"), c

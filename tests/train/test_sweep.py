@@ -331,6 +331,28 @@ def test_space_file_equals_the_flags(tmp_path: Path) -> None:
         sweeps.space_of(space=path)
 
 
+def test_listed_settings_are_tried_as_they_are(tmp_path: Path) -> None:
+    path = tmp_path / "listed.toml"
+    path.write_text(
+        "[[settings]]\nlr_td = 1e-3\nclip_norm = 'none'\n"
+        "[[settings]]\nlr_td = 3e-4\nclip_norm = 1.0\n"
+    )
+    space = sweeps.space_of(space=path)
+    # Not the grid's four combinations: the two settings, in order.
+    assert space.settings() == [
+        {"lr_td": 1e-3, "clip_norm": None},
+        {"lr_td": 3e-4, "clip_norm": 1.0},
+    ]
+    assert space.names() == ["lr_td", "clip_norm"]
+    assert sweeps.SearchSpace.from_json(space.to_json()) == space
+    with pytest.raises(ValueError, match="every listed setting gives the same parameters"):
+        sweeps.SearchSpace(listed=({"lr_td": 1e-3}, {"lr_rnn": 1e-3}))
+    with pytest.raises(ValueError, match="listed settings are the whole space"):
+        sweeps.space_of(grid={"gamma": "0.9"}, space=path)
+    with pytest.raises(ValueError, match="n_hidden is part of the agent's structure"):
+        sweeps.SearchSpace(listed=({"n_hidden": 8},))
+
+
 @pytest.mark.parametrize(
     ("grid", "random", "samples", "message"),
     [
