@@ -1,27 +1,28 @@
 """Sweep speed: summed agent-steps per second of hyper-parameter populations against one agent.
 
-Rows (one run, same machine, same moment):
+Rows (one run, same machine, same moment), each the engine of ``rtrrl train`` and
+``rtrrl sweep`` (:class:`rtrrl.fused.FusedEngine`, one ``run_epoch`` call per epoch):
 
-- ``single agent``: the fused epoch of ``rtrrl train`` (:func:`rtrrl.fused.make_population`
-  over one seed, the config's numbers constants of the code), B = 1;
-- ``sweep population-P``: the fused epoch of ``rtrrl sweep`` (``make_population(...,
-  per_member=True)``): P members at B = 1, each with its own learning rates (log-spaced) and
-  half of them without clip, all in one vmapped scan (in blocks of
-  ``rtrrl.fused.MEMBER_BLOCK`` members), shared out over JAX's CPU devices, one per core, as
-  ``rtrrl sweep`` does (``rtrrl.threads.cpu_devices_before_jax_starts``); steps summed over
-  the members;
+- ``single agent``: the fused epoch of ``rtrrl train`` with one seed (the config's numbers
+  constants of the code), B = 1;
+- ``sweep population-P``: the fused epoch of ``rtrrl sweep``: P members at B = 1, each with
+  its own learning rates (log-spaced) and half of them without clip, all in one vmapped scan
+  (in blocks of ``rtrrl.fused.MEMBER_BLOCK`` members), shared out over JAX's CPU devices, one
+  per core, as ``rtrrl sweep`` does (``rtrrl.threads.cpu_devices_before_jax_starts``); steps
+  summed over the members;
 - ``sweep population-P, one device``: the same on one device (what a sweep got before it
-  shared its members out), for the largest P.
+  shared its members out). P = 5 is also what a run of ``rtrrl train`` (5 seeds by default)
+  steps, its seeds shared out the same way.
 
-The single agent runs on one device, as ``rtrrl train`` does: one agent at B = 1 is a chain of
-small operations, which one core runs.
+The single agent runs on one device: one agent at B = 1 is a chain of small operations,
+which one core runs.
 
 Every row runs the same number of epochs; the rows are timed in alternation, one call each per
 round (order rotated every round), so load that drifts during the run cancels out of the
 ratios: each ratio is the median (and quartiles) over rounds of the same-round ratio
 population rate ÷ single-agent rate. Rates are from the median call.
 
-Usage: ``python benchmarks/sweep_speed.py [--task CartPole-pos] [--populations 64,256]
+Usage: ``python benchmarks/sweep_speed.py [--task CartPole-pos] [--populations 5,64,256]
 [--epoch-steps 1000] [--rounds 15] [--record]`` (``--record`` appends to
 ``benchmarks/results/sweep_speed.md``).
 """
@@ -51,50 +52,34 @@ def runners(task: str, epoch_steps: int, populations: list[int]) -> dict[str, tu
 
     threads.cpu_devices_before_jax_starts()
     import jax
-    import jax.numpy as jnp
 
-    import rtrrl_spec
     from rtrrl import envs, fused
-    from rtrrl.backends import jax as jaxbe
+    from rtrrl.settings import RunSettings
 
     env = envs.make_jax(task)
     config = env.spec.agent_config(n_hidden=32, jacobian="rflo")
+    settings = RunSettings(task=task, backend="jax", epoch_steps=epoch_steps, seeds=(0,))
 
-    def key_data(seeds: list[int]) -> jax.Array:
-        return jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
-
-    def runner(epoch: Callable, carry: dict, *args: object) -> Callable[[], None]:
-        holder = {"carry": carry}
+    def runner(engine: fused.FusedEngine) -> Callable[[], None]:
+        members = list(range(engine.size))
 
         def run() -> None:
-            holder["carry"], metrics = epoch(holder["carry"], *args)
-            jax.block_until_ready(metrics)
+            engine.run_epoch(members)  # returns once the epoch's metrics are on the host
 
         run()  # compile
         return run
 
-    init, epoch, _ = fused.make_population(config, env, epoch_steps=epoch_steps)
-    carry = init(jaxbe.init_population(config, [0]), key_data([0]))
-    out = {"single agent": (runner(epoch, carry, jnp.ones(1, bool)), epoch_steps)}
+    out = {"single agent": (runner(fused.FusedEngine(settings, config)), epoch_steps)}
     for P in populations:
         lrs = np.geomspace(1e-4, 1e-2, P)
         configs = [
             config.replace(lr_td=float(lr), lr_rnn=float(lr), clip_norm=None if i % 2 else 1.0)
             for i, lr in enumerate(lrs)
         ]
-        structure, numbers = fused.population_numbers(configs)
-        inits = [rtrrl_spec.init(c, 1, i) for i, c in enumerate(configs)]
-        agents = {k: jnp.asarray(np.stack([a[k] for a in inits])) for k in inits[0]}
-        placements = {"": jax.devices()}
-        if max(populations) == P:
-            placements[", one device"] = None
-        for label, devices in placements.items():
-            init, epoch, _ = fused.make_population(
-                structure, env, epoch_steps=epoch_steps, per_member=True, devices=devices
-            )
-            carry = init(agents, key_data(list(range(P))))
-            run = runner(epoch, carry, jnp.ones(P, bool), numbers)
-            out[f"sweep population-{P}{label}"] = (run, P * epoch_steps)
+        members = [(c, i) for i, c in enumerate(configs)]
+        for label, devices in {"": None, ", one device": jax.devices()[:1]}.items():
+            engine = fused.FusedEngine(settings, config, members=members, devices=devices)
+            out[f"sweep population-{P}{label}"] = (runner(engine), P * epoch_steps)
     return out
 
 
@@ -114,7 +99,7 @@ def timed(rows: dict[str, tuple], rounds: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="CartPole-pos")
-    parser.add_argument("--populations", default="64,256")
+    parser.add_argument("--populations", default="5,64,256")
     parser.add_argument("--epoch-steps", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--record", action="store_true")

@@ -461,6 +461,18 @@ def compiler_options() -> dict[str, Any] | None:
     return dict(_REGION_COPIES)
 
 
+def _padded(tree: Any, members: int) -> Any:
+    """Every leaf of ``tree`` (a leading member axis) with its last member repeated up to
+    ``members``."""
+
+    def pad(x: Any) -> Any:
+        x = jnp.asarray(x)
+        extra = members - x.shape[0]
+        return jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)]) if extra else x
+
+    return jax.tree_util.tree_map(pad, tree)
+
+
 def _key_data(seed: int) -> np.ndarray:
     return np.asarray(jax.random.key_data(jax.random.key(seed)))
 
@@ -479,7 +491,11 @@ class FusedEngine:
     (:mod:`rtrrl.sweeps`), whose numbers are arguments of the compiled code. ``None`` (a
     run): ``config`` with each of ``settings.seeds``, its numbers constants of the code.
     Either way the members are shared out over every device of JAX's default backend
-    (``make_population``'s ``devices``; on a CPU, one per core: :mod:`rtrrl.threads`).
+    (``make_population``'s ``devices``; on a CPU, one per core: :mod:`rtrrl.threads`), in
+    equal shares: the engine adds copies of the last member, always held, to make them equal
+    once, rather than every epoch (which costs more than a small population's epoch gains);
+    its snapshots hold the members only. ``devices``: others than those (one, to keep a
+    population on one device).
     """
 
     name = "fused"
@@ -489,6 +505,7 @@ class FusedEngine:
         settings: RunSettings,
         config: rtrrl_spec.Config,
         members: Sequence[tuple[rtrrl_spec.Config, int]] | None = None,
+        devices: Sequence[jax.Device] | None = None,
     ) -> None:
         self.settings = settings
         B, dtype = settings.num_envs, settings.dtype
@@ -504,6 +521,11 @@ class FusedEngine:
             agents = {k: jnp.asarray(np.stack([a[k] for a in inits])) for k in inits[0]}
             self.name = "sweep"
         self.size = len(seeds)
+        devices = tuple(devices or jax.devices())
+        shares = min(len(devices), self.size)
+        self._padded = -(-self.size // shares) * shares
+        if members is not None:
+            self.numbers = (_padded(numbers, self._padded),)
         self.init, self.epoch, self.evaluate_population = _cached_population(
             config,
             settings.task,
@@ -513,19 +535,21 @@ class FusedEngine:
             settings.eval_steps,
             dtype,
             members is not None,
-            tuple(jax.devices()),
+            devices[:shares],
         )
         self.float_names, self.params = _checked_arrays(config)
         keys = jnp.asarray(np.stack([_key_data(noise_seed(s)) for s in seeds]))
-        self.carry = self.init(agents, keys)
+        self.carry = self.init(_padded(agents, self._padded), _padded(keys, self._padded))
 
     def snapshot(self) -> tuple[dict[str, np.ndarray], Any]:
         """Stacked agents and the rest of the carry as NumPy (at an epoch boundary)."""
-        agents = {k: np.asarray(v) for k, v in self.carry["agent"].items()}
+        members = self.size
+        agents = {k: np.asarray(v)[:members] for k, v in self.carry["agent"].items()}
         # The agents are stored once, in the canonical layout; the rest of the carry's leaves
         # (env state, observations, keys, returns), in tree order, is the engine state: a
         # list of arrays, which a checkpoint stores as they are.
-        leaves = [np.asarray(v) for v in jax.tree_util.tree_leaves(_without_agent(self.carry))]
+        rest = jax.tree_util.tree_leaves(_without_agent(self.carry))
+        leaves = [np.asarray(v)[:members] for v in rest]
         return agents, {"carry": leaves}
 
     def restore(self, agents: dict[str, np.ndarray], state: Any) -> None:
@@ -544,10 +568,11 @@ class FusedEngine:
                 )
             leaves, treedef = full, full_def
         for i, (v, leaf) in enumerate(zip(saved, leaves, strict=True)):
-            if np.shape(v) != leaf.shape:
+            shape = (self.size, *leaf.shape[1:])
+            if np.shape(v) != shape:
                 raise CheckpointError(
                     f"the checkpoint's fused state does not fit this run (leaf {i} has shape "
-                    f"{np.shape(v)}, this run's {leaf.shape}): was it written for another "
+                    f"{np.shape(v)}, this run's {shape}): was it written for another "
                     "task or number of environments? Nothing was overwritten"
                 )
         restored = [
@@ -556,13 +581,13 @@ class FusedEngine:
         ]
         carry = dict(jax.tree_util.tree_unflatten(treedef, restored))
         carry["agent"] = {k: jnp.asarray(v) for k, v in agents.items()}
-        self.carry = carry
+        self.carry = _padded(carry, self._padded)
 
     def run_epoch(self, active: Sequence[int]) -> dict[int, EpochResult]:
         """One epoch of every member in ``active`` (the others held by the mask); a member
         whose agent went non-finite or exploded (:func:`rtrrl.loop.exploded`) reports it,
         and then nothing is committed."""
-        mask = np.zeros(self.size, bool)
+        mask = np.zeros(self._padded, bool)  # the copies that make the shares equal: held
         mask[list(active)] = True
         carry, metrics = self.epoch(self.carry, jnp.asarray(mask), *self.numbers)
         metrics = jax.device_get(metrics)
@@ -581,7 +606,7 @@ class FusedEngine:
     def evaluate(self, seeds: Mapping[int, int]) -> dict[int, float]:
         """Scores of the members in ``seeds``. Every member is evaluated (one vmapped call);
         each is independent of the others, so those not asked for get any key."""
-        keys = jnp.asarray(np.stack([_key_data(seeds.get(i, 0)) for i in range(self.size)]))
+        keys = jnp.asarray(np.stack([_key_data(seeds.get(i, 0)) for i in range(self._padded)]))
         scores = np.asarray(self.evaluate_population(self.carry["agent"], keys, *self.numbers))
         return {i: float(scores[i]) for i in seeds}
 

@@ -108,3 +108,36 @@ def test_a_block_must_hold_a_member() -> None:
     config = env.spec.agent_config(n_hidden=4)
     with pytest.raises(ValueError, match="member_block must be a positive number"):
         fused.make_population(config, env, member_block=0)
+
+
+@pytest.mark.slow  # compiles two fused engines
+def test_an_engine_of_three_seeds_on_two_devices_is_the_engine_on_one() -> None:
+    """The engine makes the shares equal with a held copy of the last member: its epochs,
+    evaluations and snapshots are those of the same engine on one device, and its snapshots
+    (what checkpoints store) hold the three seeds only, and restore."""
+    from rtrrl.settings import RunSettings
+
+    settings = RunSettings(task="CartPole-vel", backend="jax", epoch_steps=EPOCH_STEPS, seeds=3)
+    config = envs.make_jax("CartPole-vel").spec.agent_config(n_hidden=6, lr_td=1e-2)
+    engines = [
+        fused.FusedEngine(settings, config, devices=devices)
+        for devices in (jax.devices()[:2], jax.devices()[:1])
+    ]
+    results = []
+    for engine in engines:
+        first = engine.run_epoch([0, 1, 2])
+        second = engine.run_epoch([0, 2])  # seed 1 stopped
+        scores = engine.evaluate({0: 7, 1: 8, 2: 9})
+        results.append((first, second, scores, engine.snapshot()))
+    shared, one = results
+    assert shared[:3] == one[:3]
+    (agents, state), (agents_one, state_one) = shared[3], one[3]
+    assert all(v.shape[0] == 3 for v in [*agents.values(), *state["carry"]])
+    for name in agents:
+        np.testing.assert_array_equal(agents[name], agents_one[name], err_msg=name)
+    for a, b in zip(state["carry"], state_one["carry"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    # A checkpoint restored on two devices continues as the engine that wrote it.
+    restored = fused.FusedEngine(settings, config, devices=jax.devices()[:2])
+    restored.restore(agents, state)
+    assert restored.run_epoch([0, 1, 2]) == engines[0].run_epoch([0, 1, 2])
