@@ -442,7 +442,9 @@ def run_cell(
         record.update(status="error", error=message[:300])
         if args.verbose:
             traceback.print_exc()
-    record["wall_time"] = round(time.perf_counter() - t0, 1)
+    # The run's own wall time counts every session of a resumed cell; this one, only its last.
+    ran = summary.get("wall_time") if record.get("status") == "ok" else None
+    record["wall_time"] = round(ran if ran is not None else time.perf_counter() - t0, 1)
     return record
 
 
@@ -583,7 +585,9 @@ def run_pack(
             rec.update(status="error", error=message[:300])
         if args.verbose:
             traceback.print_exc()
-    wall = round(time.perf_counter() - t0, 1)
+    # The sweep's wall time counts every session of a resumed pack.
+    ran = summary.get("wall_time") if records[0].get("status") == "ok" else None
+    wall = round(ran if ran is not None else time.perf_counter() - t0, 1)
     for rec in records:
         rec["wall_time"] = round(wall / len(records), 1)
         rec["pack"] = {"variants": list(variants), "wall_time": wall}
