@@ -356,17 +356,17 @@ def finished_cells(
     }
 
 
-def run_cell(
-    task: str, variant: str, args: argparse.Namespace, runs: Path, command: str
-) -> dict[str, Any]:
-    """Train one cell; a failure becomes a record with ``status="error"``, never an exception
-    (but Ctrl-C still stops the sweep, leaving the cell's checkpoint to resume from)."""
-    import numpy as np
-
-    from rtrrl import training
+def cell_overrides(variant: str, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """A cell's preset and its agent overrides (``--set``, then the variant's)."""
     from rtrrl._cli_train import parse_overrides
 
-    record: dict[str, Any] = {
+    overrides = {**parse_overrides(args.set), **VARIANTS[variant]}
+    return overrides.pop("preset", "paper"), overrides
+
+
+def new_record(task: str, variant: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """What a cell's record says before it trains: the cell, the command, machine and date."""
+    return {
         "task": task,
         "variant": variant,
         "backend": args.backend,
@@ -376,13 +376,47 @@ def run_cell(
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "definition": task_definition(task),
     }
+
+
+def seed_results(
+    bests: Sequence[float | None], steps: Sequence[int], stopped: Sequence[str], run: Path
+) -> dict[str, Any]:
+    """A finished cell's results: each seed's best, steps and stop, their median ± std."""
+    import numpy as np
+
+    finite = [b for b in bests if b is not None and math.isfinite(b)]
+    return {
+        "status": "ok",
+        "bests": list(bests),
+        "median": float(np.median(finite)) if finite else None,
+        "std": float(np.std(finite)) if finite else None,
+        "seed_steps": list(steps),
+        "stopped": list(stopped),
+        "run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
+    }
+
+
+def failure(err: Exception, args: argparse.Namespace) -> dict[str, Any]:
+    """A failed cell's record fields (the traceback printed with ``--verbose``)."""
+    if args.verbose:
+        traceback.print_exc()
+    return {"status": "error", "error": f"{type(err).__name__}: {err}".splitlines()[0][:300]}
+
+
+def run_cell(
+    task: str, variant: str, args: argparse.Namespace, runs: Path, command: str
+) -> dict[str, Any]:
+    """Train one cell; a failure becomes a record with ``status="error"``, never an exception
+    (but Ctrl-C still stops the sweep, leaving the cell's checkpoint to resume from)."""
+    from rtrrl import training
+
+    record = new_record(task, variant, args, command)
     t0 = time.perf_counter()
     try:
         engine = engine_of(task, args.backend)
         budget = budget_of(args, engine)
         record.update(engine=engine, **budget)
-        overrides = {**parse_overrides(args.set), **VARIANTS[variant]}
-        preset = overrides.pop("preset", "paper")
+        preset, overrides = cell_overrides(variant, args)
         fields = preset_fields(task, preset, overrides)
         record.update(overrides=overrides, preset=preset, preset_fields=fields)
         out = runs / f"{task}-{variant}"
@@ -423,25 +457,20 @@ def run_cell(
                 progress=args.progress,
                 **overrides,
             )
-        bests = [s["best_eval"] for s in summary["seeds"]]
-        finite = [b for b in bests if b is not None and math.isfinite(b)]
+        seeds = summary["seeds"]
         record.update(
-            status="ok",
             engine=summary["engine"],
-            bests=bests,
-            median=float(np.median(finite)) if finite else None,
-            std=float(np.std(finite)) if finite else None,
-            seed_steps=[s["steps"] for s in summary["seeds"]],
-            stopped=[s["stopped"] for s in summary["seeds"]],
-            run=str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out),
+            **seed_results(
+                [s["best_eval"] for s in seeds],
+                [s["steps"] for s in seeds],
+                [s["stopped"] for s in seeds],
+                out,
+            ),
         )
     except KeyboardInterrupt:
         raise
     except Exception as err:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
-        message = f"{type(err).__name__}: {err}".splitlines()[0]
-        record.update(status="error", error=message[:300])
-        if args.verbose:
-            traceback.print_exc()
+        record.update(failure(err, args))
     # The run's own wall time counts every session of a resumed cell; this one, only its last.
     ran = summary.get("wall_time") if record.get("status") == "ok" else None
     record["wall_time"] = round(ran if ran is not None else time.perf_counter() - t0, 1)
@@ -454,11 +483,9 @@ def run_cell(
 def cell_agent(task: str, variant: str, args: argparse.Namespace) -> Any:
     """The agent config a cell of ``variant`` on ``task`` trains (its preset resolved)."""
     from rtrrl import training
-    from rtrrl._cli_train import parse_overrides
     from rtrrl.settings import RunSettings
 
-    overrides = {**parse_overrides(args.set), **VARIANTS[variant]}
-    preset = overrides.pop("preset", "paper")
+    preset, overrides = cell_overrides(variant, args)
     return training.agent_config(RunSettings(task=task, preset=preset), overrides)
 
 
@@ -496,40 +523,21 @@ def run_pack(
     alone computes, to float rounding. A failure is recorded for every cell of the pack."""
     import dataclasses
 
-    import numpy as np
-
     from rtrrl import sweeps, training
-    from rtrrl._cli_train import parse_overrides
     from rtrrl.errors import RunExistsError
     from rtrrl.settings import TASK_FIELDS, RunSettings
 
-    base: dict[str, Any] = {
-        "backend": args.backend,
-        "command": command,
-        "machine": machine(),
-        "load": [round(x, 1) for x in os.getloadavg()],
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "definition": task_definition(task),
-    }
-    records = []
-    for variant in variants:
-        overrides = {**parse_overrides(args.set), **VARIANTS[variant]}
-        preset = overrides.pop("preset", "paper")
-        records.append(
-            {
-                "task": task,
-                "variant": variant,
-                **base,
-                "overrides": overrides,
-                "preset": preset,
-                "preset_fields": preset_fields(task, preset, overrides),
-            }
-        )
+    records = [new_record(task, variant, args, command) for variant in variants]
     t0 = time.perf_counter()
     out = runs / f"{task}-pack-{'+'.join(variants)}"
     try:
         engine = engine_of(task, args.backend)
         budget = budget_of(args, engine)
+        for variant, rec in zip(variants, records, strict=True):
+            preset, overrides = cell_overrides(variant, args)
+            fields = preset_fields(task, preset, overrides)
+            rec.update(engine=engine, **budget)
+            rec.update(overrides=overrides, preset=preset, preset_fields=fields)
         configs = [cell_agent(task, v, args) for v in variants]
         listed = _listed(configs)
         fixed = {
@@ -562,29 +570,14 @@ def run_pack(
             shutil.rmtree(out)
             summary = sweeps.sweep(task, args.backend, **kw)
         by_setting = {e["setting"]: e for e in summary["ranking"]}
-        run = str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)
         for i, rec in enumerate(records):
             entry = by_setting[i]
-            finite = [b for b in entry["best"] if b is not None and math.isfinite(b)]
-            rec.update(
-                status="ok",
-                engine=engine,
-                **budget,
-                bests=entry["best"],
-                median=float(np.median(finite)) if finite else None,
-                std=float(np.std(finite)) if finite else None,
-                seed_steps=entry["steps"],
-                stopped=entry["stop_reasons"],
-                run=run,
-            )
+            rec.update(seed_results(entry["best"], entry["steps"], entry["stop_reasons"], out))
     except KeyboardInterrupt:
         raise
     except Exception as err:  # noqa: BLE001 - failed cells are recorded, the sweep goes on
-        message = f"{type(err).__name__}: {err}".splitlines()[0]
         for rec in records:
-            rec.update(status="error", error=message[:300])
-        if args.verbose:
-            traceback.print_exc()
+            rec.update(failure(err, args))
     # The sweep's wall time counts every session of a resumed pack.
     ran = summary.get("wall_time") if records[0].get("status") == "ok" else None
     wall = round(ran if ran is not None else time.perf_counter() - t0, 1)

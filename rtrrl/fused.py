@@ -377,6 +377,18 @@ def make_population(
     )
 
 
+def _padded(tree: Any, members: int) -> Any:
+    """Every leaf of ``tree`` (a leading member axis) with its last member repeated up to
+    ``members``."""
+
+    def pad(x: Any) -> Any:
+        x = jnp.asarray(x)
+        extra = members - x.shape[0]
+        return jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)]) if extra else x
+
+    return jax.tree_util.tree_map(pad, tree)
+
+
 def _in_member_blocks(v_fn: Callable[..., Any], block: int | None) -> Callable[..., Any]:
     """``v_fn`` (vmapped over a leading member axis of every argument and result) over
     blocks of at most ``block`` members, one after the other under ``lax.map``.
@@ -394,14 +406,12 @@ def _in_member_blocks(v_fn: Callable[..., Any], block: int | None) -> Callable[.
             return v_fn(*args)
         n_blocks = -(-members // block)
         size = -(-members // n_blocks)
-        padding = n_blocks * size - members
 
         def to_blocks(x: jax.Array) -> jax.Array:
-            if padding:
-                x = jnp.concatenate([x, jnp.repeat(x[-1:], padding, axis=0)])
             return x.reshape((n_blocks, size) + x.shape[1:])
 
-        out = jax.lax.map(lambda a: v_fn(*a), jax.tree_util.tree_map(to_blocks, args))
+        blocks = jax.tree_util.tree_map(to_blocks, _padded(args, n_blocks * size))
+        out = jax.lax.map(lambda a: v_fn(*a), blocks)
         return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:])[:members], out)
 
     return blocked
@@ -422,17 +432,12 @@ def _over_devices(v_fn: Callable[..., Any], devices: Sequence[jax.Device]) -> Ca
         if used == 1:
             return v_fn(*args)
         share = -(-members // used)
-        padding = used * share - members
-
-        def padded(x: jax.Array) -> jax.Array:
-            return jnp.concatenate([x, jnp.repeat(x[-1:], padding, axis=0)]) if padding else x
-
         mesh = jax.sharding.Mesh(np.asarray(devices[:used]), ("members",))
         spec = jax.sharding.PartitionSpec("members")
         run = jax.shard_map(
             v_fn, mesh=mesh, in_specs=(spec,) * len(args), out_specs=spec, check_vma=False
         )
-        out = run(*jax.tree_util.tree_map(padded, args))
+        out = run(*_padded(args, used * share))
         return jax.tree_util.tree_map(lambda x: x[:members], out)
 
     return sharded
@@ -459,18 +464,6 @@ def compiler_options() -> dict[str, Any] | None:
     except Exception:  # an XLA without this option: plain jit
         return None
     return dict(_REGION_COPIES)
-
-
-def _padded(tree: Any, members: int) -> Any:
-    """Every leaf of ``tree`` (a leading member axis) with its last member repeated up to
-    ``members``."""
-
-    def pad(x: Any) -> Any:
-        x = jnp.asarray(x)
-        extra = members - x.shape[0]
-        return jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)]) if extra else x
-
-    return jax.tree_util.tree_map(pad, tree)
 
 
 def _key_data(seed: int) -> np.ndarray:

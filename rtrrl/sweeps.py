@@ -29,6 +29,7 @@ after another; a scheduler can run them anywhere that sees the sweep folder. The
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import difflib
@@ -693,10 +694,9 @@ def _rank(sweep: _Sweep, records: Mapping[int, Mapping[str, Any]]) -> list[dict[
             None if r is None or r["best"] == -math.inf else float(r["best"]) for _, r in seeds
         ]
         done = [b for b in bests if b is not None]
-        stopped: dict[str, int] = {}
-        for _, r in seeds:
-            reason = "not started" if r is None else (r["stop_reason"] or "running")
-            stopped[reason] = stopped.get(reason, 0) + 1
+        reasons = [
+            "not started" if r is None else (r["stop_reason"] or "running") for _, r in seeds
+        ]
         entries.append(
             {
                 "setting": s,
@@ -707,11 +707,10 @@ def _rank(sweep: _Sweep, records: Mapping[int, Mapping[str, Any]]) -> list[dict[
                 "seeds": [seed for seed, _ in seeds],
                 "best": bests,
                 "steps": [0 if r is None else int(r["epoch"]) * spe for _, r in seeds],
-                "stopped": stopped,
-                "stop_reasons": [
-                    "not started" if r is None else (r["stop_reason"] or "running")
-                    for _, r in seeds
-                ],
+                # How many seeds stopped for each reason (in order of first appearance), and
+                # each seed's reason.
+                "stopped": dict(collections.Counter(reasons)),
+                "stop_reasons": reasons,
             }
         )
 
