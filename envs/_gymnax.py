@@ -15,6 +15,7 @@ reset is costly (a labyrinth draws a maze, brax initialises its physics).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -133,21 +134,23 @@ class JaxEnv:
             return jnp.asarray(action).astype(jnp.int32)
         return jnp.reshape(jnp.asarray(action, jnp.float32), self._act_shape)
 
-    def reset(self, key: Any) -> tuple[EnvState, Any]:
-        """Start an episode; return ``(state, obs)``."""
+    def reset(self, key: Any, params: Any = None) -> tuple[EnvState, Any]:
+        """Start an episode; return ``(state, obs)``. ``params``: gymnax parameters in
+        place of :attr:`params` (a member of a population of tasks, :func:`stacked_params`)."""
         import jax.numpy as jnp
 
-        raw, inner = self.env.reset_env(key, self.params)
+        raw, inner = self.env.reset_env(key, self.params if params is None else params)
         return EnvState(inner, jnp.zeros((), jnp.int32)), self.observe(raw)
 
-    def advance(self, key: Any, state: EnvState, action: Any) -> Advanced:
+    def advance(self, key: Any, state: EnvState, action: Any, params: Any = None) -> Advanced:
         """One step without its auto-reset; :meth:`step` and :func:`batch_step` finish it."""
         import jax
         import jax.numpy as jnp
 
+        params = self.params if params is None else params
         key_step, key_reset = jax.random.split(key)
         raw_st, inner_st, reward, terminated, _ = self.env.step_env(
-            key_step, state.inner, self._action(action), self.params
+            key_step, state.inner, self._action(action), params
         )
         t = state.episode_step + 1
         terminated = jnp.asarray(terminated).astype(bool).reshape(())
@@ -156,7 +159,7 @@ class JaxEnv:
         done = jnp.logical_or(terminated, truncated)
         # Shaped and typed as a reset's state, so the state keeps a fixed structure under scan
         # even if an environment lets a shape (1,) action broadcast.
-        reset_shapes = jax.eval_shape(self.env.reset_env, key_reset, self.params)[1]
+        reset_shapes = jax.eval_shape(self.env.reset_env, key_reset, params)[1]
         inner = jax.tree.map(_like, reset_shapes, inner_st)
         return Advanced(
             EnvState(inner, jnp.where(done, 0, t).astype(jnp.int32)),
@@ -167,10 +170,12 @@ class JaxEnv:
             key_reset,
         )
 
-    def step(self, key: Any, state: EnvState, action: Any) -> tuple[EnvState, Any, Any, Any, Any]:
+    def step(
+        self, key: Any, state: EnvState, action: Any, params: Any = None
+    ) -> tuple[EnvState, Any, Any, Any, Any]:
         """One step with same-step auto-reset; see the class docstring. The fresh episode
         is computed whether or not this one ended (:func:`batch_step` skips it for a batch)."""
-        return _restart(self, self.advance(key, state, action))
+        return _restart(self, self.advance(key, state, action, params), params)
 
 
 def _like(shape: Any, leaf: Any) -> Any:
@@ -194,34 +199,43 @@ def _where_done(done: Any, fresh: Any, kept: Any) -> Any:
     return jax.tree.map(pick, fresh, kept)
 
 
-def _restart(env: Any, adv: Advanced) -> tuple[Any, Any, Any, Any, Any]:
+def _restart(env: Any, adv: Advanced, params: Any = None) -> tuple[Any, Any, Any, Any, Any]:
     """Finish ``adv`` (one environment): a fresh episode where it ended, drawn every time."""
     done = adv.terminated | adv.truncated
-    state, obs = _where_done(done, env.reset(adv.reset_key), (adv.state, adv.obs))
+    state, obs = _where_done(done, _reset(env, adv.reset_key, params), (adv.state, adv.obs))
     return state, obs, adv.reward, adv.terminated, adv.truncated
 
 
+def _reset(env: Any, key: Any, params: Any) -> tuple[Any, Any]:
+    """``env.reset(key)``, with ``params`` in place of the environment's own where given
+    (only a gymnax :class:`JaxEnv` takes them)."""
+    return env.reset(key) if params is None else env.reset(key, params)
+
+
 def _restart_if_any(fresh: Callable[..., Any]) -> Callable[..., Any]:
-    """``fresh(done, keys, state, obs)`` behind a ``lax.cond`` on ``any(done)``: on a step
-    where nothing ended, the stepped ``(state, obs)`` pass through and ``fresh`` is not run.
+    """``fresh(done, keys, state, obs, params)`` behind a ``lax.cond`` on ``any(done)``: on a
+    step where nothing ended, the stepped ``(state, obs)`` pass through and ``fresh`` is not
+    run.
 
     A ``cond`` under ``vmap`` becomes a select that runs both branches, so the decision must
     not be vmapped: this function's batching rule (``custom_vmap``) takes each ``vmap`` over
     it (the fused path's population of seeds or sweep members, any nesting) into the decision,
     ``any`` over every environment of every member, and vmaps only ``fresh``, the same
-    computation as before, nested as before.
+    computation as before, nested as before. Everything ``fresh`` reads per member comes in
+    as an operand (``params``: a member's environment parameters): a ``custom_vmap``
+    function may not close over values that a ``vmap`` batches.
     """
     import jax
     import jax.numpy as jnp
     from jax.custom_batching import custom_vmap
 
     @custom_vmap
-    def restart(done: Any, keys: Any, state: Any, obs: Any) -> Any:
+    def restart(done: Any, keys: Any, state: Any, obs: Any, params: Any) -> Any:
         return jax.lax.cond(
             jnp.any(done),
             lambda operands: fresh(*operands),
             lambda operands: (operands[2], operands[3]),
-            (done, keys, state, obs),
+            (done, keys, state, obs, params),
         )
 
     @restart.def_vmap
@@ -237,18 +251,26 @@ def _restart_if_any(fresh: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _fresh_where_done(env: Any) -> Callable[..., Any]:
-    """``(done, keys, state, obs) -> (state, obs)`` for a batch: a fresh episode drawn with
-    each key, kept where ``done``."""
+    """``(done, keys, state, obs, params) -> (state, obs)`` for a batch: a fresh episode
+    drawn with each key (and ``params``, shared by the batch, or ``None``), kept where
+    ``done``."""
     import jax
 
-    def fresh(done: Any, keys: Any, state: Any, obs: Any) -> Any:
-        return _where_done(done, jax.vmap(env.reset)(keys), (state, obs))
+    def fresh(done: Any, keys: Any, state: Any, obs: Any, params: Any) -> Any:
+        new = jax.vmap(lambda key: _reset(env, key, params))(keys)
+        return _where_done(done, new, (state, obs))
 
     return fresh
 
 
 def batch_step(
-    env: Any, keys: Any, state: Any, action: Any, *, reset_every_step: bool = False
+    env: Any,
+    keys: Any,
+    state: Any,
+    action: Any,
+    *,
+    params: Any = None,
+    reset_every_step: bool = False,
 ) -> tuple[Any, Any, Any, Any, Any]:
     """``jax.vmap(env.step)(keys, state, action)``, the same numbers, without the cost of
     fresh episodes on steps where none ended.
@@ -260,17 +282,73 @@ def batch_step(
     all: a fresh batch is computed where any environment of any member ended. An environment
     without ``advance`` (``step`` only), or ``reset_every_step=True`` (the formulation the
     tests and ``benchmarks/reset_speed.py`` compare against), runs ``vmap(env.step)``.
+    ``params``: gymnax parameters for the whole batch in place of ``env.params`` (a member of
+    a population of tasks, batched over the members by an outer ``vmap``); ``None``: the
+    environment's own.
     """
     import jax
 
+    extra = () if params is None else (params,)
     if reset_every_step or not hasattr(env, "advance"):
-        return jax.vmap(env.step)(keys, state, action)
-    adv = jax.vmap(env.advance)(keys, state, action)
+        return jax.vmap(lambda k, s, a: env.step(k, s, a, *extra))(keys, state, action)
+    adv = jax.vmap(lambda k, s, a: env.advance(k, s, a, *extra))(keys, state, action)
     done = adv.terminated | adv.truncated
     new_state, obs = _restart_if_any(_fresh_where_done(env))(
-        done, adv.reset_key, adv.state, adv.obs
+        done, adv.reset_key, adv.state, adv.obs, params
     )
     return new_state, obs, adv.reward, adv.terminated, adv.truncated
+
+
+def stack_params(names: Any, jax_envs: Any) -> Any:
+    """The gymnax parameters of ``jax_envs`` (one :class:`JaxEnv` per task of ``names``)
+    stacked on a leading axis, for tasks that are one environment at different parameters
+    (``MemoryChain-16`` and ``MemoryChain-64``: the chain's length); else a one-line
+    ``ValueError`` that says which task differs in what.
+
+    The tasks must share the environment and its constructor's arguments, the observation
+    and action spaces and the episode length; their parameters must have one structure and
+    leaves of one shape, and none may be one that sets a shape (the stacked parameters are
+    traced, not constants).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    first, first_name = jax_envs[0], names[0]
+
+    def differ(name: str, what: str) -> ValueError:
+        return ValueError(
+            f"{first_name} and {name} differ in {what}: tasks share a population only where "
+            "they are one environment at different gymnax parameters; run them apart"
+        )
+
+    for name, env in zip(names, jax_envs, strict=True):
+        if not isinstance(env, JaxEnv):
+            raise ValueError(
+                f"{name} is not a gymnax task: only gymnax tasks differ by parameters that a "
+                "population can hold per member; run it apart"
+            )
+        if type(env.env) is not type(first.env) or vars(env.env) != vars(first.env):
+            raise differ(name, "the environment or its constructor's arguments")
+        if dataclasses.replace(env.spec, name=first.spec.name) != first.spec:
+            raise differ(name, "spaces or episode length")
+        if env.obs_indices != first.obs_indices:
+            raise differ(name, "observed indices")
+        p, q = jax.tree.structure(env.params), jax.tree.structure(first.params)
+        shapes = [jnp.shape(x) for x in jax.tree.leaves(env.params)]
+        if p != q or shapes != [jnp.shape(x) for x in jax.tree.leaves(first.params)]:
+            raise differ(name, "the structure of their parameters")
+    stacked = jax.tree.map(
+        lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *[e.params for e in jax_envs]
+    )
+    try:  # a parameter that sets a shape or a Python branch cannot be traced
+        one = jax.tree.map(lambda x: x[0], stacked)
+        jax.eval_shape(lambda p, k: first.reset(k, p), one, jax.random.key(0))
+    except (jax.errors.ConcretizationTypeError, TypeError) as err:
+        raise ValueError(
+            f"{', '.join(names)}: a parameter that differs sets a shape or a branch of the "
+            f"environment's code ({type(err).__name__}); run the tasks apart"
+        ) from None
+    return stacked
 
 
 class GymnaxHostEnv:

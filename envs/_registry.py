@@ -26,7 +26,7 @@ import json
 import re
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -787,6 +787,22 @@ def make_jax(task: str) -> Any:
             "form. Use make_host() for it."
         )
     return _make_pure(resolved)
+
+
+def make_jax_tasks(tasks: Sequence[str]) -> tuple[Any, Any]:
+    """One pure-JAX environment for ``tasks`` that are one gymnax environment at different
+    parameters (``MemoryChain-16``, ``-32``, ``-64``), and their parameters stacked on a
+    leading axis, task by task: what a population whose members train on different tasks
+    (:func:`rtrrl.sweep` with several tasks) steps, each member with its task's row. A
+    one-line ``ValueError`` for tasks that differ in more (spaces, episode length, the
+    environment itself)."""
+    from rtrrl.envs._gymnax import stack_params
+
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("make_jax_tasks needs at least one task")
+    jax_envs = [make_jax(t) for t in tasks]
+    return jax_envs[0], stack_params(tasks, jax_envs)
 
 
 def make_host(task: str, num_envs: int = 1) -> HostEnv:

@@ -19,7 +19,17 @@ from rtrrl.settings import RunSettings
 __all__ = ["add_command"]
 
 #: Flags of the search space and the sweep's folder, refused with ``--resume``.
-_SWEEP_FLAGS = ("grid", "random", "samples", "sweep_seed", "space", "chunk_size", "out", "config")
+_SWEEP_FLAGS = (
+    "grid",
+    "random",
+    "samples",
+    "sweep_seed",
+    "space",
+    "chunk_size",
+    "out",
+    "config",
+    "tasks",
+)
 
 
 def _pairs(flag: str, items: list[str]) -> dict[str, str]:
@@ -75,6 +85,12 @@ def _sweep(args: argparse.Namespace) -> int:
         overrides = {**file_agent, **_cli_train._agent_overrides(args, agent)}
         if args.imports:
             run["imports"] = tuple(args.imports)
+        tasks = None
+        if args.tasks:
+            if "task" in run:
+                raise ValueError("give either --task or --tasks")
+            tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+            run["task"] = tasks[0]
         quick = "task" not in run
         settings = RunSettings(**({**_cli_train.QUICKSTART, **run} if quick else run))
         if quick:
@@ -86,9 +102,11 @@ def _sweep(args: argparse.Namespace) -> int:
         body = presets.body_of(overrides)
         print(f"rtrrl sweep: {presets.describe(settings.preset, settings.task, body, own)}")
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = args.out or f"sweeps/{settings.task}-{stamp}"
+        name = "+".join(tasks) if tasks else settings.task
+        out = args.out or f"sweeps/{name}-{stamp}"
         summary = sw.sweep(
             settings=settings,
+            tasks=tasks,
             space=search,
             out=out,
             progress=progress,
@@ -103,22 +121,24 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _report(summary: dict[str, Any]) -> None:
     out = summary["out"]
+    tasks = summary["tasks"]
     head = (
-        f"{summary['task']}: {summary['settings']} setting(s) × {len(summary['seeds'])} "
-        f"seed(s), {summary['wall_time']:.1f} s."
+        f"{', '.join(tasks)}: {summary['settings']} setting(s) × "
+        + (f"{len(tasks)} tasks × " if len(tasks) > 1 else "")
+        + f"{len(summary['seeds'])} seed(s), {summary['wall_time']:.1f} s."
     )
-    if summary["best"] is None:
+    if not summary["best_per_task"]:
         print(f"{head} No setting was evaluated yet. Ranking in {out}/ranking.md")
         return
-    top = summary["ranking"][0]
-    values = ", ".join(
-        f"{k}={'none' if v is None else f'{v:.4g}'}" for k, v in summary["best"].items()
-    )
-    print(
-        f"{head} Best: {values} (median best evaluation reward {top['median']:.4g} ± "
-        f"{top['std']:.3g}). Ranking in {out}/ranking.md; train the best setting with: "
-        f"rtrrl train --config {summary['best_file']}"
-    )
+    print(f"{head} Ranking in {out}/ranking.md")
+    for task, best in summary["best_per_task"].items():
+        values = ", ".join(
+            f"{k}={'none' if v is None else f'{v:.4g}'}" for k, v in best["values"].items()
+        )
+        print(
+            f"Best on {task}: {values} (median best evaluation reward {best['median']:.4g} ± "
+            f"{best['std']:.3g}); train it with: rtrrl train --config {best['file']}"
+        )
 
 
 def add_command(sub: Any) -> None:
@@ -141,6 +161,13 @@ def add_command(sub: Any) -> None:
         help="continue the stopped sweep in folder DIR with its own settings",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--tasks",
+        metavar="T1,T2,...",
+        help="several tasks that are one environment at different parameters (the memory "
+        "chains' lengths: MemoryChain-16,MemoryChain-32), every setting on each in one "
+        "population, ranked per task, each task's best in best-TASK.toml (instead of --task)",
+    )
     space = p.add_argument_group("search space (docs/sweeps.md)")
     space.add_argument(
         "--grid",

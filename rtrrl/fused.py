@@ -156,6 +156,9 @@ def make_train(
 
     ``per_member``: the numbers are an argument (a row of :func:`population_numbers`),
     ``epoch(carry, numbers)``, ``evaluate(agent, key, numbers)``; else constants of the code.
+    Each of the three also takes the environment's gymnax parameters as its last argument,
+    ``env_params`` (a row of :func:`rtrrl.envs.make_jax_tasks`: a member of a population of
+    tasks that differ only in them); ``None``: ``env``'s own, constants of the code.
     ``reset_every_step``: see :func:`make_population`.
     """
     B = num_envs
@@ -167,11 +170,14 @@ def make_train(
     env_names = _env_names(config)
     float_names, params = _checked_arrays(config)
     eval_len = eval_steps or int(env.spec.max_episode_steps or EVAL_MAX_STEPS)
-    env_step = functools.partial(batch_step, env, reset_every_step=reset_every_step)
 
-    def init(agent: dict[str, jax.Array], key_data: jax.Array) -> Carry:
+    def reset(keys: jax.Array, env_params: Any) -> tuple[Any, jax.Array]:
+        extra = () if env_params is None else (env_params,)
+        return jax.vmap(lambda k: env.reset(k, *extra))(keys)
+
+    def init(agent: dict[str, jax.Array], key_data: jax.Array, env_params: Any = None) -> Carry:
         key, k_reset = jax.random.split(jax.random.wrap_key_data(key_data))
-        env_state, obs = jax.vmap(env.reset)(jax.random.split(k_reset, B))
+        env_state, obs = reset(jax.random.split(k_reset, B), env_params)
         return {
             "agent": agent,
             "env_state": env_state,
@@ -182,7 +188,12 @@ def make_train(
             "key": jax.random.key_data(key),
         }
 
-    def epoch(carry: Carry, n: Numbers | None = None) -> tuple[Carry, dict[str, jax.Array]]:
+    def epoch(
+        carry: Carry, n: Numbers | None = None, env_params: Any = None
+    ) -> tuple[Carry, dict[str, jax.Array]]:
+        env_step = functools.partial(
+            batch_step, env, params=env_params, reset_every_step=reset_every_step
+        )
         # The epoch's randomness is drawn up front, in two vectorized calls: on the CPU a
         # threefry call inside the scan body costs about a microsecond however few numbers it
         # makes, more than the environment step itself. Per step the scan then only reads its
@@ -248,14 +259,20 @@ def make_train(
         return carry, metrics
 
     def evaluate(
-        agent: dict[str, jax.Array], key_data: jax.Array, n: Numbers | None = None
+        agent: dict[str, jax.Array],
+        key_data: jax.Array,
+        n: Numbers | None = None,
+        env_params: Any = None,
     ) -> jax.Array:
+        env_step = functools.partial(
+            batch_step, env, params=env_params, reset_every_step=reset_every_step
+        )
         frozen = {
             k: jnp.zeros((E,) + v.shape[1:], v.dtype) if k in env_names else v
             for k, v in agent.items()
         }
         key, k_reset = jax.random.split(jax.random.wrap_key_data(key_data))
-        env_state, obs = jax.vmap(env.reset)(jax.random.split(k_reset, E))
+        env_state, obs = reset(jax.random.split(k_reset, E), env_params)
 
         def step(c: tuple[Any, ...], _: None) -> tuple[Any, None]:
             agent, env_state, obs, reward, done, key, total, finished = c
@@ -321,7 +338,10 @@ def make_population(
     unchanged, so a population keeps its members in step while each stops on its own.
     With ``per_member`` every member has its own numbers: ``epoch(carry, active, numbers)``
     and ``evaluate(agents, keys, numbers)``, ``numbers`` from :func:`population_numbers`
-    (whose structure ``config`` must be). All three are jitted.
+    (whose structure ``config`` must be). Members on different tasks that are ``env`` at
+    other gymnax parameters (:func:`rtrrl.envs.make_jax_tasks`) take their rows of those as
+    one more argument: ``init(agents, keys, env_params)``, ``epoch(carry, active, numbers,
+    env_params)``, ``evaluate(agents, keys, numbers, env_params)``. All three are jitted.
 
     The environments step by :func:`rtrrl.envs.batch_step`: fresh episodes are computed on a
     step only if an episode ended, decided once for every environment of every member (the
@@ -357,8 +377,8 @@ def make_population(
     v_epoch = _in_member_blocks(jax.vmap(epoch), member_block)
     v_evaluate = jax.vmap(evaluate)
 
-    def population_epoch(carry: Carry, active: jax.Array, *numbers: Numbers) -> tuple[Carry, Any]:
-        new, metrics = v_epoch(carry, *numbers)
+    def population_epoch(carry: Carry, active: jax.Array, *per_member: Any) -> tuple[Carry, Any]:
+        new, metrics = v_epoch(carry, *per_member)
 
         def keep(n: jax.Array, o: jax.Array) -> jax.Array:
             mask = active.reshape(active.shape + (1,) * (n.ndim - 1))
@@ -466,6 +486,16 @@ def compiler_options() -> dict[str, Any] | None:
     return dict(_REGION_COPIES)
 
 
+def _member_env_params(tasks: Sequence[str]) -> Any:
+    """Each member's row of the gymnax parameters of its task (``tasks``: one per member)."""
+    from rtrrl import envs
+
+    distinct = list(dict.fromkeys(tasks))
+    _, stacked = envs.make_jax_tasks(distinct)
+    rows = jnp.asarray([distinct.index(t) for t in tasks])
+    return jax.tree_util.tree_map(lambda x: x[rows], stacked)
+
+
 def _key_data(seed: int) -> np.ndarray:
     return np.asarray(jax.random.key_data(jax.random.key(seed)))
 
@@ -489,6 +519,10 @@ class FusedEngine:
     once, rather than every epoch (which costs more than a small population's epoch gains);
     its snapshots hold the members only. ``devices``: others than those (one, to keep a
     population on one device).
+
+    ``tasks``: with ``members``, each member's task, where they differ: tasks that are one
+    environment at different gymnax parameters (:func:`rtrrl.envs.make_jax_tasks`), each
+    member stepping its task's; ``None``: every member on ``settings.task``.
     """
 
     name = "fused"
@@ -499,17 +533,17 @@ class FusedEngine:
         config: rtrrl_spec.Config,
         members: Sequence[tuple[rtrrl_spec.Config, int]] | None = None,
         devices: Sequence[jax.Device] | None = None,
+        tasks: Sequence[str] | None = None,
     ) -> None:
         self.settings = settings
         B, dtype = settings.num_envs, settings.dtype
         if members is None:
             seeds = list(settings.seeds)
             agents = jaxbe.init_population(config, seeds, B, dtype)
-            self.numbers: tuple[Numbers, ...] = ()
+            self.member_args: tuple[Any, ...] = ()
         else:
             seeds = [int(seed) for _, seed in members]
             config, numbers = population_numbers([c for c, _ in members], dtype)
-            self.numbers = (numbers,)
             inits = [rtrrl_spec.init(c, B, seed, dtype=dtype) for c, seed in members]
             agents = {k: jnp.asarray(np.stack([a[k] for a in inits])) for k in inits[0]}
             self.name = "sweep"
@@ -517,11 +551,16 @@ class FusedEngine:
         devices = tuple(devices or jax.devices())
         shares = min(len(devices), self.size)
         self._padded = -(-self.size // shares) * shares
-        if members is not None:
-            self.numbers = (_padded(numbers, self._padded),)
+        task, env_params = settings.task, ()
+        if tasks is not None and len(set(tasks)) > 1:
+            if members is None or len(tasks) != len(members):
+                raise ValueError("tasks: one task per member of a sweep's population")
+            task, env_params = tasks[0], (_member_env_params(tasks),)
+        if members is not None:  # what every compiled call takes per member, after the carry
+            self.member_args = _padded((numbers, *env_params), self._padded)
         self.init, self.epoch, self.evaluate_population = _cached_population(
             config,
-            settings.task,
+            task,
             B,
             settings.epoch_steps,
             settings.eval_episodes,
@@ -532,7 +571,9 @@ class FusedEngine:
         )
         self.float_names, self.params = _checked_arrays(config)
         keys = jnp.asarray(np.stack([_key_data(noise_seed(s)) for s in seeds]))
-        self.carry = self.init(_padded(agents, self._padded), _padded(keys, self._padded))
+        self.carry = self.init(
+            _padded(agents, self._padded), _padded(keys, self._padded), *self.member_args[1:]
+        )
 
     def snapshot(self) -> tuple[dict[str, np.ndarray], Any]:
         """Stacked agents and the rest of the carry as NumPy (at an epoch boundary)."""
@@ -582,7 +623,7 @@ class FusedEngine:
         and then nothing is committed."""
         mask = np.zeros(self._padded, bool)  # the copies that make the shares equal: held
         mask[list(active)] = True
-        carry, metrics = self.epoch(self.carry, jnp.asarray(mask), *self.numbers)
+        carry, metrics = self.epoch(self.carry, jnp.asarray(mask), *self.member_args)
         metrics = jax.device_get(metrics)
         results = {}
         for i in active:
@@ -600,7 +641,7 @@ class FusedEngine:
         """Scores of the members in ``seeds``. Every member is evaluated (one vmapped call);
         each is independent of the others, so those not asked for get any key."""
         keys = jnp.asarray(np.stack([_key_data(seeds.get(i, 0)) for i in range(self._padded)]))
-        scores = np.asarray(self.evaluate_population(self.carry["agent"], keys, *self.numbers))
+        scores = np.asarray(self.evaluate_population(self.carry["agent"], keys, *self.member_args))
         return {i: float(scores[i]) for i in seeds}
 
     def close(self) -> None:

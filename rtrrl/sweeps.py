@@ -12,6 +12,11 @@ all *members* (setting × seed) run in one population of the fused JAX engine
 float rounding: a vmapped computation rounds differently with the population's size). A
 member whose agent diverges stops (its best evaluation so far stands); the others go on.
 
+Several tasks that are one environment at different parameters (``tasks``: the memory
+chains' lengths, ``MemoryChain-16``, ``-32``, ``-64``) share one population too: every
+setting runs on each task, each member stepping its task's environment parameters
+(:func:`rtrrl.envs.make_jax_tasks`), and each task's settings are ranked on their own.
+
 The members are cut into *chunks* (``chunk_size``; one chunk by default), each a unit of its
 own: a folder ``chunks/NNN/`` with its checkpoint, ``best.npz``, ``metrics.csv`` and
 ``config.json``, run by :func:`run_chunk` and resumed on its own. Locally the chunks run one
@@ -23,7 +28,8 @@ after another; a scheduler can run them anywhere that sees the sweep folder. The
   evaluation reward, the steps taken, why the seeds stopped; best first;
 - ``curves.csv`` (every member's metric rows, with its setting) and ``curves.png`` (median
   evaluation reward over seeds against steps, for the five best settings);
-- ``best.toml``: the best setting as a file ``rtrrl train --config best.toml`` runs;
+- ``best.toml``: the best setting as a file ``rtrrl train --config best.toml`` runs (with
+  several tasks, ``best-<task>.toml`` per task);
 - ``summary.json``: the ranking and the best setting as JSON.
 """
 
@@ -413,9 +419,14 @@ class _Sweep:
     settings: RunSettings
     base: rtrrl_spec.Config
     space: SearchSpace
+    #: Per setting: its values and agent config. With several tasks, every setting of the
+    #: space on each task, task by task.
     values: list[dict[str, float | None]]
     configs: list[rtrrl_spec.Config]
     chunk_size: int
+    #: The sweep's tasks, and per setting its task.
+    tasks: list[str]
+    setting_tasks: list[str]
 
     @property
     def id(self) -> str:
@@ -456,6 +467,9 @@ def _read_sweep(folder: str | os.PathLike[str]) -> _Sweep:
         space = SearchSpace.from_json(saved["space"])
         values = [dict(v) for v in saved["settings"]]
         chunk_size = int(saved["chunk_size"])
+        tasks = [str(t) for t in saved.get("tasks") or [settings.task]]
+        if tasks[0] != settings.task:
+            raise ValueError(f"its tasks {tasks} do not start with its task {settings.task!r}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size {chunk_size} is not a positive int")
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -465,8 +479,21 @@ def _read_sweep(folder: str | os.PathLike[str]) -> _Sweep:
             f"{path}: its settings are not those of its space (was it edited?); a sweep "
             f"continues as it started: undo the edit or start a new sweep; {_UNTOUCHED}"
         )
+    values = [v for _ in tasks for v in values]
+    setting_tasks = [t for t in tasks for _ in saved["settings"]]
     configs = member_configs(base, values)
-    return _Sweep(Path(folder), saved, settings, base, space, values, configs, chunk_size)
+    return _Sweep(
+        Path(folder),
+        saved,
+        settings,
+        base,
+        space,
+        values,
+        configs,
+        chunk_size,
+        tasks,
+        setting_tasks,
+    )
 
 
 def _toml(value: Any) -> str:
@@ -497,11 +524,13 @@ def _write_settings_csv(sweep: _Sweep) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     names = sweep.space.names()
-    writer.writerow(["member", "setting", "seed", *names])
+    several = len(sweep.tasks) > 1
+    writer.writerow(["member", "setting", *["task"] * several, "seed", *names])
     for member, s, seed in sweep.members():
         values = sweep.values[s]
         writer.writerow(
-            [member, s, seed, *("none" if values[n] is None else repr(values[n]) for n in names)]
+            [member, s, *[sweep.setting_tasks[s]] * several, seed]
+            + ["none" if values[n] is None else repr(values[n]) for n in names]
         )
     text = buf.getvalue()
     run_folder.atomic_write(sweep.folder / "settings.csv", lambda f: f.write(text.encode()))
@@ -652,7 +681,10 @@ def run_chunk(
     )
     with threads.framework_threads(settings.threads, None):
         engine = fused.FusedEngine(
-            settings, sweep.base, members=[(sweep.configs[s], seed) for _, s, seed in members]
+            settings,
+            sweep.base,
+            members=[(sweep.configs[s], seed) for _, s, seed in members],
+            tasks=[sweep.setting_tasks[s] for _, s, _ in members],
         )
         if ckpt is not None:
             engine.restore(ckpt["agents"], ckpt["state"]["engine_state"])
@@ -683,7 +715,8 @@ def _rank(sweep: _Sweep, records: Mapping[int, Mapping[str, Any]]) -> list[dict[
     """One entry per setting, best first: the median over its seeds of their best evaluation
     rewards, over the seeds evaluated (equal medians: the higher mean first); a setting with a
     seed not evaluated (not started yet, or diverged before its first evaluation) ranks below
-    every setting whose seeds all were."""
+    every setting whose seeds all were. With several tasks, each task's settings are ranked
+    on their own (``"rank"`` within the task), task by task."""
     by_setting: dict[int, list[tuple[int, Mapping[str, Any] | None]]] = {}
     for m, s, seed in sweep.members():
         by_setting.setdefault(s, []).append((seed, records.get(m)))
@@ -700,6 +733,7 @@ def _rank(sweep: _Sweep, records: Mapping[int, Mapping[str, Any]]) -> list[dict[
         entries.append(
             {
                 "setting": s,
+                "task": sweep.setting_tasks[s],
                 "values": sweep.values[s],
                 "median": float(np.median(done)) if done else None,
                 "std": float(np.std(done)) if done else None,
@@ -714,18 +748,38 @@ def _rank(sweep: _Sweep, records: Mapping[int, Mapping[str, Any]]) -> list[dict[
             }
         )
 
-    def key(e: dict[str, Any]) -> tuple[bool, float, float, int]:
+    def key(e: dict[str, Any]) -> tuple[int, bool, float, float, int]:
         # Equal medians (a task's maximum reached by most seeds) rank by the mean over seeds:
         # five seeds at the maximum above three.
         complete = e["evaluated"] == len(e["seeds"])
         done = [b for b in e["best"] if b is not None]
         median = -e["median"] if e["median"] is not None else math.inf
-        return (not complete, median, -float(np.mean(done)) if done else math.inf, e["setting"])
+        mean = -float(np.mean(done)) if done else math.inf
+        return (sweep.tasks.index(e["task"]), not complete, median, mean, e["setting"])
 
     entries.sort(key=key)
-    for rank, e in enumerate(entries, 1):
-        e["rank"] = rank
+    for task in sweep.tasks:
+        for rank, e in enumerate((e for e in entries if e["task"] == task), 1):
+            e["rank"] = rank
     return entries
+
+
+def _best_of_each_task(
+    sweep: _Sweep, ranking: Sequence[Mapping[str, Any]]
+) -> dict[str, Mapping[str, Any]]:
+    """Each task's best setting (its first entry, where it was evaluated)."""
+    best: dict[str, Mapping[str, Any]] = {}
+    for e in ranking:
+        if e["task"] not in best and e["rank"] == 1 and e["median"] is not None:
+            best[e["task"]] = e
+    return best
+
+
+def _best_file(sweep: _Sweep, task: str) -> Path:
+    """``best.toml``; with several tasks, ``best-<task>.toml``."""
+    if len(sweep.tasks) == 1:
+        return sweep.folder / "best.toml"
+    return sweep.folder / f"best-{task.replace('/', '_').replace(':', '_')}.toml"
 
 
 def _fmt(v: float | None) -> str:
@@ -738,11 +792,13 @@ def _value(v: float | None) -> str:
 
 def _ranking_files(sweep: _Sweep, ranking: Sequence[Mapping[str, Any]]) -> None:
     names = sweep.space.names()
+    several = len(sweep.tasks) > 1
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(
         [
             "rank",
+            *["task"] * several,
             "setting",
             *names,
             "median",
@@ -756,7 +812,7 @@ def _ranking_files(sweep: _Sweep, ranking: Sequence[Mapping[str, Any]]) -> None:
     )
     for e in ranking:
         writer.writerow(
-            [e["rank"], e["setting"]]
+            [e["rank"], *[e["task"]] * several, e["setting"]]
             + ["none" if e["values"][n] is None else repr(e["values"][n]) for n in names]
             + [
                 "" if e["median"] is None else repr(e["median"]),
@@ -775,24 +831,34 @@ def _ranking_files(sweep: _Sweep, ranking: Sequence[Mapping[str, Any]]) -> None:
     text = buf.getvalue()
     run_folder.atomic_write(sweep.folder / "ranking.csv", lambda f: f.write(text.encode()))
     s = sweep.settings
+    per_task = len(sweep.values) // len(sweep.tasks)
+    if several:
+        head = f"{', '.join(sweep.tasks)}: {per_task} settings × {len(sweep.tasks)} tasks"
+        best_files = "per task, best-<task>.toml (each task's settings ranked on their own)"
+    else:
+        head, best_files = f"{s.task}: {per_task} settings", "best.toml"
     lines = [
-        f"# Sweep on {s.task}: {len(sweep.values)} settings × {len(s.seeds)} seeds",
+        f"# Sweep on {head} × {len(s.seeds)} seeds",
         "",
         f"Score: each seed's best evaluation reward; per setting the median ± std over its "
         f"seeds, best first. Budget {s.steps} steps per seed, evaluation every {s.eval_every} "
         f"epochs of {s.steps_per_epoch} steps on {s.eval_episodes} episodes, patience "
-        f"{s.patience}. Values: settings.csv; curves: curves.csv; the best setting: best.toml.",
+        f"{s.patience}. Values: settings.csv; curves: curves.csv; the best setting: "
+        f"{best_files}.",
         "",
-        "| rank | setting | "
+        "| rank | "
+        + "task | " * several
+        + "setting | "
         + " | ".join(names)
         + " | median ± std | evaluated | steps per seed (median) | stopped |",
-        "|---:|---:|" + "---:|" * len(names) + "---|---:|---:|---|",
+        "|---:|" + "---|" * several + "---:|" + "---:|" * len(names) + "---|---:|---:|---|",
     ]
     for e in ranking:
         cells = [_value(e["values"][n]) for n in names]
         stopped = ", ".join(f"{k} {n}" for k, n in e["stopped"].items())
+        task = f"{e['task']} | " if several else ""
         lines.append(
-            f"| {e['rank']} | {e['setting']} | {' | '.join(cells)} | {_fmt(e['median'])} ± "
+            f"| {e['rank']} | {task}{e['setting']} | {' | '.join(cells)} | {_fmt(e['median'])} ± "
             f"{_fmt(e['std'])} | {e['evaluated']}/{len(e['seeds'])} | "
             f"{int(np.median(e['steps']))} | {stopped} |"
         )
@@ -804,7 +870,7 @@ def _plot_curves(
     sweep: _Sweep, ranking: Sequence[Mapping[str, Any]], rows: Sequence[Mapping]
 ) -> None:
     """``curves.png``: the median over seeds of the evaluation reward against steps, for the
-    five best settings."""
+    five best settings (with several tasks, each task's best)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -812,7 +878,8 @@ def _plot_curves(
 
     setting_of = {m: s for m, s, _ in sweep.members()}
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for e in ranking[:5]:
+    several = len(sweep.tasks) > 1
+    for e in list(_best_of_each_task(sweep, ranking).values()) if several else ranking[:5]:
         evals: dict[int, list[float]] = {}
         for row in rows:
             score = row["eval_reward"]
@@ -821,12 +888,15 @@ def _plot_curves(
         if evals:
             steps = sorted(evals)
             label = f"#{e['rank']}: " + _describe(e["values"])
+            if several:
+                label = f"{e['task']} {label}"
             ax.plot(steps, [float(np.median(evals[t])) for t in steps], marker="o", label=label)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
     ax.set_xlabel("environment steps (per seed)")
     ax.set_ylabel("evaluation reward (median over seeds)")
-    ax.set_title(f"{sweep.settings.task}: the five best settings")
+    title = "each task's best setting" if several else "the five best settings"
+    ax.set_title(f"{', '.join(sweep.tasks)}: {title}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -837,7 +907,8 @@ def _plot_curves(
 
 def write_results(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """Write the sweep's results from its chunks as they stand (``ranking.csv`` / ``.md``,
-    ``curves.csv`` / ``.png``, ``best.toml``, ``summary.json``) and return the summary."""
+    ``curves.csv`` / ``.png``, ``best.toml`` or one ``best-<task>.toml`` per task,
+    ``summary.json``) and return the summary."""
     sweep = _read_sweep(folder)
     records, rows, wall = _member_results(sweep)
     ranking = _rank(sweep, records)
@@ -845,28 +916,42 @@ def write_results(folder: str | os.PathLike[str]) -> dict[str, Any]:
     setting_of = {m: s for m, s, _ in sweep.members()}
     _write_rows(sweep.folder / "curves.csv", rows, setting_of)
     _plot_curves(sweep, ranking, rows)
-    top = ranking[0] if ranking and ranking[0]["median"] is not None else None
-    best_file = sweep.folder / "best.toml"
-    if top is not None:
+    best = {}
+    for task, top in _best_of_each_task(sweep, ranking).items():
+        best_file = _best_file(sweep, task)
         comment = (
-            f"The best setting of the sweep in {sweep.folder}: setting {top['setting']}, "
-            f"median best evaluation reward {_fmt(top['median'])} ± {_fmt(top['std'])} over "
-            f"{top['evaluated']} seeds.\nTrain it: rtrrl train --config {best_file} --out FOLDER"
+            f"The best setting on {task} of the sweep in {sweep.folder}: setting "
+            f"{top['setting']}, median best evaluation reward {_fmt(top['median'])} ± "
+            f"{_fmt(top['std'])} over {top['evaluated']} seeds.\n"
+            f"Train it: rtrrl train --config {best_file} --out FOLDER"
         )
-        text = config_toml(sweep.settings, sweep.configs[top["setting"]], comment)
-        run_folder.atomic_write(best_file, lambda f: f.write(text.encode()))
+        settings = dataclasses.replace(sweep.settings, task=task)
+        text = config_toml(settings, sweep.configs[top["setting"]], comment)
+        run_folder.atomic_write(best_file, lambda f, text=text: f.write(text.encode()))
+        best[task] = {
+            "setting": top["setting"],
+            "values": top["values"],
+            "median": top["median"],
+            "std": top["std"],
+            "file": str(best_file),
+        }
     s = sweep.settings
+    single = best.get(s.task) if len(sweep.tasks) == 1 else None
     summary = {
         "task": s.task,
+        "tasks": sweep.tasks,
         "backend": s.backend,
         "engine": "sweep",
-        "settings": len(sweep.values),
+        "settings": len(sweep.values) // len(sweep.tasks),
         "seeds": list(s.seeds),
         "members": len(sweep.members()),
         "names": sweep.space.names(),
         "ranking": ranking,
-        "best": None if top is None else top["values"],
-        "best_file": None if top is None else str(best_file),
+        # One task: its best setting's values and file. Several: None, and each task's best
+        # in best_per_task.
+        "best": None if single is None else single["values"],
+        "best_file": None if single is None else single["file"],
+        "best_per_task": best,
         "steps": sum(int(r["epoch"]) for r in records.values()) * s.steps_per_epoch,
         "wall_time": round(wall, 2),
         "out": str(sweep.folder),
@@ -947,6 +1032,7 @@ def sweep(
     task: str | None = None,
     backend: str | None = None,
     *,
+    tasks: Sequence[str] | None = None,
     grid: Mapping[str, Any] | None = None,
     random: Mapping[str, Any] | None = None,
     samples: int | None = None,
@@ -968,6 +1054,10 @@ def sweep(
     Args:
         task, backend, settings, **overrides: as for :func:`rtrrl.train`: the run settings
             (seeds are every setting's seeds) and the agent fields that all members share.
+        tasks: several tasks that are one environment at different gymnax parameters
+            (:func:`rtrrl.envs.make_jax_tasks`: ``["MemoryChain-16", "MemoryChain-32"]``),
+            every setting trained on each in the one population and ranked per task
+            (``task`` then is the first, or not given).
         grid: ``{name: values}``; every combination is a setting (``"none"`` or ``None`` for
             ``clip_norm``: no clip).
         random: ``{name: "loguniform:1e-5:1e-2"}`` (or ``uniform``, ``choice:a,b``):
@@ -1002,6 +1092,8 @@ def sweep(
     both = sorted(set(agent_kw) & set(search.names()))
     if both:
         raise ValueError(f"{', '.join(both)}: both fixed and swept; give each once")
+    if tasks is not None:
+        task = _check_tasks(task, tasks)
     if task is not None:
         run_kw["task"] = envs.register_task(task)
     if backend is not None:
@@ -1014,9 +1106,12 @@ def sweep(
     training._check_backend_runs(be, run_settings)
     _check_engine(run_settings)
     base = training.agent_config(run_settings, agent_kw)
+    task_list = list(tasks) if tasks is not None else [run_settings.task]
+    if len(task_list) > 1:
+        _check_shared(run_settings, agent_kw, base, task_list)
     values = search.settings()
     member_configs(base, values)
-    members = len(values) * len(run_settings.seeds)
+    members = len(task_list) * len(values) * len(run_settings.seeds)
     if chunk_size is not None and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
@@ -1027,6 +1122,7 @@ def sweep(
         "agent": dataclasses.asdict(base),
         "space": search.to_json(),
         "settings": values,
+        **({"tasks": task_list} if len(task_list) > 1 else {}),
         "chunk_size": min(chunk_size or members, members),
         "run": {"id": uuid.uuid4().hex, **training._session_meta(be), "resumed": []},
     }
@@ -1039,12 +1135,47 @@ def sweep(
     return (runner or _run_all)(folder, progress)
 
 
+def _check_tasks(task: str | None, tasks: Sequence[str]) -> str:
+    """The sweep's task (its first of ``tasks``), or a one-line error for a bad list."""
+    if isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks):
+        raise ValueError(f"tasks must be a list of task names, got {tasks!r}")
+    if not tasks or len(set(tasks)) != len(tasks):
+        raise ValueError(f"tasks must name at least one task, each once; got {list(tasks)}")
+    if task is not None and task != tasks[0]:
+        raise ValueError(f"task {task!r} and tasks {list(tasks)}: give tasks alone")
+    return tasks[0]
+
+
+def _check_shared(
+    settings: RunSettings, agent_kw: Mapping[str, Any], base: rtrrl_spec.Config, tasks: list[str]
+) -> None:
+    """Several tasks in one population: each a fused JAX task whose agent is the first's
+    (presets included) and whose environment is the first's at other parameters."""
+    from rtrrl import envs, training
+
+    for task in tasks[1:]:
+        other = dataclasses.replace(settings, task=envs.register_task(task))
+        _check_engine(other)
+        config = training.agent_config(other, agent_kw)
+        if config != base:
+            differ = [
+                f.name
+                for f in dataclasses.fields(config)
+                if getattr(config, f.name) != getattr(base, f.name)
+            ]
+            raise ValueError(
+                f"{tasks[0]} and {task} give the agent different {', '.join(differ)} (a task's "
+                "preset or spaces): set those fields yourself, or sweep the tasks apart"
+            )
+    envs.make_jax_tasks(tasks)
+
+
 def _check_same(folder: Path, saved: Mapping[str, Any]) -> None:
     """A one-line ``RunExistsError`` unless the sweep in ``folder`` is the one ``saved``
     describes (its identity: everything but the sessions that ran it)."""
     on_disk = _read_sweep(folder).saved
-    keys = ("format", "protocol", "agent", "space", "settings", "chunk_size")
-    differ = [k for k in keys if on_disk.get(k) != json.loads(json.dumps(saved[k]))]
+    keys = ("format", "protocol", "agent", "space", "settings", "tasks", "chunk_size")
+    differ = [k for k in keys if on_disk.get(k) != json.loads(json.dumps(saved.get(k)))]
     if differ:
         raise RunExistsError(
             f"{folder} holds another sweep ({', '.join(differ)}: not this command's); "
