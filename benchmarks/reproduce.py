@@ -35,10 +35,13 @@ paper gives one). A cell that fails says ``error: ...`` in the table; a cell not
 ``no-clip`` and ``tuned``; ``lru``, ``lru-no-clip`` and ``lru-tuned``; as the task's presets
 resolve) as ONE population: an :func:`rtrrl.sweep` whose settings are those cells' agents,
 listed, each with the cell's seeds and its own early stopping, in a folder
-``<runs>/<task>-pack-<variants>/``. Each cell records what it records run alone (members
-compute what a run computes, to float rounding), plus the pack; the cells of a pack share
-its wall time. A pack compiles once where its cells compile one each, and steps its members
-in one larger population (``benchmarks/pack_speed.py`` measures what that saves).
+``<runs>/<task>-pack-<variants>/``. Tasks that are one environment at other parameters (the
+memory chains' lengths) with the same cells pending join one pack (``rtrrl.sweep(tasks=)``,
+folder ``<runs>/<task1>+<task2>...-pack-<variants>/``). Each cell records what it records
+run alone (members compute what a run computes, to float rounding), plus the pack; the
+cells of a pack share its wall time. A pack compiles once where its cells compile one each,
+and steps its members in one larger population (``benchmarks/pack_speed.py`` measures what
+that saves).
 
 ``--ray [ADDRESS]`` runs every cell as a Ray task (``pip install "rtrrl[ray]"``; see
 docs/distributed.md): ``--ray`` alone starts a local Ray instance, ``--ray auto`` joins the
@@ -69,7 +72,7 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -489,10 +492,11 @@ def cell_agent(task: str, variant: str, args: argparse.Namespace) -> Any:
     return training.agent_config(RunSettings(task=task, preset=preset), overrides)
 
 
-def packs(task: str, variants: Sequence[str], args: argparse.Namespace) -> list[list[str]]:
+def _variant_groups(
+    task: str, variants: Sequence[str], args: argparse.Namespace
+) -> list[list[str]]:
     """``variants`` of ``task`` in groups whose agents differ only in numbers (a clip of
-    ``None`` among clipped ones included, as in a sweep): each group of two or more trains as
-    one population (:func:`run_pack`), in the order asked for."""
+    ``None`` among clipped ones included, as in a sweep), in the order asked for."""
     import rtrrl_spec
 
     groups: dict[Any, list[str]] = {}
@@ -504,41 +508,81 @@ def packs(task: str, variants: Sequence[str], args: argparse.Namespace) -> list[
     return list(groups.values())
 
 
+def _share_tasks(tasks: Sequence[str], variants: Sequence[str], args: argparse.Namespace) -> bool:
+    """Whether ``tasks`` can be one population for ``variants``: one environment at other
+    parameters (:func:`rtrrl.envs.make_jax_tasks`), each variant's agent the same on all."""
+    from rtrrl import envs
+
+    try:
+        envs.make_jax_tasks(tasks)
+    except ValueError:
+        return False
+    return all(len({cell_agent(t, v, args) for t in tasks}) == 1 for v in variants)
+
+
+def packs(
+    pending: Mapping[str, Sequence[str]], args: argparse.Namespace
+) -> list[tuple[list[str], list[str]]]:
+    """The pending cells (task -> variants) as packs ``(tasks, variants)``, each trained as
+    ONE population (:func:`run_pack`): a task's variants whose agents differ only in numbers,
+    and, across tasks that are one environment at other parameters (the memory chains'
+    lengths) with the same variants pending, those tasks together. A pack of one cell trains
+    alone."""
+    out: list[tuple[list[str], list[str]]] = []
+    for task, variants in pending.items():
+        for group in _variant_groups(task, variants, args):
+            for tasks, joined in out:
+                if joined == group and _share_tasks([*tasks, task], group, args):
+                    tasks.append(task)
+                    break
+            else:
+                out.append(([task], group))
+    return out
+
+
 def _listed(configs: Sequence[Any]) -> list[dict[str, Any]]:
-    """Per config, the sweepable numbers in which ``configs`` differ (one setting each)."""
+    """Per config, the sweepable numbers in which ``configs`` differ (one setting each; one
+    config: its ``lr_td``, since a setting names at least one number)."""
     from rtrrl.sweeps import SWEEPABLE
 
-    names = [n for n in SWEEPABLE if len({getattr(c, n) for c in configs}) > 1]
+    names = [n for n in SWEEPABLE if len({getattr(c, n) for c in configs}) > 1] or ["lr_td"]
     return [{n: getattr(c, n) for n in names} for c in configs]
 
 
 def run_pack(
-    task: str, variants: Sequence[str], args: argparse.Namespace, runs: Path, command: str
+    tasks: Sequence[str],
+    variants: Sequence[str],
+    args: argparse.Namespace,
+    runs: Path,
+    command: str,
 ) -> list[dict[str, Any]]:
-    """Train the cells of ``variants`` (one of :func:`packs`) on ``task`` as ONE population:
-    a sweep (:func:`rtrrl.sweep`) whose listed settings are the variants, each with the
-    cell's seeds, every member early-stopped on its own. A cell's record is its setting's
-    seeds, as a cell run alone records them, plus ``"pack"`` (the variants and the pack's
-    wall time; the cell's ``wall_time`` is its share). Each member computes what the cell run
-    alone computes, to float rounding. A failure is recorded for every cell of the pack."""
+    """Train the cells of ``variants`` on ``tasks`` (one of :func:`packs`) as ONE population:
+    a sweep (:func:`rtrrl.sweep`, with ``tasks=`` where there are several) whose listed
+    settings are the variants, each with the cell's seeds, every member early-stopped on its
+    own. A cell's record is its setting's seeds on its task, as a cell run alone records
+    them, plus ``"pack"`` (the tasks, the variants and the pack's wall time; the cell's
+    ``wall_time`` is its share). Each member computes what the cell run alone computes, to
+    float rounding. A failure is recorded for every cell of the pack."""
     import dataclasses
 
     from rtrrl import sweeps, training
     from rtrrl.errors import RunExistsError
     from rtrrl.settings import TASK_FIELDS, RunSettings
 
-    records = [new_record(task, variant, args, command) for variant in variants]
+    cells = [(t, v) for t in tasks for v in variants]
+    records = [new_record(t, v, args, command) for t, v in cells]
     t0 = time.perf_counter()
-    out = runs / f"{task}-pack-{'+'.join(variants)}"
+    out = runs / f"{'+'.join(tasks)}-pack-{'+'.join(variants)}"
+    summary: dict[str, Any] = {}
     try:
-        engine = engine_of(task, args.backend)
+        engine = engine_of(tasks[0], args.backend)
         budget = budget_of(args, engine)
-        for variant, rec in zip(variants, records, strict=True):
+        for (task, variant), rec in zip(cells, records, strict=True):
             preset, overrides = cell_overrides(variant, args)
             fields = preset_fields(task, preset, overrides)
             rec.update(engine=engine, **budget)
             rec.update(overrides=overrides, preset=preset, preset_fields=fields)
-        configs = [cell_agent(task, v, args) for v in variants]
+        configs = [cell_agent(tasks[0], v, args) for v in variants]
         listed = _listed(configs)
         fixed = {
             f.name: getattr(configs[0], f.name)
@@ -547,10 +591,11 @@ def run_pack(
         }
         # The sweep's agent: Table 1, then every field the cells share; its members then
         # add the numbers in which they differ, and are exactly the cells' agents.
-        shared = training.agent_config(RunSettings(task=task, preset="paper"), fixed)
+        shared = training.agent_config(RunSettings(task=tasks[0], preset="paper"), fixed)
         if sweeps.member_configs(shared, listed) != configs:
             raise RuntimeError(f"the pack's members are not the cells' agents: {variants}")
         kw = dict(
+            tasks=list(tasks) if len(tasks) > 1 else None,
             space=sweeps.SearchSpace(listed=tuple(listed)),
             preset="paper",
             out=out,
@@ -565,13 +610,16 @@ def run_pack(
             **fixed,
         )
         try:
-            summary = sweeps.sweep(task, args.backend, **kw)
+            summary = sweeps.sweep(tasks[0], args.backend, **kw)
         except RunExistsError:  # a pack of other settings (a preset changed): start again
             shutil.rmtree(out)
-            summary = sweeps.sweep(task, args.backend, **kw)
-        by_setting = {e["setting"]: e for e in summary["ranking"]}
+            summary = sweeps.sweep(tasks[0], args.backend, **kw)
+        # The sweep's settings are the variants on each task, task by task.
+        entries = {e["setting"]: e for e in summary["ranking"]}
         for i, rec in enumerate(records):
-            entry = by_setting[i]
+            entry = entries[i]
+            if (entry["task"], entry["values"]) != (cells[i][0], listed[i % len(variants)]):
+                raise RuntimeError(f"the pack's setting {i} is not the cell {cells[i]}")
             rec.update(seed_results(entry["best"], entry["steps"], entry["stop_reasons"], out))
     except KeyboardInterrupt:
         raise
@@ -583,7 +631,7 @@ def run_pack(
     wall = round(ran if ran is not None else time.perf_counter() - t0, 1)
     for rec in records:
         rec["wall_time"] = round(wall / len(records), 1)
-        rec["pack"] = {"variants": list(variants), "wall_time": wall}
+        rec["pack"] = {"tasks": list(tasks), "variants": list(variants), "wall_time": wall}
     return records
 
 
@@ -773,7 +821,9 @@ def render(
             wall = f"{r.get('wall_time', 0):.0f}"
             if "pack" in r:
                 pack = r["pack"]
-                wall += f" (packed: {'+'.join(pack['variants'])}, {pack['wall_time']:.0f} in all)"
+                on = f" on {'+'.join(pack['tasks'])}" if len(pack.get("tasks", ())) > 1 else ""
+                packed = f"{'+'.join(pack['variants'])}{on}"
+                wall += f" (packed: {packed}, {pack['wall_time']:.0f} in all)"
             lines.append(
                 f"| {r['task']} | {r['variant']} | {bests} | {steps} | {stopped} | {wall} |"
             )
@@ -941,30 +991,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     engines = {task: engine_of(task, args.backend) for task in tasks}
     finished = finished_cells(read_results(path), engines)
     on_ray: list[tuple[str, str]] = []
+    pending: dict[str, list[str]] = {}
     for task in tasks:
-        pending = []
         for variant in args.variants:
             if (task, variant) in finished:
                 print(f"{task} / {variant}: done earlier, kept")
             elif args.ray is not None:
                 on_ray.append((task, variant))
             else:
-                pending.append(variant)
-        groups = [[v] for v in pending]
-        if args.pack and pending and engines[task] == "fused":
-            groups = packs(task, pending, args)
-        for group in groups:
-            print(f"{task} / {'+'.join(group)}: training ...", flush=True)
-            if len(group) == 1:
-                new = [run_cell(task, group[0], args, runs, command.strip())]
-            else:
-                new = run_pack(task, group, args, runs, command.strip())
-            with path.open("a") as f:
-                f.writelines(json.dumps(rec) + "\n" for rec in new)
-            write_table(new)
-            for rec in new:
-                text = cell_text(rec, paper_figure(task, rec["variant"]))
-                print(f"{task} / {rec['variant']}: {text} ({rec['wall_time']:.0f} s)", flush=True)
+                pending.setdefault(task, []).append(variant)
+    units = [([t], [v]) for t, vs in pending.items() for v in vs]
+    if args.pack:
+        fused = {t: vs for t, vs in pending.items() if engines[t] == "fused"}
+        units = packs(fused, args) + [u for u in units if u[0][0] not in fused]
+        units.sort(key=lambda u: tasks.index(u[0][0]))
+    for unit_tasks, unit_variants in units:
+        print(f"{'+'.join(unit_tasks)} / {'+'.join(unit_variants)}: training ...", flush=True)
+        if len(unit_tasks) == 1 and len(unit_variants) == 1:
+            new = [run_cell(unit_tasks[0], unit_variants[0], args, runs, command.strip())]
+        else:
+            new = run_pack(unit_tasks, unit_variants, args, runs, command.strip())
+        with path.open("a") as f:
+            f.writelines(json.dumps(rec) + "\n" for rec in new)
+        write_table(new)
+        for rec in new:
+            text = cell_text(rec, paper_figure(rec["task"], rec["variant"]))
+            print(
+                f"{rec['task']} / {rec['variant']}: {text} ({rec['wall_time']:.0f} s)", flush=True
+            )
     if on_ray:
         run_on_ray(on_ray, args, runs, command.strip(), path, write_table)
     write_table()

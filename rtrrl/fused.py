@@ -552,10 +552,12 @@ class FusedEngine:
         shares = min(len(devices), self.size)
         self._padded = -(-self.size // shares) * shares
         task, env_params = settings.task, ()
-        if tasks is not None and len(set(tasks)) > 1:
+        if tasks is not None:
             if members is None or len(tasks) != len(members):
                 raise ValueError("tasks: one task per member of a sweep's population")
-            task, env_params = tasks[0], (_member_env_params(tasks),)
+            task = tasks[0]
+            if len(set(tasks)) > 1:
+                env_params = (_member_env_params(tasks),)
         if members is not None:  # what every compiled call takes per member, after the carry
             self.member_args = _padded((numbers, *env_params), self._padded)
         self.init, self.epoch, self.evaluate_population = _cached_population(

@@ -1153,9 +1153,11 @@ def _check_shared(
     (presets included) and whose environment is the first's at other parameters."""
     from rtrrl import envs, training
 
-    for task in tasks[1:]:
-        other = dataclasses.replace(settings, task=envs.register_task(task))
+    others = [dataclasses.replace(settings, task=envs.register_task(t)) for t in tasks[1:]]
+    for other in others:
         _check_engine(other)
+    envs.make_jax_tasks(tasks)
+    for task, other in zip(tasks[1:], others, strict=True):
         config = training.agent_config(other, agent_kw)
         if config != base:
             differ = [
@@ -1165,9 +1167,8 @@ def _check_shared(
             ]
             raise ValueError(
                 f"{tasks[0]} and {task} give the agent different {', '.join(differ)} (a task's "
-                "preset or spaces): set those fields yourself, or sweep the tasks apart"
+                "preset): set those fields yourself, or sweep the tasks apart"
             )
-    envs.make_jax_tasks(tasks)
 
 
 def _check_same(folder: Path, saved: Mapping[str, Any]) -> None:

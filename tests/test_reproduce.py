@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import sys
@@ -307,56 +308,78 @@ def test_a_cell_of_a_changed_preset_trains_again(
     assert json.loads(config.read_text())["agent"]["lr_rnn"] == 5e-4
 
 
-@pytest.mark.slow  # compiles a fused population and a sweep population
+@pytest.mark.slow  # compiles fused populations and sweep populations
 def test_packed_cells_record_what_the_cells_run_alone_record(
     reproduce: ModuleType, tmp_path: Path
 ) -> None:
     """``--pack``: the cells of one task whose agents differ only in numbers (here Table 1,
     no clip and the tuned preset, which clips none and sets other learning rates) train as
-    one population, and each records the bests and steps its cell run alone records; a cell
-    of another structure (frozen) runs alone beside them."""
+    one population, across the tasks that are one environment at other parameters (two
+    memory chains); each cell records the bests and steps it records run alone. A cell of
+    another structure (frozen) packs only across the tasks."""
     pytest.importorskip("jax")
     pytest.importorskip("gymnax")
     pytest.importorskip("matplotlib")
-    common = ["--tasks", "MemoryChain-4", "--seeds", "2", "--steps", "600"]
+    tasks = ["MemoryChain-4", "MemoryChain-8"]
+    common = ["--tasks", ",".join(tasks), "--seeds", "2", "--steps", "600"]
     common += ["--epoch-steps", "200", "--eval-every", "1", "--patience", "1"]
     common += ["--eval-episodes", "3", "--set", "n_hidden=4", "--runs", str(tmp_path / "runs")]
     variants = ["--variants", "rflo,no-clip,tuned,frozen"]
     packed, alone = tmp_path / "packed.jsonl", tmp_path / "alone.jsonl"
     md = tmp_path / "t.md"
     argv = [*common, *variants, "--pack", "--results", str(packed), "--md", str(md)]
-    assert reproduce.packs(
-        "MemoryChain-4", ["rflo", "no-clip", "tuned", "frozen"], reproduce.parse_args(argv)
-    ) == [
-        ["rflo", "no-clip", "tuned"],
-        ["frozen"],
+    all_variants = ["rflo", "no-clip", "tuned", "frozen"]
+    pending = {t: all_variants for t in tasks}
+    assert reproduce.packs(pending, reproduce.parse_args(argv)) == [
+        (tasks, ["rflo", "no-clip", "tuned"]),
+        (tasks, ["frozen"]),
+    ]
+    # Tasks that differ in more than parameters (sizes of DeepSea) or in the cells pending
+    # pack apart.
+    apart = {"MemoryChain-4": ["rflo", "no-clip"], "MemoryChain-8": ["rflo"], "DeepSea-4": ["rflo"]}
+    assert reproduce.packs(apart, reproduce.parse_args(argv)) == [
+        (["MemoryChain-4"], ["rflo", "no-clip"]),
+        (["MemoryChain-8"], ["rflo"]),
+        (["DeepSea-4"], ["rflo"]),
     ]
     assert reproduce.main(argv) == 0
     assert reproduce.main([*common, *variants, "--results", str(alone), "--md", str(md)]) == 0
-    by_cell = {r["variant"]: r for r in reproduce.read_results(packed)}
-    assert set(by_cell) == {"rflo", "no-clip", "tuned", "frozen"}
-    assert "pack" not in by_cell["frozen"]
+    by_cell = {(r["task"], r["variant"]): r for r in reproduce.read_results(packed)}
+    assert set(by_cell) == {(t, v) for t in tasks for v in all_variants}
+    episodes: dict[str, set[str]] = {}
     for rec in reproduce.read_results(alone):
-        twin = by_cell[rec["variant"]]
+        assert "pack" not in rec
+        twin = by_cell[rec["task"], rec["variant"]]
         assert twin["status"] == rec["status"] == "ok", (twin.get("error"), rec.get("error"))
-        assert twin["bests"] == rec["bests"], rec["variant"]
+        assert twin["bests"] == rec["bests"], (rec["task"], rec["variant"])
         assert twin["seed_steps"] == rec["seed_steps"]
         assert twin["stopped"] == rec["stopped"]
         assert twin["preset_fields"] == rec["preset_fields"]
         assert twin["engine"] == rec["engine"] == "fused"
-        if rec["variant"] == "frozen":
-            continue
-        assert twin["pack"]["variants"] == ["rflo", "no-clip", "tuned"]
+        assert twin["pack"]["tasks"] == tasks
         # The setting the pack trained for this cell is the agent the cell run alone trained.
         saved = json.loads((Path(twin["run"]) / "sweep.json").read_text())
+        assert saved["tasks"] == tasks
         setting = saved["settings"][twin["pack"]["variants"].index(rec["variant"])]
         agent = json.loads((Path(rec["run"]) / "config.json").read_text())["agent"]
         assert setting and {k: agent[k] for k in setting} == setting, rec["variant"]
-    # The three packed cells differ: the pack did not train one setting three times.
+        # Its members' epochs are the cell's, on the cell's task (a memory chain's episodes
+        # last its length + 1 steps: the two tasks count different episodes per epoch).
+        with (Path(twin["run"]) / "curves.csv").open() as f:
+            number = len(saved["settings"]) * tasks.index(rec["task"])
+            number += saved["settings"].index(setting)
+            packed_rows = [r for r in csv.DictReader(f) if int(r["setting"]) == number]
+        with (Path(rec["run"]) / "metrics.csv").open() as f:
+            alone_rows = list(csv.DictReader(f))
+        assert [r["episodes"] for r in packed_rows] == [r["episodes"] for r in alone_rows]
+        episodes[rec["task"]] = {r["episodes"] for r in alone_rows}
+    assert episodes["MemoryChain-4"].isdisjoint(episodes["MemoryChain-8"])
+    assert by_cell["MemoryChain-4", "rflo"]["pack"]["variants"] == ["rflo", "no-clip", "tuned"]
     assert (
         len(
             {
-                json.dumps(by_cell[v]["preset_fields"]) + json.dumps(by_cell[v]["overrides"])
+                json.dumps(by_cell["MemoryChain-4", v]["preset_fields"])
+                + json.dumps(by_cell["MemoryChain-4", v]["overrides"])
                 for v in ("rflo", "no-clip", "tuned")
             }
         )
@@ -364,5 +387,5 @@ def test_packed_cells_record_what_the_cells_run_alone_record(
     )
     # Running the command again keeps every finished cell.
     assert reproduce.main(argv) == 0
-    assert len(reproduce.read_results(packed)) == 4
-    assert "packed: rflo+no-clip+tuned" in md.read_text()
+    assert len(reproduce.read_results(packed)) == 8
+    assert "packed: rflo+no-clip+tuned on MemoryChain-4+MemoryChain-8" in md.read_text()
