@@ -6,8 +6,8 @@ reproduction does):
 
 - ``cells alone``: ``reproduce.py --variants V1,V2,...`` (one ``rtrrl.train`` run of the seeds
   per cell, one after another);
-- ``packed``: the same command with ``--pack`` (the cells whose agents differ only in numbers
-  as one sweep population).
+- ``packed``: the same command with ``--pack`` (the cells whose agents differ only in numbers,
+  on tasks that are one environment at other parameters, as one sweep population).
 
 Both rows train the same cells at the same budget, with patience high enough that no seed
 stops early, so both do the same number of agent steps. The rows are timed in alternation
@@ -15,8 +15,9 @@ stops early, so both do the same number of agent steps. The rows are timed in al
 range) over rounds of the same-round ratio cells-alone time ÷ packed time. The results files
 of each row are checked to hold a finished record per cell.
 
-Usage: ``python benchmarks/pack_speed.py [--task MetaMaze] [--variants rflo,no-clip,tuned]
-[--steps 50000] [--rounds 3] [--record]`` (``--record`` appends to
+Usage: ``python benchmarks/pack_speed.py [--tasks MetaMaze] [--variants rflo,no-clip,tuned]
+[--steps 50000] [--rounds 3] [--record]`` (``--tasks MemoryChain-16,MemoryChain-32`` packs
+across the tasks) (``--record`` appends to
 ``benchmarks/results/pack_speed.md``).
 """
 
@@ -45,7 +46,7 @@ def one_row(args: argparse.Namespace, packed: bool) -> float:
     """Seconds for one reproduction of the cells (a fresh folder, a fresh process)."""
     with tempfile.TemporaryDirectory(prefix="rtrrl-pack-speed-") as tmp:
         results = Path(tmp) / "r.jsonl"
-        command = [sys.executable, str(SCRIPT), "--tasks", args.task]
+        command = [sys.executable, str(SCRIPT), "--tasks", args.tasks]
         command += ["--variants", args.variants, "--seeds", str(args.seeds)]
         command += ["--steps", str(args.steps), "--eval-every", str(args.eval_every)]
         command += ["--patience", str(10**6), "--results", str(results)]
@@ -55,15 +56,19 @@ def one_row(args: argparse.Namespace, packed: bool) -> float:
         subprocess.run(command, check=True, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
         records = [json.loads(line) for line in results.read_text().splitlines()]
-        bad = [r["variant"] for r in records if r["status"] != "ok"]
-        if bad or len(records) != len(args.variants.split(",")):
+        bad = [(r["task"], r["variant"]) for r in records if r["status"] != "ok"]
+        if bad or len(records) != _cells(args):
             raise SystemExit(f"{'packed' if packed else 'alone'}: cells not finished: {bad}")
         return seconds
 
 
+def _cells(args: argparse.Namespace) -> int:
+    return len(args.tasks.split(",")) * len(args.variants.split(","))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="MetaMaze")
+    parser.add_argument("--tasks", default="MetaMaze")
     parser.add_argument("--variants", default="rflo,no-clip,tuned")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=50_000)
@@ -80,13 +85,13 @@ def main() -> None:
             times[packed].append(one_row(args, packed))
     alone, packed = np.asarray(times[False]), np.asarray(times[True])
     ratios = alone / packed
-    cells = len(args.variants.split(","))
+    cells = _cells(args)
     lines = [
         f"## {date}",
         "",
         f"`python {' '.join(sys.argv)}`",
         "",
-        f"Task {args.task}, cells {args.variants} ({cells} cells of {args.seeds} seeds), "
+        f"Tasks {args.tasks}, variants {args.variants} ({cells} cells of {args.seeds} seeds), "
         f"{args.steps:,} steps per seed, evaluation every {args.eval_every} epochs of 1000 "
         "steps on 10 episodes, no early stop; each row a fresh process (JAX's start and the "
         f"compilations included); {args.rounds} rounds, the rows in alternation.",
