@@ -170,10 +170,7 @@ def make_train(
     env_names = _env_names(config)
     float_names, params = _checked_arrays(config)
     eval_len = eval_steps or int(env.spec.max_episode_steps or EVAL_MAX_STEPS)
-
-    def reset(keys: jax.Array, env_params: Any) -> tuple[Any, jax.Array]:
-        extra = () if env_params is None else (env_params,)
-        return jax.vmap(lambda k: env.reset(k, *extra))(keys)
+    reset, env_step = _batch_calls(env, reset_every_step)
 
     def init(agent: dict[str, jax.Array], key_data: jax.Array, env_params: Any = None) -> Carry:
         key, k_reset = jax.random.split(jax.random.wrap_key_data(key_data))
@@ -191,9 +188,6 @@ def make_train(
     def epoch(
         carry: Carry, n: Numbers | None = None, env_params: Any = None
     ) -> tuple[Carry, dict[str, jax.Array]]:
-        env_step = functools.partial(
-            batch_step, env, params=env_params, reset_every_step=reset_every_step
-        )
         # The epoch's randomness is drawn up front, in two vectorized calls: on the CPU a
         # threefry call inside the scan body costs about a microsecond however few numbers it
         # makes, more than the environment step itself. Per step the scan then only reads its
@@ -211,7 +205,7 @@ def make_train(
                 carry["agent"], carry["obs"], carry["reward"], carry["done"], noise, n
             )
             env_state, obs, reward, terminated, truncated = env_step(
-                k_env, carry["env_state"], action
+                k_env, carry["env_state"], action, env_params
             )
             # terminated | truncated: time limits end the episode for the agent (spec default).
             done = terminated | truncated
@@ -243,18 +237,12 @@ def make_train(
             step, (carry, zero, jnp.zeros((), jnp.int32)), (noise, env_keys)
         )
         carry["agent"] = jaxbe.unpack_moments(structure, carry["agent"])
-        # Checked at the boundary (FusedEngine.run_epoch): each float array finite, and each
-        # parameter's largest magnitude (loop.exploded).
-        agent = carry["agent"]
-        finite = jnp.stack([jnp.all(jnp.isfinite(agent[k])) for k in float_names])
-        peak = jnp.stack([jnp.max(jnp.abs(agent[k])) for k in params])
         metrics = {
             "episodes": n_done,
             "mean_return": jnp.where(n_done > 0, ret_sum / jnp.maximum(n_done, 1), jnp.nan),
             "mean_abs_td": jnp.mean(abs_td),
             "mean_value": jnp.mean(value),
-            "finite": finite,
-            "peak": peak,
+            **_agent_checks(carry["agent"], float_names, params),
         }
         return carry, metrics
 
@@ -264,9 +252,6 @@ def make_train(
         n: Numbers | None = None,
         env_params: Any = None,
     ) -> jax.Array:
-        env_step = functools.partial(
-            batch_step, env, params=env_params, reset_every_step=reset_every_step
-        )
         frozen = {
             k: jnp.zeros((E,) + v.shape[1:], v.dtype) if k in env_names else v
             for k, v in agent.items()
@@ -280,7 +265,7 @@ def make_train(
             noise, _ = draw_noise(config, E, k_noise, dtype)
             agent, action, _ = eval_step(agent, obs, reward, done, noise, n)
             env_state, obs, reward, terminated, truncated = env_step(
-                jax.random.split(k_env, E), env_state, action
+                jax.random.split(k_env, E), env_state, action, env_params
             )
             done = terminated | truncated
             if eval_steps:  # every step's reward; `finished` counts the episodes that ended
@@ -309,6 +294,34 @@ def make_train(
         return jnp.mean(total)
 
     return init, epoch, evaluate
+
+
+def _batch_calls(env: Any, reset_every_step: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``reset(keys, env_params)`` and ``step(keys, state, action, env_params)`` of a batch of
+    ``env`` (:func:`rtrrl.envs.batch_step`), with ``env_params`` in place of the
+    environment's own parameters where not ``None``."""
+
+    def reset(keys: jax.Array, env_params: Any) -> tuple[Any, jax.Array]:
+        extra = () if env_params is None else (env_params,)
+        return jax.vmap(lambda k: env.reset(k, *extra))(keys)
+
+    def step(keys: jax.Array, state: Any, action: jax.Array, env_params: Any) -> Any:
+        return batch_step(
+            env, keys, state, action, params=env_params, reset_every_step=reset_every_step
+        )
+
+    return reset, step
+
+
+def _agent_checks(
+    agent: dict[str, jax.Array], float_names: Sequence[str], params: Sequence[str]
+) -> dict[str, jax.Array]:
+    """What :meth:`FusedEngine.run_epoch` checks at the boundary: each float array finite,
+    and each parameter's largest magnitude (``loop.exploded``)."""
+    return {
+        "finite": jnp.stack([jnp.all(jnp.isfinite(agent[k])) for k in float_names]),
+        "peak": jnp.stack([jnp.max(jnp.abs(agent[k])) for k in params]),
+    }
 
 
 def _checked_arrays(config: rtrrl_spec.Config) -> tuple[list[str], tuple[str, ...]]:
