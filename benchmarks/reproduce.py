@@ -31,17 +31,18 @@ median ± std over seeds of the best evaluation reward, the paper's figure besid
 paper gives one). A cell that fails says ``error: ...`` in the table; a cell not run yet says
 ``pending``. ``--render-only`` re-renders from the results file without training.
 
-``--pack`` trains the cells of a task whose agents differ only in numbers (``rflo``,
-``no-clip`` and ``tuned``; ``lru``, ``lru-no-clip`` and ``lru-tuned``; as the task's presets
-resolve) as ONE population: an :func:`rtrrl.sweep` whose settings are those cells' agents,
-listed, each with the cell's seeds and its own early stopping, in a folder
-``<runs>/<task>-pack-<variants>/``. Tasks that are one environment at other parameters (the
-memory chains' lengths) with the same cells pending join one pack (``rtrrl.sweep(tasks=)``,
-folder ``<runs>/<task1>+<task2>...-pack-<variants>/``). Each cell records what it records
-run alone (members compute what a run computes, to float rounding), plus the pack; the
-cells of a pack share its wall time. A pack compiles once where its cells compile one each,
-and steps its members in one larger population (``benchmarks/pack_speed.py`` measures what
-that saves).
+``--pack`` trains every fused cell as a population of its seeds, as a sweep does (a seed
+that diverges stops alone, its best so far kept, and the cell says so), and the cells of a
+task whose agents differ only in numbers (``rflo``, ``no-clip`` and ``tuned``; ``lru``,
+``lru-no-clip`` and ``lru-tuned``; as the task's presets resolve) as ONE population: an
+:func:`rtrrl.sweep` whose settings are those cells' agents, listed, each with the cell's
+seeds and its own early stopping, in a folder ``<runs>/<task>-pack-<variants>/``. Tasks that
+are one environment at other parameters (the memory chains' lengths) with the same cells
+pending join one pack (``rtrrl.sweep(tasks=)``, folder
+``<runs>/<task1>+<task2>...-pack-<variants>/``). Each cell records what it records run alone
+(members compute what a run computes, to float rounding), plus the pack; the cells of a pack
+share its wall time. A pack compiles once where its cells compile one each, and steps its
+members in one larger population (``benchmarks/pack_speed.py`` measures what that saves).
 
 ``--ray [ADDRESS]`` runs every cell as a Ray task (``pip install "rtrrl[ray]"``; see
 docs/distributed.md): ``--ray`` alone starts a local Ray instance, ``--ray auto`` joins the
@@ -526,8 +527,8 @@ def packs(
     """The pending cells (task -> variants) as packs ``(tasks, variants)``, each trained as
     ONE population (:func:`run_pack`): a task's variants whose agents differ only in numbers,
     and, across tasks that are one environment at other parameters (the memory chains'
-    lengths) with the same variants pending, those tasks together. A pack of one cell trains
-    alone."""
+    lengths) with the same variants pending, those tasks together. A pack of one cell is a
+    population of its seeds as a sweep runs it: a seed that diverges stops alone."""
     out: list[tuple[list[str], list[str]]] = []
     for task, variants in pending.items():
         for group in _variant_groups(task, variants, args):
@@ -699,6 +700,9 @@ def cell_text(rec: dict[str, Any] | None, paper: str | None) -> str:
         text = "error: " + rec.get("error", "unknown").replace("|", "/")[:80]
     else:
         text = f"{_fmt(rec['median'])} ± {_fmt(rec['std'])}"
+        diverged = rec.get("stopped", []).count("diverged")
+        if diverged:  # a pack's seed that diverged stopped alone, its best so far kept
+            text += f" ({diverged} of {len(rec['stopped'])} seeds diverged)"
     if paper:
         text += f" (paper {paper})"
     return text
@@ -1007,7 +1011,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         units.sort(key=lambda u: tasks.index(u[0][0]))
     for unit_tasks, unit_variants in units:
         print(f"{'+'.join(unit_tasks)} / {'+'.join(unit_variants)}: training ...", flush=True)
-        if len(unit_tasks) == 1 and len(unit_variants) == 1:
+        packed = args.pack and engines[unit_tasks[0]] == "fused"
+        if len(unit_tasks) == 1 and len(unit_variants) == 1 and not packed:
             new = [run_cell(unit_tasks[0], unit_variants[0], args, runs, command.strip())]
         else:
             new = run_pack(unit_tasks, unit_variants, args, runs, command.strip())

@@ -389,3 +389,12 @@ def test_packed_cells_record_what_the_cells_run_alone_record(
     assert reproduce.main(argv) == 0
     assert len(reproduce.read_results(packed)) == 8
     assert "packed: rflo+no-clip+tuned on MemoryChain-4+MemoryChain-8" in md.read_text()
+
+
+def test_a_cell_says_how_many_of_its_seeds_diverged(reproduce: ModuleType) -> None:
+    """A packed cell's seed that diverged stopped alone with its best so far: the cell's text
+    says so, beside the median of the seeds' bests."""
+    rec = {"status": "ok", "median": 2.0, "std": 0.5, "stopped": ["patience", "diverged"]}
+    assert reproduce.cell_text(rec, "3.00") == "2.00 ± 0.50 (1 of 2 seeds diverged) (paper 3.00)"
+    rec["stopped"] = ["patience", "budget"]
+    assert "diverged" not in reproduce.cell_text(rec, None)

@@ -268,6 +268,17 @@ def _session(out: Path) -> loop.Session:
     )
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_as_in_a_terminal() -> Any:
+    """Ctrl-C raises ``KeyboardInterrupt`` in these tests however pytest was started: a job
+    started in the background by a non-interactive shell (``cmd &``, as ``nohup``-ed CI runs
+    are) inherits SIGINT ignored, which a run rightly leaves alone (the test of that sets it
+    itself)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _signal_at(monkeypatch: pytest.MonkeyPatch, phase: str, epoch: int, *signums: int) -> None:
     """Send ``signums`` to this process at safe point ``phase`` of epoch ``epoch``."""
 
