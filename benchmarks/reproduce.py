@@ -823,7 +823,7 @@ def render(
             steps = ", ".join(f"{s:,}" for s in r.get("seed_steps", []))
             stopped = ", ".join(r.get("stopped", []))
             wall = f"{r.get('wall_time', 0):.0f}"
-            if "pack" in r:
+            if "pack" in r and len(r["pack"]["variants"]) * len(r["pack"].get("tasks", [1])) > 1:
                 pack = r["pack"]
                 on = f" on {'+'.join(pack['tasks'])}" if len(pack.get("tasks", ())) > 1 else ""
                 packed = f"{'+'.join(pack['variants'])}{on}"
