@@ -40,7 +40,7 @@ from rtrrl.envs._registry import (
 
 if TYPE_CHECKING:
     from rtrrl.envs._gymnasium import GymnasiumHostEnv
-    from rtrrl.envs._gymnax import EnvState, GymnaxHostEnv, JaxEnv, batch_step
+    from rtrrl.envs._gymnax import EnvState, GymnaxHostEnv, JaxEnv, batch_reset, batch_step
 
 __all__ = [
     "EnvSpec",
@@ -52,6 +52,7 @@ __all__ = [
     "Task",
     "TaskUnavailableError",
     "UnknownTaskError",
+    "batch_reset",
     "batch_step",
     "describe_tasks",
     "flat_to_multi_discrete",
@@ -69,6 +70,7 @@ _LAZY = {
     "EnvState": "rtrrl.envs._gymnax",
     "JaxEnv": "rtrrl.envs._gymnax",
     "GymnaxHostEnv": "rtrrl.envs._gymnax",
+    "batch_reset": "rtrrl.envs._gymnax",
     "batch_step": "rtrrl.envs._gymnax",
     "GymnasiumHostEnv": "rtrrl.envs._gymnasium",
 }

@@ -16,7 +16,7 @@ reset is costly (a labyrinth draws a maze, brax initialises its physics).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -136,7 +136,7 @@ class JaxEnv:
 
     def reset(self, key: Any, params: Any = None) -> tuple[EnvState, Any]:
         """Start an episode; return ``(state, obs)``. ``params``: gymnax parameters in
-        place of :attr:`params` (a member of a population of tasks, :func:`stacked_params`)."""
+        place of :attr:`params` (a member of a population of tasks, :func:`stack_params`)."""
         import jax.numpy as jnp
 
         raw, inner = self.env.reset_env(key, self.params if params is None else params)
@@ -254,11 +254,9 @@ def _fresh_where_done(env: Any) -> Callable[..., Any]:
     """``(done, keys, state, obs, params) -> (state, obs)`` for a batch: a fresh episode
     drawn with each key (and ``params``, shared by the batch, or ``None``), kept where
     ``done``."""
-    import jax
 
     def fresh(done: Any, keys: Any, state: Any, obs: Any, params: Any) -> Any:
-        new = jax.vmap(lambda key: _reset(env, key, params))(keys)
-        return _where_done(done, new, (state, obs))
+        return _where_done(done, batch_reset(env, keys, params), (state, obs))
 
     return fresh
 
@@ -299,7 +297,15 @@ def batch_step(
     return new_state, obs, adv.reward, adv.terminated, adv.truncated
 
 
-def stack_params(names: Any, jax_envs: Any) -> Any:
+def batch_reset(env: Any, keys: Any, params: Any = None) -> tuple[Any, Any]:
+    """``jax.vmap(env.reset)(keys)``: a fresh episode per key, with ``params`` (for the whole
+    batch, as :func:`batch_step` takes them) in place of the environment's own."""
+    import jax
+
+    return jax.vmap(lambda key: _reset(env, key, params))(keys)
+
+
+def stack_params(names: Sequence[str], jax_envs: Sequence[JaxEnv]) -> Any:
     """The gymnax parameters of ``jax_envs`` (one :class:`JaxEnv` per task of ``names``)
     stacked on a leading axis, for tasks that are one environment at different parameters
     (``MemoryChain-16`` and ``MemoryChain-64``: the chain's length); else a one-line

@@ -38,7 +38,7 @@ import numpy as np
 
 import rtrrl_spec
 from rtrrl.backends import jax as jaxbe
-from rtrrl.envs import batch_step
+from rtrrl.envs import batch_reset, batch_step
 from rtrrl.errors import CheckpointError
 from rtrrl.loop import EpochResult, exploded, non_finite, param_names
 from rtrrl.settings import EVAL_MAX_STEPS, RunSettings, noise_seed
@@ -170,7 +170,8 @@ def make_train(
     env_names = _env_names(config)
     float_names, params = _checked_arrays(config)
     eval_len = eval_steps or int(env.spec.max_episode_steps or EVAL_MAX_STEPS)
-    reset, env_step = _batch_calls(env, reset_every_step)
+    reset = functools.partial(batch_reset, env)
+    env_step = functools.partial(batch_step, env, reset_every_step=reset_every_step)
 
     def init(agent: dict[str, jax.Array], key_data: jax.Array, env_params: Any = None) -> Carry:
         key, k_reset = jax.random.split(jax.random.wrap_key_data(key_data))
@@ -205,7 +206,7 @@ def make_train(
                 carry["agent"], carry["obs"], carry["reward"], carry["done"], noise, n
             )
             env_state, obs, reward, terminated, truncated = env_step(
-                k_env, carry["env_state"], action, env_params
+                k_env, carry["env_state"], action, params=env_params
             )
             # terminated | truncated: time limits end the episode for the agent (spec default).
             done = terminated | truncated
@@ -265,7 +266,7 @@ def make_train(
             noise, _ = draw_noise(config, E, k_noise, dtype)
             agent, action, _ = eval_step(agent, obs, reward, done, noise, n)
             env_state, obs, reward, terminated, truncated = env_step(
-                jax.random.split(k_env, E), env_state, action, env_params
+                jax.random.split(k_env, E), env_state, action, params=env_params
             )
             done = terminated | truncated
             if eval_steps:  # every step's reward; `finished` counts the episodes that ended
@@ -294,23 +295,6 @@ def make_train(
         return jnp.mean(total)
 
     return init, epoch, evaluate
-
-
-def _batch_calls(env: Any, reset_every_step: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """``reset(keys, env_params)`` and ``step(keys, state, action, env_params)`` of a batch of
-    ``env`` (:func:`rtrrl.envs.batch_step`), with ``env_params`` in place of the
-    environment's own parameters where not ``None``."""
-
-    def reset(keys: jax.Array, env_params: Any) -> tuple[Any, jax.Array]:
-        extra = () if env_params is None else (env_params,)
-        return jax.vmap(lambda k: env.reset(k, *extra))(keys)
-
-    def step(keys: jax.Array, state: Any, action: jax.Array, env_params: Any) -> Any:
-        return batch_step(
-            env, keys, state, action, params=env_params, reset_every_step=reset_every_step
-        )
-
-    return reset, step
 
 
 def _agent_checks(

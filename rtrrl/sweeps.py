@@ -424,13 +424,16 @@ class _Sweep:
     values: list[dict[str, float | None]]
     configs: list[rtrrl_spec.Config]
     chunk_size: int
-    #: The sweep's tasks, and per setting its task.
+    #: The sweep's tasks.
     tasks: list[str]
-    setting_tasks: list[str]
 
     @property
     def id(self) -> str:
         return str(self.saved["run"]["id"])
+
+    def task_of(self, setting: int) -> str:
+        """A setting's task (the settings are the space's on each task, task by task)."""
+        return self.tasks[setting * len(self.tasks) // len(self.values)]
 
     def members(self) -> list[tuple[int, int, int]]:
         """``(member, setting, seed)``: every setting with each seed, setting by setting."""
@@ -480,7 +483,6 @@ def _read_sweep(folder: str | os.PathLike[str]) -> _Sweep:
             f"continues as it started: undo the edit or start a new sweep; {_UNTOUCHED}"
         )
     values = [v for _ in tasks for v in values]
-    setting_tasks = [t for t in tasks for _ in saved["settings"]]
     configs = member_configs(base, values)
     return _Sweep(
         Path(folder),
@@ -492,7 +494,6 @@ def _read_sweep(folder: str | os.PathLike[str]) -> _Sweep:
         configs,
         chunk_size,
         tasks,
-        setting_tasks,
     )
 
 
@@ -529,7 +530,7 @@ def _write_settings_csv(sweep: _Sweep) -> None:
     for member, s, seed in sweep.members():
         values = sweep.values[s]
         writer.writerow(
-            [member, s, *[sweep.setting_tasks[s]] * several, seed]
+            [member, s, *[sweep.task_of(s)] * several, seed]
             + ["none" if values[n] is None else repr(values[n]) for n in names]
         )
     text = buf.getvalue()
@@ -684,7 +685,7 @@ def run_chunk(
             settings,
             sweep.base,
             members=[(sweep.configs[s], seed) for _, s, seed in members],
-            tasks=[sweep.setting_tasks[s] for _, s, _ in members],
+            tasks=[sweep.task_of(s) for _, s, _ in members],
         )
         if ckpt is not None:
             engine.restore(ckpt["agents"], ckpt["state"]["engine_state"])
@@ -733,7 +734,7 @@ def _rank(sweep: _Sweep, records: Mapping[int, Mapping[str, Any]]) -> list[dict[
         entries.append(
             {
                 "setting": s,
-                "task": sweep.setting_tasks[s],
+                "task": sweep.task_of(s),
                 "values": sweep.values[s],
                 "median": float(np.median(done)) if done else None,
                 "std": float(np.std(done)) if done else None,
@@ -764,15 +765,9 @@ def _rank(sweep: _Sweep, records: Mapping[int, Mapping[str, Any]]) -> list[dict[
     return entries
 
 
-def _best_of_each_task(
-    sweep: _Sweep, ranking: Sequence[Mapping[str, Any]]
-) -> dict[str, Mapping[str, Any]]:
-    """Each task's best setting (its first entry, where it was evaluated)."""
-    best: dict[str, Mapping[str, Any]] = {}
-    for e in ranking:
-        if e["task"] not in best and e["rank"] == 1 and e["median"] is not None:
-            best[e["task"]] = e
-    return best
+def _best_of_each_task(ranking: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """Each task's best setting (its first, where it was evaluated)."""
+    return {e["task"]: e for e in ranking if e["rank"] == 1 and e["median"] is not None}
 
 
 def _best_file(sweep: _Sweep, task: str) -> Path:
@@ -879,7 +874,7 @@ def _plot_curves(
     setting_of = {m: s for m, s, _ in sweep.members()}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     several = len(sweep.tasks) > 1
-    for e in list(_best_of_each_task(sweep, ranking).values()) if several else ranking[:5]:
+    for e in list(_best_of_each_task(ranking).values()) if several else ranking[:5]:
         evals: dict[int, list[float]] = {}
         for row in rows:
             score = row["eval_reward"]
@@ -917,7 +912,7 @@ def write_results(folder: str | os.PathLike[str]) -> dict[str, Any]:
     _write_rows(sweep.folder / "curves.csv", rows, setting_of)
     _plot_curves(sweep, ranking, rows)
     best = {}
-    for task, top in _best_of_each_task(sweep, ranking).items():
+    for task, top in _best_of_each_task(ranking).items():
         best_file = _best_file(sweep, task)
         comment = (
             f"The best setting on {task} of the sweep in {sweep.folder}: setting "

@@ -528,7 +528,7 @@ def test_equal_medians_rank_by_the_mean_over_seeds() -> None:
         values=[{"lr_td": 1e-3}, {"lr_td": 3e-4}],
         settings=RunSettings(epoch_steps=100),
         tasks=["MemoryChain-4"],
-        setting_tasks=["MemoryChain-4"] * 2,
+        task_of=lambda s: "MemoryChain-4",
     )
     ranking = sweeps._rank(sweep, records)  # type: ignore[arg-type]
     assert [e["setting"] for e in ranking] == [1, 0]
