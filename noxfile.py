@@ -4,6 +4,7 @@ reproductions on a local Ray instance, with the `ray` extra) and docs.
 
     nox                                      # what CI runs (see .ci/run)
     nox -s "conformance(backend='numpy')" -- -k step   # arguments after -- go to pytest
+    nox -s tests -- -n 0                     # in one process (default: one per CPU, at most 4)
     nox -s docs                              # just the site (mkdocs build --strict)
     nox -s bench / -t gpu                    # opt-in sessions
     nox -s results [-- ARGS]                 # the paper's table (benchmarks/reproduce.py)
@@ -116,6 +117,26 @@ def _x64_passes(backend: str) -> list[dict[str, str]]:
     return [{}]
 
 
+# Test processes (pytest-xdist) per suite: one per CPU, at most this many, since each imports
+# every framework (about 1-2 GB); tests go to whichever worker is free ("worksteal"), as the
+# slowest ones take minutes and whole files would leave a worker idle.
+MAX_TEST_WORKERS = 4
+
+
+def _parallel_args(posargs: list[str]) -> list[str]:
+    """pytest-xdist's options for a suite, unless the caller chose their own (``-n 0`` runs in
+    one process, as ``-p no:xdist`` does)."""
+    chosen = any(
+        arg in ("-n", "--numprocesses", "--dist", "no:xdist")
+        or arg.startswith(("-n", "--numprocesses=", "--dist="))
+        for arg in posargs
+    )
+    if chosen:
+        return []
+    workers = min(os.cpu_count() or 1, MAX_TEST_WORKERS)
+    return ["-n", str(workers), "--dist", "worksteal"] if workers > 1 else []
+
+
 def _has_cuda() -> bool:
     if shutil.which("nvidia-smi") is None:
         return False
@@ -159,7 +180,8 @@ def conformance(session: nox.Session, backend: str) -> None:
     """The Hypothesis conformance suite against one backend, in its own environment."""
     _install(session, CONFORMANCE_BACKENDS[backend], "test")
     profile_env, args = _conformance_args(backend, session.posargs)
-    suite = ["pytest", "--pyargs", "rtrrl.conformance", "--backend", backend, *args]
+    parallel = _parallel_args(args)
+    suite = ["pytest", "--pyargs", "rtrrl.conformance", "--backend", backend, *parallel, *args]
     for x64 in _x64_passes(backend):
         session.run(*suite, env={**profile_env, **x64, **_keras_env(session, backend)})
 
@@ -179,7 +201,8 @@ def tests(session: nox.Session) -> None:
     """Unit and integration tests of everything but the reference, with every framework."""
     _install(session, "all", "test")
     env = {**_hypothesis_env(), **_jax_cache(session)}
-    session.run("pytest", "tests", "--ignore=tests/spec", *session.posargs, env=env)
+    parallel = _parallel_args(session.posargs)
+    session.run("pytest", "tests", "--ignore=tests/spec", *parallel, *session.posargs, env=env)
 
 
 @nox.session
