@@ -639,13 +639,11 @@ def run_pack(
 # --- curves ---------------------------------------------------------------------------------
 
 
-def keep_curve(run: Path, table: Path, name: str, *, fresh: bool = False) -> str | None:
-    """Copy ``run/curve.png`` to ``curves/<name>.png`` beside the markdown file ``table``
+def keep_curve(source: Path, table: Path, name: str, *, fresh: bool = False) -> str | None:
+    """Copy the curve ``source`` to ``curves/<name>.png`` beside the markdown file ``table``
     (once, since a run folder may be deleted later; again when ``fresh``: the cell has just
     run again); the link from ``table``, or None if there is no curve. The docs site serves
     ``benchmarks/results/curves/`` at the same relative path."""
-    # A run folder has curve.png; a pack's sweep folder has curves.png (its settings' medians).
-    source = run / "curve.png" if (run / "curve.png").exists() else run / "curves.png"
     kept = table.parent / "curves" / f"{name}.png"
     if not kept.exists() or (fresh and source.exists()):
         if not source.exists():
@@ -655,20 +653,61 @@ def keep_curve(run: Path, table: Path, name: str, *, fresh: bool = False) -> str
     return kept.relative_to(table.parent).as_posix()
 
 
+def pack_cell_curve(rec: Mapping[str, Any]) -> tuple[Path, bool]:
+    """A packed cell's own curve, ``cells/<task>-<variant>.png`` in its pack's folder, and
+    whether it was drawn just now: the median and min-max over the cell's seeds, as a run's
+    ``curve.png`` draws them, from the rows of its setting in the pack's ``curves.csv`` (the
+    pack's ``curves.png`` draws the median of every setting, without spread). Drawn on first
+    use; the path of a curve that cannot be drawn (the pack's folder is gone) does not exist."""
+    import csv
+
+    from rtrrl import run_folder
+
+    run, task, variant, pack = ROOT / rec["run"], rec["task"], rec["variant"], rec["pack"]
+    path = run / "cells" / f"{task}-{variant}.png"
+    rows_file = run / "curves.csv"
+    if path.exists() or not rows_file.exists():
+        return path, False
+    # The pack's settings are its cells, task by task (run_pack checks this as it records).
+    setting = pack["tasks"].index(task) * len(pack["variants"]) + pack["variants"].index(variant)
+    with rows_file.open(newline="") as f:
+        rows = [
+            {"steps": int(r["steps"]), "eval_reward": float(r["eval_reward"] or "nan")}
+            for r in csv.DictReader(f)
+            if int(r["setting"]) == setting
+        ]
+    others = [
+        f"{t} {v}" for t in pack["tasks"] for v in pack["variants"] if (t, v) != (task, variant)
+    ]
+    title = f"{task}: {VARIANT_TITLES.get(variant, variant)}, {rec.get('backend', 'jax')}"
+    if others:
+        title += "\n(packed with " + ", ".join(others) + ")"
+    path.parent.mkdir(exist_ok=True)
+    run_folder.plot_curve(rows, path, title)
+    return path, True
+
+
 def keep_curves(
     records: Sequence[dict[str, Any]],
     table: Path,
     stem: str,
     fresh: Sequence[dict[str, Any]] = (),
 ) -> dict[tuple[str, str], str]:
-    """The kept curve of every finished cell (see :func:`keep_curve`), by (task, variant);
-    the cells of the records ``fresh`` (just run) replace theirs."""
+    """The kept curve of every finished cell (see :func:`keep_curve`), by (task, variant):
+    a run's ``curve.png``, a packed cell's own (:func:`pack_cell_curve`); the cells of the
+    records ``fresh`` (just run) replace theirs, as does a packed cell's curve drawn just now
+    (it replaces the pack's ``curves.png`` kept before packed cells had their own)."""
     curves = {}
     new = {(r["task"], r["variant"]) for r in fresh}
     for (task, variant), rec in latest(records).items():
         if rec["status"] == "ok" and rec.get("run"):
-            name = f"{stem}/{task}-{variant}"
-            kept = keep_curve(ROOT / rec["run"], table, name, fresh=(task, variant) in new)
+            again = (task, variant) in new
+            if rec.get("pack"):
+                source, drawn = pack_cell_curve(rec)
+                again = again or drawn
+            else:
+                source = ROOT / rec["run"] / "curve.png"
+            kept = keep_curve(source, table, f"{stem}/{task}-{variant}", fresh=again)
             if kept:
                 curves[(task, variant)] = kept
     return curves

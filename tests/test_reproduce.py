@@ -280,6 +280,48 @@ def test_a_cell_run_again_replaces_its_kept_curve(reproduce: ModuleType, tmp_pat
     }
 
 
+def test_a_packed_cell_keeps_a_curve_of_its_own_seeds(
+    reproduce: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A packed cell's kept curve is drawn from its own setting's rows of the pack's
+    curves.csv (settings task by task), once; it replaces the pack's curves.png kept before."""
+    from rtrrl import run_folder
+
+    pack_dir, table = tmp_path / "pack", tmp_path / "results" / "table.md"
+    pack_dir.mkdir()
+    tasks, variants = ["MemoryChain-4", "MemoryChain-8"], ["rflo", "no-clip"]
+    with (pack_dir / "curves.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["member", "setting", "seed", "epoch", "steps", "eval_reward"])
+        for setting in range(4):
+            for seed in range(2):
+                member = 2 * setting + seed
+                w.writerow([member, setting, seed, 1, 1000, ""])  # an epoch without evaluation
+                w.writerow([member, setting, seed, 2, 2000, 10 * setting + seed])
+    (pack_dir / "curves.png").write_bytes(b"every setting")
+    pack = {"tasks": tasks, "variants": variants, "wall_time": 8.0}
+    rec = _record("MemoryChain-8", "rflo", status="ok", run=str(pack_dir), pack=pack)
+    drawn: list[tuple[list[dict], str]] = []
+
+    def plot_curve(rows: list[dict], path: Path, title: str) -> None:
+        drawn.append((rows, title))
+        path.write_bytes(f"{len(drawn)}".encode())
+
+    monkeypatch.setattr(run_folder, "plot_curve", plot_curve)
+    old = table.parent / "curves" / "budget" / "MemoryChain-8-rflo.png"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"every setting")  # kept before packed cells had their own curve
+    link = reproduce.keep_curves([rec], table, "budget")[("MemoryChain-8", "rflo")]
+    assert (table.parent / link) == old and old.read_bytes() == b"1"
+    ((rows, title),) = drawn
+    # MemoryChain-8 rflo is setting 2: the second task's first variant.
+    assert [(r["steps"], r["eval_reward"]) for r in rows[1::2]] == [(2000, 20.0), (2000, 21.0)]
+    assert all(r["eval_reward"] != r["eval_reward"] for r in rows[0::2])  # NaN: no evaluation
+    assert title.startswith("MemoryChain-8: RFLO (CT-RNN), jax") and "MemoryChain-4 rflo" in title
+    reproduce.keep_curves([rec], table, "budget")  # rendered again: neither drawn nor copied
+    assert len(drawn) == 1 and old.read_bytes() == b"1"
+
+
 @pytest.mark.numpy
 def test_a_cell_of_a_changed_preset_trains_again(
     reproduce: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
