@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["append_section", "describe"]
+__all__ = ["append_section", "describe", "two_rows"]
 
 
 def _cpu_model() -> str:
@@ -51,3 +52,23 @@ def append_section(results: Path, section: str, title: str) -> None:
     results.parent.mkdir(parents=True, exist_ok=True)
     previous = results.read_text() if results.exists() else f"{title}\n"
     results.write_text(previous.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n")
+
+
+def two_rows(
+    baseline: tuple[str, Sequence[float]], other: tuple[str, Sequence[float]], column: str
+) -> list[str]:
+    """The markdown of two timed rows measured in alternation: each row's median and rounds,
+    then the median (and range) of the same-round ratio baseline time / other time."""
+    import numpy as np
+
+    lines = [f"| row | {column} (median, s) | rounds (s) |", "|---|---:|---|"]
+    for name, times in (baseline, other):
+        rounds = ", ".join(f"{t:.1f}" for t in times)
+        lines.append(f"| {name} | {np.median(times):.1f} | {rounds} |")
+    ratios = np.asarray(baseline[1]) / np.asarray(other[1])
+    lines += [
+        "",
+        f"{baseline[0][:1].upper()}{baseline[0][1:]} ÷ {other[0]}, same round: median "
+        f"{np.median(ratios):.2f} (range {ratios.min():.2f}–{ratios.max():.2f}).",
+    ]
+    return lines

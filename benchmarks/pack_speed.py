@@ -32,10 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import append_section  # noqa: E402
+from machine import append_section, two_rows  # noqa: E402
 from machine import describe as machine  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "pack_speed.md"
@@ -83,8 +81,7 @@ def main() -> None:
     for r in range(args.rounds):
         for packed in (False, True) if r % 2 == 0 else (True, False):
             times[packed].append(one_row(args, packed))
-    alone, packed = np.asarray(times[False]), np.asarray(times[True])
-    ratios = alone / packed
+    alone, packed = times[False], times[True]
     cells = _cells(args)
     lines = [
         f"## {date}",
@@ -96,13 +93,7 @@ def main() -> None:
         "steps on 10 episodes, no early stop; each row a fresh process (JAX's start and the "
         f"compilations included); {args.rounds} rounds, the rows in alternation.",
         "",
-        "| row | wall time per reproduction (median, s) | rounds (s) |",
-        "|---|---:|---|",
-        f"| cells alone | {np.median(alone):.1f} | {', '.join(f'{t:.1f}' for t in alone)} |",
-        f"| packed | {np.median(packed):.1f} | {', '.join(f'{t:.1f}' for t in packed)} |",
-        "",
-        f"Cells alone ÷ packed, same round: median {np.median(ratios):.2f} "
-        f"(range {ratios.min():.2f}–{ratios.max():.2f}).",
+        *two_rows(("cells alone", alone), ("packed", packed), "wall time per reproduction"),
         "",
         f"Machine: {machine(load)}.",
     ]

@@ -550,6 +550,11 @@ def _listed(configs: Sequence[Any]) -> list[dict[str, Any]]:
     return [{n: getattr(c, n) for n in names} for c in configs]
 
 
+def pack_cells(tasks: Sequence[str], variants: Sequence[str]) -> list[tuple[str, str]]:
+    """A pack's cells (task, variant) in the order of its sweep's settings: task by task."""
+    return [(t, v) for t in tasks for v in variants]
+
+
 def run_pack(
     tasks: Sequence[str],
     variants: Sequence[str],
@@ -570,7 +575,7 @@ def run_pack(
     from rtrrl.errors import RunExistsError
     from rtrrl.settings import TASK_FIELDS, RunSettings
 
-    cells = [(t, v) for t in tasks for v in variants]
+    cells = pack_cells(tasks, variants)
     records = [new_record(t, v, args, command) for t, v in cells]
     t0 = time.perf_counter()
     out = runs / f"{'+'.join(tasks)}-pack-{'+'.join(variants)}"
@@ -668,17 +673,15 @@ def pack_cell_curve(rec: Mapping[str, Any]) -> tuple[Path, bool]:
     rows_file = run / "curves.csv"
     if path.exists() or not rows_file.exists():
         return path, False
-    # The pack's settings are its cells, task by task (run_pack checks this as it records).
-    setting = pack["tasks"].index(task) * len(pack["variants"]) + pack["variants"].index(variant)
+    cells = pack_cells(pack["tasks"], pack["variants"])
+    setting = cells.index((task, variant))  # run_pack checks this order as it records
     with rows_file.open(newline="") as f:
         rows = [
             {"steps": int(r["steps"]), "eval_reward": float(r["eval_reward"] or "nan")}
             for r in csv.DictReader(f)
             if int(r["setting"]) == setting
         ]
-    others = [
-        f"{t} {v}" for t in pack["tasks"] for v in pack["variants"] if (t, v) != (task, variant)
-    ]
+    others = [f"{t} {v}" for t, v in cells if (t, v) != (task, variant)]
     title = f"{task}: {VARIANT_TITLES.get(variant, variant)}, {rec.get('backend', 'jax')}"
     if others:
         title += "\n(packed with " + ", ".join(others) + ")"

@@ -35,10 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import append_section  # noqa: E402
+from machine import append_section, two_rows  # noqa: E402
 from machine import describe as machine  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
@@ -95,8 +93,6 @@ def main() -> None:
             print(f"-n {workers}: {seconds:.1f} s ({count})", flush=True)
     if len(counts) != 1:
         raise SystemExit(f"the rows ran different tests: {sorted(counts)}")
-    serial, parallel = np.asarray(times[1]), np.asarray(times[args.workers])
-    ratios = serial / parallel
     lines = [
         f"## {date}",
         "",
@@ -107,14 +103,11 @@ def main() -> None:
         f"profile {os.environ.get('HYPOTHESIS_PROFILE', 'dev')}; "
         f"{args.rounds} round(s), the rows in alternation.",
         "",
-        "| row | wall time (median, s) | rounds (s) |",
-        "|---|---:|---|",
-        f"| one process | {np.median(serial):.1f} | {', '.join(f'{t:.1f}' for t in serial)} |",
-        f"| {args.workers} workers, worksteal | {np.median(parallel):.1f} | "
-        f"{', '.join(f'{t:.1f}' for t in parallel)} |",
-        "",
-        f"One process ÷ {args.workers} workers, same round: median {np.median(ratios):.2f} "
-        f"(range {ratios.min():.2f}–{ratios.max():.2f}).",
+        *two_rows(
+            ("one process", times[1]),
+            (f"{args.workers} workers, worksteal", times[args.workers]),
+            "wall time",
+        ),
         "",
         f"Machine: {machine(load)}.",
     ]
