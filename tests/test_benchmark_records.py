@@ -107,3 +107,12 @@ ENTRY %main (p: f32[4,3]) -> f32[4,3] {
     assert described["dot.4"] == ("f32[4,3]", "dot")
     assert described["while.9"][1] == "while"
     assert described["while.9"][0].startswith("(s32[], u32[4,1]")
+
+
+def test_two_rows_pairs_the_rounds_of_each_row(machine):
+    """The ratio is taken round by round (load that drifts cancels), not of the medians."""
+    lines = machine.two_rows(("one process", [2.0, 9.0, 4.0]), ("two", [1.0, 3.0, 4.0]), "time")
+    assert lines[2] == "| one process | 4.0 | 2.0, 9.0, 4.0 |"
+    assert lines[3] == "| two | 3.0 | 1.0, 3.0, 4.0 |"
+    # Same-round ratios 2, 3, 1: median 2.00 (the medians' ratio would be 1.33).
+    assert lines[-1] == "One process ÷ two, same round: median 2.00 (range 1.00–3.00)."
