@@ -154,6 +154,9 @@ def test_an_exploded_parameter_is_a_problem_a_large_one_is_not() -> None:
 EXPLODING = dict(lr_td=1e30, lr_rnn=1e30, clip_norm=1.0)
 
 
+# NumPy warns of the overflow this test causes on purpose; the DivergedError is what it checks.
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.numpy
 def test_the_host_loop_stops_when_parameters_explode(tmp_path: Path) -> None:
     pytest.importorskip("gymnasium")
