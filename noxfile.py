@@ -199,7 +199,7 @@ def _jax_cache(session: nox.Session) -> dict[str, str]:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Unit and integration tests of everything but the reference, with every framework."""
-    _install(session, "all", "test")
+    _install(session, "all", "test", "labyrinths")
     env = {**_hypothesis_env(), **_jax_cache(session)}
     parallel = _parallel_args(session.posargs)
     session.run("pytest", "tests", "--ignore=tests/spec", *parallel, *session.posargs, env=env)
