@@ -33,8 +33,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 
 RESULTS = HERE / "results" / "against_commit.md"
 # Source folder -> where its package is imported from, as pyproject.toml's package-dir maps it.
@@ -197,9 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be at least 1")
     script[0] = str(HERE / script[0] if not Path(script[0]).exists() else Path(script[0]).resolve())
     section = compare(args.base, script, args.rounds, args.metric, args.head, args.key_columns)
-    print(section)
-    if not args.no_write:
-        append_section(RESULTS, section, "# Benchmarks against an earlier commit")
+    publish(section, RESULTS, "# Benchmarks against an earlier commit", record=not args.no_write)
     return 0
 
 

@@ -45,8 +45,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 from reproduce import PAPER  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "learning.md"
@@ -385,9 +385,7 @@ def main() -> None:
         wall = time.perf_counter() - start
 
     text = section(args, rows, wall, header)
-    print(text)
-    if args.record:
-        append_section(RESULTS, text, "# Learning results")
+    publish(text, RESULTS, "# Learning results", record=args.record)
 
 
 if __name__ == "__main__":

@@ -42,8 +42,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from authors_code import TASKS as RUN_TASKS  # noqa: E402
 from authors_code import AuthorsTask, git_commit  # noqa: E402
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "authors_tasks.md"
 
@@ -389,9 +389,7 @@ def main() -> None:
     ours = {name: replay_ours(name, theirs["tasks"][name]) for name in names}
     results = {name: compare(theirs["tasks"][name], ours[name]) for name in names}
     text = section(args, theirs, ours, results)
-    print(text)
-    if args.record:
-        append_section(RESULTS, text, "# Their task ports against ours")
+    publish(text, RESULTS, "# Their task ports against ours", record=args.record)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 from train_speed import best_rate, measure_host, paired_rates  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "brax_speed.md"
@@ -197,10 +197,7 @@ def main() -> None:
         lines.append(f"| {name} | {shown} | {note} |")
     lines += ["", f"Machine: {machine(load)}."]
     text = "\n".join(lines)
-    print(text)
-    if args.record:
-        append_section(RESULTS, text, "# brax speed (benchmarks/brax_speed.py)")
-        print(f"appended to {RESULTS}")
+    publish(text, RESULTS, "# brax speed (benchmarks/brax_speed.py)", record=args.record)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ import rtrrl_spec
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 from step_speed import RESULTS, bench_config, interleaved  # noqa: E402
 
 Stepper = tuple[dict[str, Any], Callable[[], None]]
@@ -150,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "(median latency per step; paired: median over rounds of checked ÷ unchecked, "
         "quartiles in parentheses).\n\n" + "\n".join(lines) + "\n"
     )
-    print(report)
-    if not args.no_write:
-        append_section(RESULTS, report, "# Step speed")
+    publish(report, RESULTS, "# Step speed", record=not args.no_write)
     return 0
 
 

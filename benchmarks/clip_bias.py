@@ -30,8 +30,8 @@ import numpy as np
 import rtrrl_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "clip_bias.md"
 
@@ -93,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         f"values averaged over the last {args.tail:,} steps "
         f"({time.perf_counter() - begin:.0f} s in all).\n\n" + "\n".join(lines) + "\n"
     )
-    print(report)
-    if args.record:
-        append_section(RESULTS, report, "# Clipping and the critic")
+    publish(report, RESULTS, "# Clipping and the critic", record=args.record)
     return 0
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 
 RESULTS = HERE / "results" / "train_speed.md"
 SHORT, LONG = 1_000, 3_000
@@ -144,9 +144,7 @@ def main() -> None:
             "",
         ]
     )
-    print(text)
-    if args.record:
-        append_section(RESULTS, text, "# Training speed")
+    publish(text, RESULTS, "# Training speed", record=args.record)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 from reproduce import PAPER, keep_curve  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "learning.md"
@@ -85,9 +85,7 @@ def main() -> None:
         f"evaluation every {args.eval_every} epochs of {args.epoch_steps:,} steps {scored}, "
         f"patience {args.patience}; engine {summary['engine']}. Run folder: `{out}`.{shown}\n\n{md}"
     )
-    print(text)
-    if args.record:
-        append_section(RESULTS, text, "# Learning results")
+    publish(text, RESULTS, "# Learning results", record=args.record)
 
 
 if __name__ == "__main__":

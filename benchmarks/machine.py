@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["append_section", "describe", "two_rows"]
+__all__ = ["append_section", "describe", "publish", "two_rows"]
 
 
 def _cpu_model() -> str:
@@ -52,6 +52,15 @@ def append_section(results: Path, section: str, title: str) -> None:
     results.parent.mkdir(parents=True, exist_ok=True)
     previous = results.read_text() if results.exists() else f"{title}\n"
     results.write_text(previous.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n")
+
+
+def publish(section: str, results: Path, title: str, *, record: bool) -> None:
+    """Print a benchmark's ``section``; with ``record``, also append it to ``results``
+    (:func:`append_section`), as every script's ``--record`` does."""
+    print(section)
+    if record:
+        append_section(results, section, title)
+        print(f"appended to {results}")
 
 
 def two_rows(

@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import append_section, two_rows  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish, two_rows  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "pack_speed.md"
 SCRIPT = Path(__file__).parent / "reproduce.py"
@@ -98,9 +98,7 @@ def main() -> None:
         f"Machine: {machine(load)}.",
     ]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.record:
-        append_section(RESULTS, text, "# Packed cells: speed")
+    publish(text, RESULTS, "# Packed cells: speed", record=args.record)
 
 
 if __name__ == "__main__":

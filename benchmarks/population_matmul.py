@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "sweep_speed.md"
 
@@ -91,9 +91,7 @@ def main() -> None:
         + "\n".join(lines)
         + "\n"
     )
-    print(text)
-    if args.record:
-        append_section(RESULTS, text, "# Sweep speed")
+    publish(text, RESULTS, "# Sweep speed", record=args.record)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "sweep_speed.md"
 # One compiled instruction of the optimized HLO text: name, output shape, opcode, the rest.
@@ -154,9 +154,7 @@ def main() -> None:
             "",
         ]
     )
-    print(text)
-    if args.record:
-        append_section(RESULTS, text, "# Sweep speed")
+    publish(text, RESULTS, "# Sweep speed", record=args.record)
 
 
 if __name__ == "__main__":

@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "ray_speed.md"
 UNITS = 8
@@ -196,9 +196,7 @@ def main() -> None:
         f"Machine: {machine(load)}.",
     ]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.record:
-        append_section(RESULTS, text, "# Ray: cost and gain on one machine")
+    publish(text, RESULTS, "# Ray: cost and gain on one machine", record=args.record)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 from train_speed import paired_rates  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "reset_speed.md"
@@ -196,10 +196,7 @@ def main() -> None:
             print(lines[-1], flush=True)
     lines += ["", f"Machine: {machine(load)}."]
     text = "\n".join(lines)
-    print(text)
-    if args.record:
-        append_section(RESULTS, text, "# Auto-reset speed (benchmarks/reset_speed.py)")
-        print(f"appended to {RESULTS}")
+    publish(text, RESULTS, "# Auto-reset speed (benchmarks/reset_speed.py)", record=args.record)
 
 
 if __name__ == "__main__":

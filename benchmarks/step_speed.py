@@ -58,8 +58,8 @@ import rtrrl_spec
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 
 RESULTS = HERE / "results" / "step_speed.md"
 BATCHES = (1, 64, 1024)
@@ -427,9 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             "\nRTRL against RFLO as N grows (latencies from the table above; RFLO's work per "
             f"step grows as N², RTRL's as N⁴):\n\n{cost}\n"
         )
-    print(report)
-    if not args.no_write:
-        append_section(RESULTS, report, "# Step speed")
+    publish(report, RESULTS, "# Step speed", record=not args.no_write)
     return 0
 
 

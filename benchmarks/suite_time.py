@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import append_section, two_rows  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish, two_rows  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
 RESULTS = Path(__file__).parent / "results" / "test_suite_time.md"
@@ -57,7 +57,7 @@ def one_row(pytest_args: list[str], workers: int, jax_cache: bool) -> tuple[floa
             env["JAX_COMPILATION_CACHE_DIR"] = str(Path(tmp) / "jax-cache")
             env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
         command = [sys.executable, "-m", "pytest", *pytest_args, "-q", "-p", "no:cacheprovider"]
-        command += [*parallel]
+        command += parallel
         t0 = time.perf_counter()
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
@@ -112,9 +112,7 @@ def main() -> None:
         f"Machine: {machine(load)}.",
     ]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.record:
-        append_section(RESULTS, text, "# Test-suite time")
+    publish(text, RESULTS, "# Test-suite time", record=args.record)
 
 
 if __name__ == "__main__":

@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "sweep_speed.md"
 
@@ -147,9 +147,7 @@ def main() -> None:
         f"Machine: {machine(load)}.",
     ]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.record:
-        append_section(RESULTS, text, "# Sweep speed")
+    publish(text, RESULTS, "# Sweep speed", record=args.record)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 
 RESULTS = HERE / "results" / "step_speed.md"
 
@@ -143,9 +143,7 @@ def main() -> None:
         f"Machine: {machine(load)}. N = 32, float32, torch on one thread, {args.rounds} "
         f"process(es) per row, alternating.{baseline}\n\n" + "\n".join(lines) + "\n"
     )
-    print(text)
-    if args.record:
-        append_section(RESULTS, text, "# Step speed")
+    publish(text, RESULTS, "# Step speed", record=args.record)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import step_speed  # noqa: E402
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 
 import rtrrl.backends.torch as this_torch  # noqa: E402
 import rtrrl_spec  # noqa: E402
@@ -191,9 +191,7 @@ def main() -> None:
         f"{numpy_us:,.0f} µs per step in the same rounds ({rows[0]['timing']}).{baseline}"
         f"\n\n{table}\n"
     )
-    print(text)
-    if args.record:
-        append_section(RESULTS, text, "# Step speed")
+    publish(text, RESULTS, "# Step speed", record=args.record)
 
 
 if __name__ == "__main__":

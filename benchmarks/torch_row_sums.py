@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import step_speed  # noqa: E402
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 from torch_buffers import RESULTS, stepper  # noqa: E402
 
 
@@ -64,9 +64,7 @@ def main() -> None:
         "(quartiles); lower is faster.\n\n"
         f"{table}\n"
     )
-    print(text)
-    if args.record:
-        append_section(RESULTS, text, "# Step speed")
+    publish(text, RESULTS, "# Step speed", record=args.record)
 
 
 if __name__ == "__main__":

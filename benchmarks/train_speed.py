@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import append_section  # noqa: E402
 from machine import describe as machine  # noqa: E402
+from machine import publish  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "train_speed.md"
 
@@ -444,9 +444,7 @@ def main() -> None:
         f"Machine: {machine(load)}.",
     ]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.record:
-        append_section(RESULTS, text, "# Training speed")
+    publish(text, RESULTS, "# Training speed", record=args.record)
 
 
 if __name__ == "__main__":

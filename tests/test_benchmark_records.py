@@ -1,4 +1,5 @@
-"""How benchmark scripts record: ``machine.append_section`` and ``authors_code``'s log reading."""
+"""How benchmark scripts record (``machine.publish``, ``machine.append_section``) and how
+``authors_code`` reads logs."""
 
 from __future__ import annotations
 
@@ -39,6 +40,15 @@ def test_append_section_starts_a_file_with_its_title(machine, tmp_path):
     results = tmp_path / "results" / "new.md"
     machine.append_section(results, "## run 1\n\n| a |\n", "# Title")
     assert results.read_text() == "# Title\n\n## run 1\n\n| a |\n"
+
+
+def test_publish_writes_only_when_asked_to_record(machine, tmp_path, capsys):
+    results = tmp_path / "results.md"
+    machine.publish("## run 1\n", results, "# Title", record=False)
+    assert not results.exists() and "## run 1" in capsys.readouterr().out
+    machine.publish("## run 2\n", results, "# Title", record=True)
+    assert results.read_text() == "# Title\n\n## run 2\n"
+    assert f"appended to {results}" in capsys.readouterr().out
 
 
 def test_append_section_keeps_every_earlier_section(machine, tmp_path):
