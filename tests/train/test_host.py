@@ -121,8 +121,9 @@ def test_resume_warns_when_the_task_now_stands_for_another_environment(
 
 
 # NumPy warns of the overflow this test causes on purpose; the DivergedError is what it checks.
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.filterwarnings(
+    "ignore:overflow encountered:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning"
+)
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
     with pytest.raises(training.DivergedError, match="non-finite") as info:

@@ -155,8 +155,9 @@ EXPLODING = dict(lr_td=1e30, lr_rnn=1e30, clip_norm=1.0)
 
 
 # NumPy warns of the overflow this test causes on purpose; the DivergedError is what it checks.
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.filterwarnings(
+    "ignore:overflow encountered:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning"
+)
 @pytest.mark.numpy
 def test_the_host_loop_stops_when_parameters_explode(tmp_path: Path) -> None:
     pytest.importorskip("gymnasium")
